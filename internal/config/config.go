@@ -1,0 +1,150 @@
+// Package config defines keyward's YAML file: the documented structs a user
+// writes, strict decoding with line numbers, and defaults. It does not
+// interpret values beyond their YAML shape; the gateway compiles them and
+// reports semantic problems through Errors, with file, line and field path.
+package config
+
+// Config is the whole keyward.yaml file.
+type Config struct {
+	// Listen is the public listener address. Default ":8080".
+	Listen string `yaml:"listen"`
+	// Admin configures the optional admin listener (health, metrics).
+	Admin Admin `yaml:"admin"`
+	// Server holds the public listener's timeouts and size limits.
+	Server Server `yaml:"server"`
+	// Log configures the access log.
+	Log Log `yaml:"log"`
+	// Secrets maps a secret name to its single source. Values are never
+	// written inline in the file.
+	Secrets map[string]SecretSource `yaml:"secrets"`
+	// CORS is the default CORS policy for every route; a route's own cors
+	// block replaces it. Without any, cross-origin browser calls are refused.
+	CORS *CORS `yaml:"cors"`
+	// Stages optionally mounts every route under each stage's prefix or host,
+	// with per-stage variables. Without stages, routes sit at the root.
+	Stages map[string]Stage `yaml:"stages"`
+	// Routes are the public endpoints.
+	Routes []Route `yaml:"routes"`
+}
+
+// Admin is the admin listener. It is off unless Listen is set.
+type Admin struct {
+	// Listen is the admin address, e.g. "127.0.0.1:9090". A bare ":9090"
+	// binds 127.0.0.1 only, because metrics and health are not public.
+	// Default "" (off).
+	Listen string `yaml:"listen"`
+}
+
+// Server holds limits of the public listener.
+type Server struct {
+	// ReadHeaderTimeout bounds how long a client may take to send request
+	// headers (slowloris). Default "10s".
+	ReadHeaderTimeout string `yaml:"read_header_timeout"`
+	// IdleTimeout closes idle keep-alive client connections. Default "120s".
+	IdleTimeout string `yaml:"idle_timeout"`
+	// MaxHeaderBytes bounds the request line plus headers. Default 65536.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// ShutdownTimeout is how long SIGTERM waits for in-flight requests.
+	// Default "30s".
+	ShutdownTimeout string `yaml:"shutdown_timeout"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Access turns the JSON access log (one line per request, on stderr) on
+	// or off. Default true.
+	Access *bool `yaml:"access"`
+}
+
+// SecretSource names exactly one place a secret's value is read from.
+type SecretSource struct {
+	// Env is an environment variable name.
+	Env string `yaml:"env"`
+	// File is a file path; one trailing newline is trimmed.
+	File string `yaml:"file"`
+}
+
+// Stage is a deployment stage: a prefix or host, and variables.
+type Stage struct {
+	// Prefix mounts the stage's routes under a path, e.g. "/dev".
+	Prefix string `yaml:"prefix"`
+	// Host mounts the stage's routes on a Host header, e.g. "dev.example.com".
+	Host string `yaml:"host"`
+	// Vars are available as {stage.NAME} in upstream URLs, query and header
+	// values.
+	Vars map[string]string `yaml:"vars"`
+}
+
+// CORS is a CORS policy answered by the gateway itself.
+type CORS struct {
+	// AllowOrigins lists exact origins ("https://app.example.com"), anchored
+	// subdomain wildcards ("https://*.example.com") or "*". Default: none.
+	AllowOrigins []string `yaml:"allow_origins"`
+	// AllowMethods defaults to the route's methods.
+	AllowMethods []string `yaml:"allow_methods"`
+	// AllowHeaders are request headers a page may send; default: the
+	// CORS-safelisted ones plus the route's headers.allow.
+	AllowHeaders []string `yaml:"allow_headers"`
+	// ExposeHeaders are response headers a page may read. Default none.
+	ExposeHeaders []string `yaml:"expose_headers"`
+	// AllowCredentials lets pages send cookies/credentials. Default false.
+	AllowCredentials bool `yaml:"allow_credentials"`
+	// MaxAge lets browsers cache a preflight. Default "10m".
+	MaxAge string `yaml:"max_age"`
+	// RejectOtherOrigins answers 403, without calling the upstream, to
+	// requests whose Origin header is not allowed. A browser would hide the
+	// response anyway, but the upstream call (and its cost) would happen.
+	// Default true.
+	RejectOtherOrigins *bool `yaml:"reject_other_origins"`
+	// Disabled turns CORS off for a route that overrides the global policy.
+	Disabled bool `yaml:"disabled"`
+}
+
+// Route is one public endpoint.
+type Route struct {
+	// Name identifies the route in logs, metrics and errors. Required, unique.
+	Name string `yaml:"name"`
+	// Path is the public path: literal segments, {name} for one segment and
+	// a final {name...} for the rest. Required.
+	Path string `yaml:"path"`
+	// Params restricts path parameters by regular expression (anchored).
+	// Default: any single segment.
+	Params map[string]string `yaml:"params"`
+	// Methods allowed; anything else gets 405 with Allow. Default [GET].
+	Methods []string `yaml:"methods"`
+	// Upstream is the URL template requests go to. Required.
+	Upstream string `yaml:"upstream"`
+	// Query controls the upstream query string.
+	Query Query `yaml:"query"`
+	// Headers controls the upstream request headers.
+	Headers Headers `yaml:"headers"`
+	// Timeout bounds the wait for the upstream's response headers. A
+	// streaming body may then run for as long as it streams. Default "30s".
+	Timeout string `yaml:"timeout"`
+	// MaxBody bounds the request body, e.g. "1MiB", "64KB". Default "1MiB".
+	MaxBody string `yaml:"max_body"`
+	// CORS replaces the global policy for this route.
+	CORS *CORS `yaml:"cors"`
+}
+
+// Query controls which client query parameters reach the upstream and
+// which the gateway sets.
+type Query struct {
+	// Allow lists client parameters passed on. Default: none.
+	Allow []string `yaml:"allow"`
+	// Set adds parameters (placeholders allowed); the client can never
+	// override or duplicate them, in any spelling.
+	Set map[string]string `yaml:"set"`
+}
+
+// Headers controls upstream request headers.
+type Headers struct {
+	// Allow lists client headers passed on besides the default safe set
+	// (Accept, Accept-Language, Content-Type, If-None-Match,
+	// If-Modified-Since).
+	Allow []string `yaml:"allow"`
+	// Set adds headers (placeholders allowed), overwriting client values.
+	Set map[string]string `yaml:"set"`
+	// Remove lists default-set headers not to pass on.
+	Remove []string `yaml:"remove"`
+}

@@ -1,0 +1,577 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/cors"
+	"github.com/keyward/keyward/internal/placeholder"
+	"github.com/keyward/keyward/internal/route"
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// defaultHeaders are the client headers passed upstream without being
+// listed: content negotiation and conditional requests, nothing that
+// identifies or authenticates the caller.
+var defaultHeaders = []string{"Accept", "Accept-Language", "Content-Type", "If-None-Match", "If-Modified-Since"}
+
+// hopByHop headers describe one connection, not the request (RFC 9110
+// 7.6.1); a route can neither allow nor set them.
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length"}
+
+// knownMethods are the methods a route may allow. CONNECT and TRACE are
+// not among them: a gateway never tunnels or reflects.
+var knownMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+// Settings are the process-level values of a config: the listener cannot
+// change on reload, so they live apart from the routes.
+type Settings struct {
+	Listen, AdminListen string
+	ReadHeaderTimeout   time.Duration
+	IdleTimeout         time.Duration
+	ShutdownTimeout     time.Duration
+	MaxHeaderBytes      int
+	AccessLog           bool
+}
+
+// compiler collects every problem of one config.
+type compiler struct {
+	f        *config.File
+	getenv   func(string) string
+	errs     []error
+	warns    []*config.Error
+	secrets  map[string]secret.Value
+	used     map[string]bool // secrets referenced anywhere
+}
+
+func (c *compiler) errorf(path, format string, args ...any) {
+	c.errs = append(c.errs, c.f.Errorf(path, format, args...))
+}
+
+func (c *compiler) warnf(path, format string, args ...any) {
+	c.warns = append(c.warns, c.f.Errorf(path, format, args...))
+}
+
+// Compile turns a loaded file into an immutable Gateway. It opens no
+// sockets and changes no globals, so `keyward check` runs exactly this.
+// err joins every *config.Error found; warnings describe risky but valid
+// configuration.
+func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error, err error) {
+	c := &compiler{f: f, getenv: opts.Getenv, secrets: map[string]secret.Value{}, used: map[string]bool{}}
+	cfg := &f.Config
+	g = &Gateway{opts: opts.withDefaults(), root: &route.Router[*endpoint]{}, hosts: map[string]*route.Router[*endpoint]{}}
+	g.settings = c.settings(cfg)
+	c.loadSecrets(cfg)
+	g.cors = c.cors("cors", cfg.CORS, nil, nil)
+
+	stages := c.stages(cfg)
+	names := map[string]int{}
+	for i := range cfg.Routes {
+		rc := &cfg.Routes[i]
+		path := fmt.Sprintf("routes[%d]", i)
+		if rc.Name == "" {
+			c.errorf(path, "name is required")
+		} else if j, dup := names[rc.Name]; dup {
+			c.errorf(path+".name", "duplicate route name %q (also routes[%d])", rc.Name, j)
+		} else {
+			names[rc.Name] = i
+		}
+		for _, st := range stages {
+			ep := c.endpoint(path, rc, st, cfg)
+			if ep == nil {
+				continue
+			}
+			router := g.root
+			if st.host != "" {
+				if g.hosts[st.host] == nil {
+					g.hosts[st.host] = &route.Router[*endpoint]{}
+				}
+				router = g.hosts[st.host]
+			}
+			if _, err := router.Add(ep.pattern, ep); err != nil {
+				c.errorf(path+".path", "%v", err)
+				continue
+			}
+			g.endpoints = append(g.endpoints, ep)
+		}
+	}
+	if len(cfg.Routes) == 0 {
+		c.errorf("routes", "at least one route is required")
+	}
+	for name := range cfg.Secrets {
+		if !c.used[name] {
+			c.warnf("secrets."+name, "secret %q is never used", name)
+		}
+	}
+	if len(c.errs) > 0 {
+		return nil, c.warns, errors.Join(dedupe(c.errs)...)
+	}
+	for _, v := range c.secrets {
+		g.secrets = append(g.secrets, v)
+	}
+	g.scrub = newScrubber(g.secrets)
+	g.build()
+	return g, dedupeWarn(c.warns), nil
+}
+
+// dedupe drops repeats: with several stages, a route's problem would
+// otherwise be reported once per stage.
+func dedupe(errs []error) []error {
+	seen := map[string]bool{}
+	out := errs[:0]
+	for _, e := range errs {
+		if !seen[e.Error()] {
+			seen[e.Error()] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func dedupeWarn(ws []*config.Error) []*config.Error {
+	seen := map[string]bool{}
+	var out []*config.Error
+	for _, w := range ws {
+		if !seen[w.Error()] {
+			seen[w.Error()] = true
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func (c *compiler) duration(path, s string) time.Duration {
+	d, err := config.ParseDuration(s)
+	if err != nil {
+		c.errorf(path, "%v", err)
+	}
+	return d
+}
+
+func (c *compiler) settings(cfg *config.Config) Settings {
+	s := Settings{
+		Listen:            cfg.Listen,
+		AdminListen:       cfg.Admin.Listen,
+		ReadHeaderTimeout: c.duration("server.read_header_timeout", cfg.Server.ReadHeaderTimeout),
+		IdleTimeout:       c.duration("server.idle_timeout", cfg.Server.IdleTimeout),
+		ShutdownTimeout:   c.duration("server.shutdown_timeout", cfg.Server.ShutdownTimeout),
+		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		AccessLog:         *cfg.Log.Access,
+	}
+	if _, _, err := net.SplitHostPort(s.Listen); err != nil {
+		c.errorf("listen", "bad address %q: want host:port or :port", s.Listen)
+	}
+	if s.MaxHeaderBytes < 4096 {
+		c.errorf("server.max_header_bytes", "%d is too small (minimum 4096)", s.MaxHeaderBytes)
+	}
+	if a := s.AdminListen; a != "" {
+		host, _, err := net.SplitHostPort(a)
+		switch {
+		case err != nil:
+			c.errorf("admin.listen", "bad address %q: want host:port or :port", a)
+		case host == "":
+			// Metrics and health are not public: a bare port means loopback.
+			s.AdminListen = "127.0.0.1" + a
+		case !isLoopbackHost(host):
+			c.warnf("admin.listen", "admin listener %q is reachable from other hosts; metrics reveal traffic patterns", a)
+		}
+	}
+	return s
+}
+
+func (c *compiler) loadSecrets(cfg *config.Config) {
+	names := make([]string, 0, len(cfg.Secrets))
+	for n := range cfg.Secrets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		src := cfg.Secrets[name]
+		path := "secrets." + name
+		if !placeholder.ValidName(name) {
+			c.errorf(path, "bad secret name %q: use letters, digits, _ and -", name)
+			continue
+		}
+		if (src.Env == "") == (src.File == "") {
+			c.errorf(path, "set exactly one of env or file")
+			continue
+		}
+		file := src.File
+		if file != "" && !strings.HasPrefix(file, "/") {
+			file = c.relative(file)
+		}
+		v, err := secret.Load(name, secret.Source{Env: src.Env, File: file}, c.getenv)
+		if err != nil {
+			c.errorf(path, "%v", err)
+			continue
+		}
+		c.secrets[name] = v
+	}
+}
+
+// relative resolves a path relative to the config file's directory, so a
+// config works the same from any working directory.
+func (c *compiler) relative(p string) string {
+	dir := c.f.Name
+	if i := strings.LastIndexByte(dir, '/'); i >= 0 {
+		return dir[:i+1] + p
+	}
+	return p
+}
+
+type stage struct {
+	name, prefix, host string
+	vars               map[string]string
+}
+
+func (c *compiler) stages(cfg *config.Config) []stage {
+	if len(cfg.Stages) == 0 {
+		return []stage{{}}
+	}
+	names := make([]string, 0, len(cfg.Stages))
+	for n := range cfg.Stages {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []stage
+	seen := map[string]string{}
+	for _, n := range names {
+		s := cfg.Stages[n]
+		path := "stages." + n
+		st := stage{name: n, prefix: strings.TrimSuffix(s.Prefix, "/"), host: strings.ToLower(s.Host), vars: s.Vars}
+		if !placeholder.ValidName(n) {
+			c.errorf(path, "bad stage name %q", n)
+		}
+		if s.Prefix == "" && s.Host == "" {
+			c.errorf(path, "set prefix or host (or both): stages need a way to be told apart")
+		}
+		if s.Prefix != "" && !strings.HasPrefix(s.Prefix, "/") {
+			c.errorf(path+".prefix", "prefix %q must start with /", s.Prefix)
+		}
+		key := st.host + st.prefix
+		if other, dup := seen[key]; dup {
+			c.errorf(path, "same prefix and host as stage %q", other)
+		}
+		seen[key] = n
+		for v := range s.Vars {
+			if !placeholder.ValidName(v) {
+				c.errorf(path+".vars."+v, "bad variable name %q", v)
+			}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func (c *compiler) resolver(st stage, pat *route.Pattern) placeholder.Resolver {
+	return placeholder.Resolver{
+		Stage: func(n string) (string, bool) {
+			v, ok := st.vars[n]
+			return v, ok
+		},
+		Secret: func(n string) (secret.Value, bool) {
+			c.used[n] = true
+			v, ok := c.secrets[n]
+			if !ok {
+				// A secret that failed to load is reported once, at its
+				// definition; don't also call it unknown here.
+				_, defined := c.f.Config.Secrets[n]
+				return secret.New(n, ""), defined
+			}
+			return v, ok
+		},
+		Param: func(n string) bool { return pat != nil && slices.Contains(pat.Names, n) },
+	}
+}
+
+func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config.Config) *endpoint {
+	nerr := len(c.errs)
+	ep := &endpoint{name: rc.Name, stage: st.name}
+	pat, err := route.ParsePattern(rc.Path)
+	if err != nil {
+		c.errorf(path+".path", "%v", err)
+		return nil
+	}
+	ep.public = pat
+	if ep.pattern, err = pat.Prefixed(st.prefix); err != nil {
+		c.errorf("stages."+st.name+".prefix", "%v", err)
+		return nil
+	}
+	ep.host = st.host
+
+	// Parameters and their patterns.
+	ep.paramRE = make([]*regexp.Regexp, len(pat.Names))
+	for name, expr := range rc.Params {
+		i := slices.Index(pat.Names, name)
+		if i < 0 {
+			c.errorf(path+".params."+name, "parameter {%s} is not in path %q", name, rc.Path)
+			continue
+		}
+		re, err := regexp.Compile("^(?:" + expr + ")$")
+		if err != nil {
+			c.errorf(path+".params."+name, "bad pattern %q: %v", expr, err)
+			continue
+		}
+		ep.paramRE[i] = re
+	}
+
+	// Methods.
+	for i, m := range rc.Methods {
+		m = strings.ToUpper(m)
+		if !slices.Contains(knownMethods, m) {
+			c.errorf(fmt.Sprintf("%s.methods[%d]", path, i), "unsupported method %q (allowed: %s)", rc.Methods[i], strings.Join(knownMethods, ", "))
+			continue
+		}
+		if !slices.Contains(ep.methods, m) {
+			ep.methods = append(ep.methods, m)
+		}
+	}
+	if slices.Contains(ep.methods, "GET") && !slices.Contains(ep.methods, "HEAD") {
+		// HEAD is GET without a body (RFC 9110 9.3.2); allowing one allows
+		// the other, as every HTTP server does.
+		ep.methods = append(ep.methods, "HEAD")
+	}
+	ep.allow = []string{strings.Join(ep.methods, ", ")}
+
+	res := c.resolver(st, pat)
+	if rc.Upstream == "" {
+		c.errorf(path+".upstream", "upstream is required")
+	} else if ep.upstream, err = route.CompileUpstream(rc.Upstream, res); err != nil {
+		c.errorf(path+".upstream", "%v", err)
+	}
+	if up := ep.upstream; up != nil && up.Scheme == "http" && !isLoopbackHost(hostOnly(up.Host)) {
+		if ep.upstream.Template().HasSecret() || c.routeSendsSecret(rc) {
+			c.warnf(path+".upstream", "a secret is sent over plain http to %s: anyone on the path can read it; use https", up.Host)
+		}
+	}
+	if pat.Rest && slices.ContainsFunc(ep.methods, func(m string) bool { return m != "GET" && m != "HEAD" && m != "OPTIONS" }) {
+		c.warnf(path+".methods", "greedy path %q allows write methods %v: every upstream path under the prefix can be written", rc.Path, ep.methods)
+	}
+
+	c.query(path+".query", rc, ep, res)
+	c.headers(path+".headers", rc, ep, res)
+
+	ep.timeout = c.duration(path+".timeout", rc.Timeout)
+	if ep.maxBody, err = config.ParseSize(rc.MaxBody); err != nil {
+		c.errorf(path+".max_body", "%v", err)
+	}
+
+	if rc.CORS != nil {
+		ep.cors = c.cors(path+".cors", rc.CORS, ep.methods, ep.headerAllowNames())
+	} else {
+		ep.cors = c.cors("cors", cfg.CORS, ep.methods, ep.headerAllowNames())
+	}
+	if len(c.errs) > nerr {
+		return nil
+	}
+	return ep
+}
+
+func (c *compiler) routeSendsSecret(rc *config.Route) bool {
+	for _, v := range rc.Query.Set {
+		if strings.Contains(v, "{secret.") {
+			return true
+		}
+	}
+	for _, v := range rc.Headers.Set {
+		if strings.Contains(v, "{secret.") {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *compiler) query(path string, rc *config.Route, ep *endpoint, res placeholder.Resolver) {
+	ep.queryAllow = map[string]bool{}
+	for i, name := range rc.Query.Allow {
+		if name == "" {
+			c.errorf(fmt.Sprintf("%s.allow[%d]", path, i), "empty parameter name")
+		}
+		ep.queryAllow[name] = true
+	}
+	names := sortedKeys(rc.Query.Set)
+	for _, name := range names {
+		tpl, err := placeholder.Compile(rc.Query.Set[name], res)
+		if err != nil {
+			c.errorf(path+".set."+name, "%v", err)
+			continue
+		}
+		if ep.queryAllow[name] {
+			c.errorf(path+".set."+name, "%q is both allowed from the client and set by the gateway; the gateway's value always wins, so remove it from allow", name)
+		}
+		ep.querySet = append(ep.querySet, querySet{name: name, key: queryKey(name), value: tpl})
+	}
+}
+
+func (c *compiler) headers(path string, rc *config.Route, ep *endpoint, res placeholder.Resolver) {
+	ep.headerAllow = nil
+	removed := map[string]bool{}
+	for i, h := range rc.Headers.Remove {
+		ch := http.CanonicalHeaderKey(h)
+		if !slices.Contains(defaultHeaders, ch) {
+			c.errorf(fmt.Sprintf("%s.remove[%d]", path, i), "%q is not passed by default, so there is nothing to remove (defaults: %s)", h, strings.Join(defaultHeaders, ", "))
+		}
+		removed[ch] = true
+	}
+	for _, h := range defaultHeaders {
+		if !removed[h] {
+			ep.headerAllow = append(ep.headerAllow, h)
+		}
+	}
+	setNames := sortedKeys(rc.Headers.Set)
+	for i, h := range rc.Headers.Allow {
+		ch := http.CanonicalHeaderKey(h)
+		p := fmt.Sprintf("%s.allow[%d]", path, i)
+		switch {
+		case !validHeaderName(h):
+			c.errorf(p, "%q is not a valid header name", h)
+		case slices.Contains(hopByHop, ch):
+			c.errorf(p, "%q is a connection header and is never forwarded", h)
+		case slices.ContainsFunc(setNames, func(s string) bool { return strings.EqualFold(s, h) }):
+			c.errorf(p, "%q is also in headers.set; the gateway's value always wins, so remove it from allow", h)
+		case !slices.Contains(ep.headerAllow, ch):
+			ep.headerAllow = append(ep.headerAllow, ch)
+		}
+	}
+	for _, h := range setNames {
+		p := path + ".set." + h
+		ch := http.CanonicalHeaderKey(h)
+		if !validHeaderName(h) {
+			c.errorf(p, "%q is not a valid header name", h)
+			continue
+		}
+		if slices.Contains(hopByHop, ch) {
+			c.errorf(p, "%q is a connection header and cannot be set", h)
+			continue
+		}
+		tpl, err := placeholder.Compile(rc.Headers.Set[h], res)
+		if err != nil {
+			c.errorf(p, "%v", err)
+			continue
+		}
+		hs := headerSet{name: ch, value: tpl}
+		if tpl.Static() {
+			v := string(tpl.Expand(nil, nil, nil))
+			if strings.ContainsAny(v, "\r\n\x00") {
+				c.errorf(p, "value contains a line break or NUL")
+				continue
+			}
+			hs.static = []string{v}
+		}
+		ep.headerSet = append(ep.headerSet, hs)
+	}
+	if !slices.ContainsFunc(ep.headerSet, func(h headerSet) bool { return h.name == "User-Agent" }) {
+		// Some APIs (GitHub's among them) refuse requests without a
+		// User-Agent, and the client's own is not forwarded by default.
+		ep.headerSet = append(ep.headerSet, headerSet{name: "User-Agent", static: []string{"keyward/" + Version}})
+	}
+}
+
+func (ep *endpoint) headerAllowNames() []string { return ep.headerAllow }
+
+func (c *compiler) cors(path string, cc *config.CORS, methods, allowHeaders []string) *cors.Policy {
+	if cc == nil || cc.Disabled {
+		return nil
+	}
+	o := cors.Options{
+		AllowOrigins:       cc.AllowOrigins,
+		AllowMethods:       cc.AllowMethods,
+		AllowHeaders:       cc.AllowHeaders,
+		ExposeHeaders:      cc.ExposeHeaders,
+		AllowCredentials:   cc.AllowCredentials,
+		RejectOtherOrigins: cc.RejectOtherOrigins == nil || *cc.RejectOtherOrigins,
+		MaxAge:             10 * time.Minute,
+	}
+	if len(o.AllowHeaders) == 0 {
+		o.AllowHeaders = allowHeaders
+	}
+	if cc.MaxAge != "" {
+		o.MaxAge = c.duration(path+".max_age", cc.MaxAge)
+	}
+	for i, m := range cc.AllowMethods {
+		if !slices.Contains(knownMethods, strings.ToUpper(m)) {
+			c.errorf(fmt.Sprintf("%s.allow_methods[%d]", path, i), "unsupported method %q", m)
+		}
+	}
+	p, err := cors.New(o)
+	if err != nil {
+		for _, e := range unjoin(err) {
+			field, msg, _ := strings.Cut(e.Error(), ": ")
+			c.errorf(path+"."+field, "%s", msg)
+		}
+		return nil
+	}
+	if p.AllowsAnyOrigin() && cc.AllowCredentials {
+		c.warnf(path+".allow_origins", `"*" with allow_credentials: browsers refuse this combination, so keyward answers without credentials; list the origins instead`)
+	}
+	if len(cc.AllowOrigins) == 0 {
+		c.warnf(path+".allow_origins", "no origins allowed: browsers will not be able to call these routes")
+	}
+	return p
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			// Underscores are legal tokens but proxies disagree on whether
+			// X_Api_Key and X-Api-Key are the same header; refuse them.
+			return false
+		}
+	}
+	return true
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return hostport
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(h, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+// queryKey is the spelling-insensitive identity of a query parameter name:
+// "KEY", "key ", "key[]" and "%6Bey" (once decoded) all collide with a set
+// "key", because upstream frameworks disagree on which of them is "key".
+func queryKey(name string) string {
+	k := strings.ToLower(strings.TrimSpace(name))
+	if i := strings.IndexByte(k, '['); i > 0 {
+		k = k[:i]
+	}
+	return k
+}

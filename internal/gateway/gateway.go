@@ -1,0 +1,249 @@
+// Package gateway compiles a config into an immutable Gateway and serves
+// requests through it. The request path reads top to bottom in
+// Gateway.ServeHTTP: path check → match → CORS → method → params → body
+// limit → upstream request (secrets last, into the outbound request only)
+// → response filters → access log.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyward/keyward/internal/cors"
+	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/placeholder"
+	"github.com/keyward/keyward/internal/route"
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// Version is keyward's version, set at build time with -ldflags.
+var Version = "dev"
+
+// Options are the process-wide parts a Gateway uses. They outlive reloads:
+// one Transport keeps its upstream connections across config changes.
+type Options struct {
+	// Transport sends upstream requests. If nil, NewTransport() is used.
+	Transport http.RoundTripper
+	// Logger receives access-log lines and errors. If nil, nothing is logged.
+	Logger *slog.Logger
+	// Metrics records Prometheus metrics. If nil, none are recorded.
+	Metrics *metrics.Metrics
+	// Getenv reads secrets from the environment. If nil, os.Getenv is used.
+	Getenv func(string) string
+	// Now is the clock. If nil, time.Now is used.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.Transport == nil {
+		o.Transport = NewTransport()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Gateway is one compiled config. It is immutable: a reload compiles a new
+// one and swaps it in (see Handler), and requests already running finish on
+// the one they started with.
+type Gateway struct {
+	opts      Options
+	settings  Settings
+	root      *route.Router[*endpoint]
+	hosts     map[string]*route.Router[*endpoint] // stage hosts
+	cors      *cors.Policy                        // global policy, for 404s
+	endpoints []*endpoint
+	secrets   []secret.Value
+	scrub     *scrubber
+	proxy     *httputil.ReverseProxy
+}
+
+// endpoint is one route mounted in one stage, compiled.
+type endpoint struct {
+	name, stage, host string
+	public            *route.Pattern // as written in the route
+	pattern           *route.Pattern // with the stage prefix
+	paramRE           []*regexp.Regexp
+	methods           []string
+	allow             []string // prebuilt Allow header value
+	upstream          *route.Upstream
+	queryAllow        map[string]bool
+	querySet          []querySet
+	headerAllow       []string // canonical names
+	headerSet         []headerSet
+	timeout           time.Duration
+	maxBody           int64
+	cors              *cors.Policy
+}
+
+type querySet struct {
+	name, key string
+	value     placeholder.Template
+}
+
+type headerSet struct {
+	name   string
+	value  placeholder.Template
+	static []string // prebuilt value when the template has no parameters
+}
+
+// Settings returns the process-level settings of this config.
+func (g *Gateway) Settings() Settings { return g.settings }
+
+// Handler serves requests through the current Gateway and lets a reload
+// replace it atomically.
+type Handler struct {
+	cur atomic.Pointer[Gateway]
+}
+
+// NewHandler returns a Handler serving g.
+func NewHandler(g *Gateway) *Handler {
+	h := &Handler{}
+	h.cur.Store(g)
+	return h
+}
+
+// Swap installs g for new requests and returns the previous Gateway.
+func (h *Handler) Swap(g *Gateway) *Gateway { return h.cur.Swap(g) }
+
+// Current returns the Gateway new requests use.
+func (h *Handler) Current() *Gateway { return h.cur.Load() }
+
+// ServeHTTP serves r with the Gateway current when it arrived.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.cur.Load().ServeHTTP(w, r)
+}
+
+// exchange is the per-request state the proxy hooks need.
+type exchange struct {
+	g        *Gateway
+	ep       *endpoint
+	params   route.Params
+	start    time.Time
+	upStart  time.Time
+	upDur    time.Duration
+	path     string // escaped upstream path
+	rawPath  string // decoded upstream path
+	query    string
+	timer    *time.Timer
+	cancel   context.CancelCauseFunc
+	status   int
+	errCode  string
+}
+
+type exchangeKey struct{}
+
+// errUpstreamTimeout is the cancel cause when an upstream's headers take
+// longer than the route's timeout.
+var errUpstreamTimeout = errors.New("upstream response timeout")
+
+// ServeHTTP is the request path.
+func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	x := &exchange{g: g, start: g.opts.Now()}
+	w := &recorder{ResponseWriter: rw}
+	id := requestID(r)
+	w.Header()["X-Request-Id"] = []string{id}
+	defer g.finish(w, r, x, id)
+
+	// Refuse what a gateway never forwards: absolute-form targets that
+	// name another host, CONNECT, TRACE and "OPTIONS *".
+	if r.URL.IsAbs() || r.RequestURI == "*" || r.Method == http.MethodConnect || r.Method == http.MethodTrace {
+		g.fail(w, x, http.StatusBadRequest, "bad_request", "request target or method not supported")
+		return
+	}
+	escaped := r.URL.EscapedPath()
+	if err := route.CheckPath(escaped); err != nil {
+		g.fail(w, x, http.StatusBadRequest, "bad_path", strings.TrimPrefix(err.Error(), route.ErrBadPath.Error()+"\n"))
+		return
+	}
+
+	router := g.root
+	if len(g.hosts) > 0 {
+		if hr, ok := g.hosts[strings.ToLower(hostOnly(r.Host))]; ok {
+			router = hr
+		}
+	}
+	ep, ok := router.Match(escaped, &x.params)
+	if !ok {
+		g.cors.Actual(w.Header(), r.Header.Get("Origin"))
+		g.fail(w, x, http.StatusNotFound, "not_found", "no route for this path")
+		return
+	}
+	x.ep = ep
+
+	if cors.IsPreflight(r) {
+		if ref := ep.cors.Preflight(w.Header(), r, ep.methods); ref != nil {
+			g.fail(w, x, http.StatusForbidden, ref.Code, ref.Message)
+			return
+		}
+		x.status = http.StatusNoContent
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if ref := ep.cors.Actual(w.Header(), r.Header.Get("Origin")); ref != nil {
+		g.fail(w, x, http.StatusForbidden, ref.Code, ref.Message)
+		return
+	}
+
+	if !ep.allows(r.Method) {
+		w.Header()["Allow"] = ep.allow
+		g.fail(w, x, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed; allowed: "+ep.allow[0])
+		return
+	}
+	for i, re := range ep.paramRE {
+		if _, v := x.params.At(i); re != nil && !re.MatchString(v) {
+			g.fail(w, x, http.StatusBadRequest, "invalid_param", "path parameter {"+ep.public.Names[i]+"} does not match its pattern")
+			return
+		}
+	}
+	var err error
+	if x.query, err = ep.outboundQuery(r.URL.RawQuery, &x.params); err != nil {
+		g.fail(w, x, http.StatusBadRequest, "invalid_query", err.Error())
+		return
+	}
+	if x.path, x.rawPath, err = ep.upstream.Path(&x.params); err != nil {
+		g.fail(w, x, http.StatusBadRequest, "bad_path", "path parameters do not form a valid upstream path")
+		return
+	}
+	if r.ContentLength > ep.maxBody {
+		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)
+	}
+
+	ctx, cancel := context.WithCancelCause(r.Context())
+	x.cancel = cancel
+	x.timer = time.AfterFunc(ep.timeout, func() { cancel(errUpstreamTimeout) })
+	defer func() {
+		x.timer.Stop()
+		cancel(nil)
+	}()
+	x.upStart = g.opts.Now()
+	g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, exchangeKey{}, x)))
+	if x.status == 0 {
+		x.status = w.status
+	}
+}
+
+func (ep *endpoint) allows(m string) bool {
+	for _, a := range ep.methods {
+		if a == m {
+			return true
+		}
+	}
+	return false
+}

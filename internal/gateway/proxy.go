@@ -1,0 +1,153 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// NewTransport returns the upstream transport: connection reuse sized for
+// a gateway (net/http's default keeps 2 idle connections per host, which
+// under load means a new TCP+TLS handshake for most requests), proxy
+// environment variables ignored (outbound traffic follows the config
+// only), and no total timeout (routes bound the wait for headers; a
+// stream may run as long as it streams).
+func NewTransport() *http.Transport {
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                  nil,
+		DialContext:            d.DialContext,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    512,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  1 * time.Second,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+}
+
+// bufferPool shares copy buffers across every request and reload.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+var buffers = &bufferPool{}
+
+// build assembles the reverse proxy once per compiled config.
+func (g *Gateway) build() {
+	g.proxy = &httputil.ReverseProxy{
+		Rewrite:        g.rewrite,
+		// A Transport, unlike an http.Client, never follows redirects: a
+		// 3xx goes back to the client (Location scrubbed), so credentials
+		// are never resent to wherever an upstream points.
+		Transport:      g.opts.Transport,
+		BufferPool:     buffers,
+		ModifyResponse: g.modifyResponse,
+		ErrorHandler:   g.proxyError,
+		ErrorLog:       log.New(logWriter{g}, "", 0),
+	}
+}
+
+// rewrite builds the outbound request. Out arrives with hop-by-hop headers
+// (and any header the client named in Connection) already removed; its
+// header map is replaced wholesale, so only what the route allows or sets
+// goes out. Secrets are written here and nowhere else.
+func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
+	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
+	ep := x.ep
+	out := pr.Out
+	out.URL = &url.URL{Scheme: ep.upstream.Scheme, Host: ep.upstream.Host, Path: x.rawPath, RawPath: x.path, RawQuery: x.query}
+	out.Host = ""
+
+	h := make(http.Header, len(ep.headerAllow)+len(ep.headerSet)+1)
+	for _, name := range ep.headerAllow {
+		if v, ok := out.Header[name]; ok {
+			h[name] = v
+		}
+	}
+	for i := range ep.headerSet {
+		hs := &ep.headerSet[i]
+		if hs.static != nil {
+			h[hs.name] = hs.static
+			continue
+		}
+		h[hs.name] = []string{string(hs.value.Expand(nil, x.params.Get, nil))}
+	}
+	if te, ok := out.Header["Te"]; ok {
+		h["Te"] = te // ReverseProxy keeps "TE: trailers" for gRPC-style upstreams
+	}
+	out.Header = h
+}
+
+// blockedResponseHeaders are upstream headers never passed to the client:
+// cookies belong to the upstream's site, the gateway answers CORS itself,
+// and Alt-Svc would advertise the upstream's endpoints as ours.
+var blockedResponseHeaders = []string{"Set-Cookie", "Set-Cookie2", "Alt-Svc"}
+
+func (g *Gateway) modifyResponse(resp *http.Response) error {
+	x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
+	x.timer.Stop() // headers arrived: a streaming body may take its time
+	x.upDur = g.opts.Now().Sub(x.upStart)
+	for _, name := range blockedResponseHeaders {
+		delete(resp.Header, name)
+	}
+	for name := range resp.Header {
+		if strings.HasPrefix(name, "Access-Control-") {
+			delete(resp.Header, name)
+		}
+	}
+	g.scrub.headers(resp.Header)
+	return nil
+}
+
+// proxyError answers a failed upstream exchange. The error text may hold
+// the upstream URL, query secrets included, so it is scrubbed before it is
+// logged and never sent to the client.
+func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	x := r.Context().Value(exchangeKey{}).(*exchange)
+	x.upDur = g.opts.Now().Sub(x.upStart)
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxErr):
+		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
+	case context.Cause(r.Context()) == errUpstreamTimeout:
+		g.fail(w, x, http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time")
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads an answer. 499 is nginx's
+		// code for this, and operators know it.
+		x.status = 499
+		x.errCode = "client_closed_request"
+	default:
+		g.fail(w, x, http.StatusBadGateway, "upstream_unavailable", "the upstream could not be reached")
+	}
+	if x.status != 499 {
+		g.opts.Logger.LogAttrs(r.Context(), 8, "upstream error",
+			slogString("route", x.ep.name), slogString("error", g.scrub.string(err.Error())))
+	}
+	if g.opts.Metrics != nil {
+		g.opts.Metrics.UpstreamError(x.ep.name, x.errCode)
+	}
+}
+
+// logWriter routes ReverseProxy's own error log through the scrubber.
+type logWriter struct{ g *Gateway }
+
+func (l logWriter) Write(p []byte) (int, error) {
+	l.g.opts.Logger.Error("proxy", slogString("error", l.g.scrub.string(strings.TrimSpace(string(p)))))
+	return len(p), nil
+}

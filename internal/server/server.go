@@ -1,0 +1,189 @@
+// Package server runs a gateway: the public and admin listeners, reloads
+// that swap a new compiled config in atomically, and graceful shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/metrics"
+)
+
+// Server is one running keyward.
+type Server struct {
+	path    string
+	opts    gateway.Options
+	log     *slog.Logger
+	handler *gateway.Handler
+	ready   atomic.Bool
+}
+
+// New loads and compiles the config at path. A config that fails here is
+// reported in full; nothing is started.
+func New(path string, opts gateway.Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	if opts.Transport == nil {
+		opts.Transport = gateway.NewTransport()
+	}
+	s := &Server{path: path, opts: opts, log: opts.Logger}
+	g, err := s.compile()
+	if err != nil {
+		return nil, err
+	}
+	s.handler = gateway.NewHandler(g)
+	opts.Metrics.Reload(true, time.Now())
+	return s, nil
+}
+
+func (s *Server) compile() (*gateway.Gateway, error) {
+	f, err := config.Load(s.path)
+	if err != nil {
+		return nil, err
+	}
+	g, warns, err := gateway.Compile(f, s.opts)
+	for _, w := range warns {
+		s.log.Warn("config", "warning", w.Error())
+	}
+	return g, err
+}
+
+// Reload compiles the file again and, only if it is valid, swaps it in.
+// Requests in flight finish on the config they started with. On failure
+// every problem is logged and the last good config keeps serving.
+func (s *Server) Reload() error {
+	g, err := s.compile()
+	if err != nil {
+		for _, e := range unjoin(err) {
+			s.log.Error("reload failed; still serving the previous config", "problem", e.Error())
+		}
+		s.opts.Metrics.Reload(false, time.Now())
+		return err
+	}
+	old := s.handler.Swap(g)
+	if o, n := old.Settings(), g.Settings(); o.Listen != n.Listen || o.AdminListen != n.AdminListen {
+		s.log.Warn("listen addresses changed; they take effect on restart")
+	}
+	s.opts.Metrics.Reload(true, time.Now())
+	s.log.Info("config reloaded", "routes", len(g.Routes()))
+	return nil
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// Handler returns the public handler, for tests and embedding.
+func (s *Server) Handler() *gateway.Handler { return s.handler }
+
+// Settings returns the serving config's process-level settings.
+func (s *Server) Settings() gateway.Settings { return s.handler.Current().Settings() }
+
+// Listen opens the public listener and, if configured, the admin one.
+func (s *Server) Listen() (public, admin net.Listener, err error) {
+	st := s.Settings()
+	if public, err = net.Listen("tcp", st.Listen); err != nil {
+		return nil, nil, fmt.Errorf("listening on %s: %w", st.Listen, err)
+	}
+	if st.AdminListen != "" {
+		if admin, err = net.Listen("tcp", st.AdminListen); err != nil {
+			public.Close()
+			return nil, nil, fmt.Errorf("listening on admin %s: %w", st.AdminListen, err)
+		}
+	}
+	return public, admin, nil
+}
+
+// Serve serves on the listeners until ctx ends, then stops accepting and
+// waits for in-flight requests up to the shutdown timeout. admin may be nil.
+func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
+	st := s.Settings()
+	errLog := log.New(errorLogWriter{s.log}, "", 0)
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: st.ReadHeaderTimeout,
+		IdleTimeout:       st.IdleTimeout,
+		MaxHeaderBytes:    st.MaxHeaderBytes,
+		ErrorLog:          errLog,
+	}
+	servers := []*http.Server{srv}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(public) }()
+	if admin != nil {
+		asrv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
+		servers = append(servers, asrv)
+		go func() { errc <- asrv.Serve(admin) }()
+	}
+	s.ready.Store(true)
+	s.log.Info("serving", "listen", public.Addr().String(), "routes", len(s.handler.Current().Routes()))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.ready.Store(false)
+	s.log.Info("shutting down", "timeout", st.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), st.ShutdownTimeout)
+	defer cancel()
+	for _, hs := range servers {
+		if e := hs.Shutdown(sctx); e != nil {
+			err = errors.Join(err, fmt.Errorf("draining: %w", e))
+		}
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		if !s.ready.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", s.opts.Metrics.Handler())
+	return mux
+}
+
+// errorLogWriter sends net/http's own error log (TLS handshakes, bad
+// requests) to slog. These lines carry no request data the gateway added.
+type errorLogWriter struct{ l *slog.Logger }
+
+func (e errorLogWriter) Write(p []byte) (int, error) {
+	e.l.Warn("http server", "error", string(bytesTrimNL(p)))
+	return len(p), nil
+}
+
+func bytesTrimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}
