@@ -175,4 +175,3 @@ func Page(gatewayURL string) http.Handler {
 		_, _ = io.WriteString(w, body)
 	})
 }
-

@@ -45,12 +45,12 @@ type Settings struct {
 
 // compiler collects every problem of one config.
 type compiler struct {
-	f        *config.File
-	getenv   func(string) string
-	errs     []error
-	warns    []*config.Error
-	secrets  map[string]secret.Value
-	used     map[string]bool // secrets referenced anywhere
+	f       *config.File
+	getenv  func(string) string
+	errs    []error
+	warns   []*config.Error
+	secrets map[string]secret.Value
+	used    map[string]bool // secrets referenced anywhere
 }
 
 func (c *compiler) errorf(path, format string, args ...any) {

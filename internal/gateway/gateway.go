@@ -128,19 +128,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // exchange is the per-request state the proxy hooks need.
 type exchange struct {
-	g        *Gateway
-	ep       *endpoint
-	params   route.Params
-	start    time.Time
-	upStart  time.Time
-	upDur    time.Duration
-	path     string // escaped upstream path
-	rawPath  string // decoded upstream path
-	query    string
-	timer    *time.Timer
-	cancel   context.CancelCauseFunc
-	status   int
-	errCode  string
+	g       *Gateway
+	ep      *endpoint
+	params  route.Params
+	start   time.Time
+	upStart time.Time
+	upDur   time.Duration
+	path    string // escaped upstream path
+	rawPath string // decoded upstream path
+	query   string
+	timer   *time.Timer
+	cancel  context.CancelCauseFunc
+	status  int
+	errCode string
 }
 
 type exchangeKey struct{}

@@ -51,7 +51,7 @@ var buffers = &bufferPool{}
 // build assembles the reverse proxy once per compiled config.
 func (g *Gateway) build() {
 	g.proxy = &httputil.ReverseProxy{
-		Rewrite:        g.rewrite,
+		Rewrite: g.rewrite,
 		// A Transport, unlike an http.Client, never follows redirects: a
 		// 3xx goes back to the client (Location scrubbed), so credentials
 		// are never resent to wherever an upstream points.
