@@ -1,0 +1,494 @@
+// Package storetest is the conformance suite every ratelimit.Store must
+// pass. The memory and Redis stores run the same table through the same
+// Limiter, which is how "identical semantics in memory and Redis" is kept
+// true rather than merely intended.
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keyward/keyward/internal/ratelimit"
+)
+
+// Open returns two stores that share state, as two gateway instances
+// sharing one backend would see it, and that share nothing with stores
+// returned by earlier calls. A single-process store may return itself
+// twice.
+type Open func(t *testing.T) (a, b ratelimit.Store)
+
+// Clock is a fake clock safe for concurrent use.
+type Clock struct{ ns atomic.Int64 }
+
+// NewClock returns a Clock reading t.
+func NewClock(t time.Time) *Clock {
+	c := &Clock{}
+	c.Set(t)
+	return c
+}
+
+// Now returns the clock's time; pass it as ratelimit.Options.Now.
+func (c *Clock) Now() time.Time { return time.Unix(0, c.ns.Load()).UTC() }
+
+// Set moves the clock to t.
+func (c *Clock) Set(t time.Time) { c.ns.Store(t.UnixNano()) }
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// Run runs the whole suite against the stores open returns.
+func Run(t *testing.T, open Open) {
+	t.Run("Limiter", func(t *testing.T) { TestLimiter(t, open) })
+	t.Run("Accuracy", func(t *testing.T) { TestAccuracy(t, open) })
+	t.Run("BudgetExact", func(t *testing.T) { TestBudgetExact(t, open) })
+}
+
+// start is a Saturday noon, far from any window edge unless a case moves it.
+var start = time.Date(2026, time.March, 14, 12, 0, 0, 0, time.UTC)
+
+type step struct {
+	advance  time.Duration // before the request
+	limiter  int           // index into the case's limiters
+	instance int           // 0: store a, 1: store b
+	client   string
+	repeat   int // run the step this many times (0 means 1), each must match
+	want     outcome
+	headers  http.Header // if not nil, the exact headers SetHeaders writes
+}
+
+type outcome struct {
+	Allowed                    bool
+	Reason                     ratelimit.Reason
+	Rate, ClientBudget, Budget ratelimit.Decision
+}
+
+func allow(rate, cb, budget ratelimit.Decision) outcome {
+	return outcome{Allowed: true, Rate: rate, ClientBudget: cb, Budget: budget}
+}
+
+func rate(remaining int64, reset time.Duration) ratelimit.Decision {
+	return ratelimit.Decision{Allowed: true, Remaining: remaining, Reset: reset}
+}
+
+func denied(reset, retry time.Duration) ratelimit.Decision {
+	return ratelimit.Decision{Reset: reset, RetryAfter: retry}
+}
+
+var (
+	tenPerSecond = ratelimit.Rate{Count: 10, Per: time.Second} // 100ms per request
+	none         ratelimit.Decision
+	ms           = time.Millisecond
+)
+
+// TestLimiter runs the limiter table: GCRA arithmetic, rejected requests
+// not counted, budgets and their windows, give-backs, shared state between
+// instances, and the header fields.
+func TestLimiter(t *testing.T, open Open) {
+	tests := []struct {
+		name     string
+		start    time.Time
+		limiters []ratelimit.Options // Name, Store and Now are filled in
+		steps    []step
+	}{
+		{
+			name:     "burst then deny",
+			limiters: []ratelimit.Options{{Rate: tenPerSecond, Burst: 3}},
+			steps: []step{
+				{client: "c1", want: allow(rate(2, 100*ms), none, none)},
+				{client: "c1", want: allow(rate(1, 200*ms), none, none)},
+				{client: "c1", want: allow(rate(0, 300*ms), none, none)},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(300*ms, 100*ms)}},
+				{advance: 40 * ms, client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(260*ms, 60*ms)}},
+				{advance: 60 * ms, client: "c1", want: allow(rate(0, 300*ms), none, none)},
+			},
+		},
+		{
+			name:     "rejected requests are not counted",
+			limiters: []ratelimit.Options{{Rate: tenPerSecond, Burst: 1}},
+			steps: []step{
+				{client: "c1", want: allow(rate(0, 100*ms), none, none)},
+				{client: "c1", repeat: 50, want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(100*ms, 100*ms)}},
+				{advance: 99 * ms, client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(1*ms, 1*ms)}},
+				{advance: 1 * ms, client: "c1", want: allow(rate(0, 100*ms), none, none)},
+			},
+		},
+		{
+			name:     "burst below one means one",
+			limiters: []ratelimit.Options{{Rate: tenPerSecond}},
+			steps: []step{
+				{client: "c1", want: allow(rate(0, 100*ms), none, none)},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(100*ms, 100*ms)}},
+			},
+		},
+		{
+			name:     "partial and full refill",
+			limiters: []ratelimit.Options{{Rate: tenPerSecond, Burst: 3}},
+			steps: []step{
+				{client: "c1", repeat: 3, want: outcome{Allowed: true}}, // checked loosely below
+				{advance: 150 * ms, client: "c1", want: allow(rate(0, 250*ms), none, none)},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(250*ms, 50*ms)}},
+				{advance: 10 * time.Second, client: "c1", want: allow(rate(2, 100*ms), none, none)},
+			},
+		},
+		{
+			name:     "clients are independent",
+			limiters: []ratelimit.Options{{Rate: tenPerSecond, Burst: 1}},
+			steps: []step{
+				{client: "c1", want: allow(rate(0, 100*ms), none, none)},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(100*ms, 100*ms)}},
+				{client: "c2", want: allow(rate(0, 100*ms), none, none)},
+				{client: "2001:db8::/64", want: allow(rate(0, 100*ms), none, none)},
+			},
+		},
+		{
+			name:     "instances share one limit",
+			limiters: []ratelimit.Options{{Rate: tenPerSecond, Burst: 2}},
+			steps: []step{
+				{instance: 0, client: "c1", want: allow(rate(1, 100*ms), none, none)},
+				{instance: 1, client: "c1", want: allow(rate(0, 200*ms), none, none)},
+				{instance: 0, client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(200*ms, 100*ms)}},
+				{instance: 1, client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(200*ms, 100*ms)}},
+			},
+		},
+		{
+			name: "limiters with different names do not share",
+			limiters: []ratelimit.Options{
+				{Name: "one", Rate: tenPerSecond, Burst: 1},
+				{Name: "two", Rate: tenPerSecond, Burst: 1},
+			},
+			steps: []step{
+				{limiter: 0, client: "c1", want: allow(rate(0, 100*ms), none, none)},
+				{limiter: 1, client: "c1", want: allow(rate(0, 100*ms), none, none)},
+			},
+		},
+		{
+			name:     "route budget across clients and instances",
+			limiters: []ratelimit.Options{{Budget: ratelimit.Budget{Limit: 3, Window: ratelimit.Minute}}},
+			steps: []step{
+				{instance: 0, client: "c1", want: allow(none, none, rate(2, time.Minute))},
+				{instance: 1, client: "c2", want: allow(none, none, rate(1, time.Minute))},
+				{advance: 30 * time.Second, instance: 0, client: "c3", want: allow(none, none, rate(0, 30*time.Second))},
+				{instance: 1, client: "c4", want: outcome{Reason: ratelimit.ReasonBudget, Budget: denied(30*time.Second, 30*time.Second)}},
+				{advance: 10 * time.Second, instance: 0, client: "c4", want: outcome{Reason: ratelimit.ReasonBudget, Budget: denied(20*time.Second, 20*time.Second)}},
+				{advance: 20 * time.Second, instance: 1, client: "c4", want: allow(none, none, rate(2, time.Minute))},
+			},
+		},
+		{
+			name:     "monthly budget rolls over at the calendar month",
+			start:    time.Date(2026, time.January, 31, 23, 59, 59, 0, time.UTC),
+			limiters: []ratelimit.Options{{Budget: ratelimit.Budget{Limit: 1, Window: ratelimit.Month}}},
+			steps: []step{
+				{client: "c1", want: allow(none, none, rate(0, time.Second))},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonBudget, Budget: denied(time.Second, time.Second)}},
+				{advance: time.Second, client: "c1", want: allow(none, none, rate(0, 28*24*time.Hour))},
+			},
+		},
+		{
+			name: "client budget is per client",
+			limiters: []ratelimit.Options{{
+				ClientBudget: ratelimit.Budget{Limit: 2, Window: ratelimit.Hour},
+				Budget:       ratelimit.Budget{Limit: 100, Window: ratelimit.Day},
+			}},
+			steps: []step{
+				{client: "c1", want: allow(none, rate(1, time.Hour), rate(99, 12*time.Hour))},
+				{client: "c1", want: allow(none, rate(0, time.Hour), rate(98, 12*time.Hour))},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonClientBudget, ClientBudget: denied(time.Hour, time.Hour)}},
+				{client: "c2", want: allow(none, rate(1, time.Hour), rate(97, 12*time.Hour))},
+			},
+		},
+		{
+			// The second limiter has the same name and rate but no budget:
+			// it reads the rate state the first one left behind.
+			name: "budget denial gives back the rate it spent",
+			limiters: []ratelimit.Options{
+				{Rate: tenPerSecond, Burst: 2, Budget: ratelimit.Budget{Limit: 1, Window: ratelimit.Minute}},
+				{Rate: tenPerSecond, Burst: 2},
+			},
+			steps: []step{
+				{client: "c1", want: allow(rate(1, 100*ms), none, rate(0, time.Minute))},
+				{instance: 1, client: "c1", want: outcome{Reason: ratelimit.ReasonBudget, Rate: rate(1, 100*ms), Budget: denied(time.Minute, time.Minute)}},
+				{limiter: 1, client: "c1", want: allow(rate(0, 200*ms), none, none)},
+			},
+		},
+		{
+			name: "client budget denial gives back the rate it spent",
+			limiters: []ratelimit.Options{
+				{Rate: tenPerSecond, Burst: 2, ClientBudget: ratelimit.Budget{Limit: 1, Window: ratelimit.Minute}},
+				{Rate: tenPerSecond, Burst: 2},
+			},
+			steps: []step{
+				{client: "c1", want: allow(rate(1, 100*ms), rate(0, time.Minute), none)},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonClientBudget, Rate: rate(1, 100*ms), ClientBudget: denied(time.Minute, time.Minute)}},
+				{limiter: 1, client: "c1", want: allow(rate(0, 200*ms), none, none)},
+			},
+		},
+		{
+			name: "route budget denial gives back the client budget",
+			limiters: []ratelimit.Options{
+				{ClientBudget: ratelimit.Budget{Limit: 5, Window: ratelimit.Hour}, Budget: ratelimit.Budget{Limit: 1, Window: ratelimit.Hour}},
+				{ClientBudget: ratelimit.Budget{Limit: 5, Window: ratelimit.Hour}},
+			},
+			steps: []step{
+				{client: "c1", want: allow(none, rate(4, time.Hour), rate(0, time.Hour))},
+				// The first limiter's budget is spent; a fresh instance does not
+				// know yet and asks the store.
+				{instance: 1, client: "c1", want: outcome{Allowed: true}}, // checked loosely below
+				{limiter: 1, client: "c1", want: allow(none, rate(3, time.Hour), none)},
+			},
+		},
+		{
+			name: "headers when allowed",
+			limiters: []ratelimit.Options{{
+				Rate: tenPerSecond, Burst: 3,
+				Budget: ratelimit.Budget{Limit: 3, Window: ratelimit.Minute},
+			}},
+			steps: []step{
+				{client: "c1", want: allow(rate(2, 100*ms), none, rate(2, time.Minute)), headers: http.Header{
+					"Ratelimit-Policy": {`"rate";q=10;w=1, "budget";q=3;w=60`},
+					"Ratelimit":        {`"rate";r=2;t=1, "budget";r=2;t=60`},
+				}},
+			},
+		},
+		{
+			name:     "headers when rate limited",
+			limiters: []ratelimit.Options{{Rate: ratelimit.Rate{Count: 1, Per: 10 * time.Second}, Burst: 1}},
+			steps: []step{
+				{client: "c1", want: allow(rate(0, 10*time.Second), none, none)},
+				{advance: 2500 * ms, client: "c1", want: outcome{Reason: ratelimit.ReasonRate, Rate: denied(7500*ms, 7500*ms)}, headers: http.Header{
+					"Ratelimit-Policy": {`"rate";q=1;w=10`},
+					"Ratelimit":        {`"rate";r=0;t=8`},
+					"Retry-After":      {"8"},
+				}},
+			},
+		},
+		{
+			name: "headers when the budget is spent",
+			limiters: []ratelimit.Options{{
+				ClientBudget: ratelimit.Budget{Limit: 100, Window: ratelimit.Month},
+				Budget:       ratelimit.Budget{Limit: 1, Window: ratelimit.Day},
+			}},
+			steps: []step{
+				{client: "c1", want: allow(none, rate(99, 18*24*time.Hour-12*time.Hour), rate(0, 12*time.Hour))},
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonBudget, ClientBudget: rate(99, 18*24*time.Hour-12*time.Hour), Budget: denied(12*time.Hour, 12*time.Hour)}, headers: http.Header{
+					"Ratelimit-Policy": {`"client-budget";q=100;w=2592000, "budget";q=1;w=86400`},
+					"Ratelimit":        {`"client-budget";r=99;t=1512000, "budget";r=0;t=43200`},
+					"Retry-After":      {"43200"},
+				}},
+				// Now this instance knows the budget is spent and does not ask
+				// the store, so the client budget is not checked at all.
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonBudget, Budget: denied(12*time.Hour, 12*time.Hour)}, headers: http.Header{
+					"Ratelimit-Policy": {`"client-budget";q=100;w=2592000, "budget";q=1;w=86400`},
+					"Ratelimit":        {`"budget";r=0;t=43200`},
+					"Retry-After":      {"43200"},
+				}},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := open(t)
+			startAt := start
+			if !tt.start.IsZero() {
+				startAt = tt.start
+			}
+			clock := NewClock(startAt)
+			limiters := make([][2]*ratelimit.Limiter, len(tt.limiters))
+			for i, o := range tt.limiters {
+				if o.Name == "" {
+					o.Name = "route"
+				}
+				o.Now = clock.Now
+				for j, s := range []ratelimit.Store{a, b} {
+					o.Store = s
+					l, err := ratelimit.New(o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					limiters[i][j] = l
+				}
+			}
+			for i, s := range tt.steps {
+				clock.Advance(s.advance)
+				for n := range max(s.repeat, 1) {
+					res := limiters[s.limiter][s.instance].Allow(context.Background(), s.client)
+					if res.Err != nil {
+						t.Fatalf("step %d: %v", i, res.Err)
+					}
+					got := outcome{Allowed: res.Allowed, Reason: res.Reason, Rate: res.Rate, ClientBudget: res.ClientBudget, Budget: res.Budget}
+					want := s.want
+					if want == (outcome{Allowed: true}) {
+						want = outcome{Allowed: got.Allowed, Reason: got.Reason, Rate: got.Rate, ClientBudget: got.ClientBudget, Budget: got.Budget}
+					}
+					if diff := cmp.Diff(want, got); diff != "" {
+						t.Fatalf("step %d (request %d): result mismatch (-want +got):\n%s", i, n, diff)
+					}
+					if s.headers != nil {
+						h := http.Header{}
+						res.SetHeaders(h)
+						if diff := cmp.Diff(s.headers, h); diff != "" {
+							t.Errorf("step %d: headers mismatch (-want +got):\n%s", i, diff)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestAccuracy is the issue's acceptance test: four concurrent clients
+// hammer one key at rate 100/s with burst 10 for ten seconds, on one
+// instance and split over two instances. Time is simulated in 1 ms rounds
+// in which each client sends one request, concurrently with the others, so
+// the offered load is 4000 requests per second and the test takes as long
+// as 40,000 store calls, not ten seconds.
+func TestAccuracy(t *testing.T, open Open) {
+	const (
+		clients = 4
+		seconds = 10
+		round   = time.Millisecond
+		rounds  = int(seconds * time.Second / round)
+		perSec  = 100
+		burst   = 10
+	)
+	for _, instances := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d instances", instances), func(t *testing.T) {
+			a, b := open(t)
+			clock := NewClock(start)
+			var ls [2]*ratelimit.Limiter
+			for i, s := range []ratelimit.Store{a, b} {
+				l, err := ratelimit.New(ratelimit.Options{
+					Name: "accuracy", Rate: ratelimit.Rate{Count: perSec, Per: time.Second}, Burst: burst,
+					Store: s, Now: clock.Now, Timeout: 5 * time.Second,
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ls[i] = l
+			}
+			var perSecond [seconds]atomic.Int64
+			var tick [clients]chan int
+			var done sync.WaitGroup
+			errs := make(chan error, clients)
+			for c := range clients {
+				tick[c] = make(chan int)
+				l := ls[c%instances]
+				go func() {
+					for r := range tick[c] {
+						res := l.Allow(context.Background(), "one-key")
+						if res.Err != nil {
+							errs <- res.Err
+						}
+						if res.Allowed {
+							perSecond[r*int(round)/int(time.Second)].Add(1)
+						}
+						done.Done()
+					}
+				}()
+			}
+			for r := range rounds {
+				clock.Set(start.Add(time.Duration(r) * round))
+				done.Add(clients)
+				for c := range clients {
+					tick[c] <- r
+				}
+				done.Wait()
+			}
+			for c := range clients {
+				close(tick[c])
+			}
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			total := int64(0)
+			for s := range seconds {
+				n := perSecond[s].Load()
+				total += n
+				want := int64(perSec)
+				if s == 0 {
+					want += burst // the first second also spends the burst
+				}
+				if n < want-2 || n > want+2 {
+					t.Errorf("second %d: %d accepted, want %d ± 2%%", s, n, want)
+				}
+			}
+			if want := int64(seconds*perSec + burst); total < want*98/100 || total > want*102/100 {
+				t.Errorf("%d accepted in %d s, want %d ± 2%%", total, seconds, want)
+			}
+			t.Logf("%d accepted in %d simulated seconds", total, seconds)
+		})
+	}
+}
+
+// TestBudgetExact is the issue's budget acceptance test: 50 goroutines
+// acting for 20 clients, split over two instances, against a 1000/day route
+// budget must be admitted exactly 1000 times. A per-client rate and a
+// per-client budget run alongside, so give-backs happen concurrently too.
+func TestBudgetExact(t *testing.T, open Open) {
+	tests := []struct {
+		name         string
+		clientBudget int64
+		want         int64
+	}{
+		{name: "route budget", want: 1000},
+		{name: "client budgets below route budget", clientBudget: 30, want: 20 * 30},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := open(t)
+			clock := NewClock(start)
+			var ls [2]*ratelimit.Limiter
+			for i, s := range []ratelimit.Store{a, b} {
+				o := ratelimit.Options{
+					Name: "budget", Store: s, Now: clock.Now, Timeout: 5 * time.Second,
+					Rate: ratelimit.Rate{Count: 10000, Per: time.Second}, Burst: 10000,
+					Budget: ratelimit.Budget{Limit: 1000, Window: ratelimit.Day},
+				}
+				if tt.clientBudget > 0 {
+					o.ClientBudget = ratelimit.Budget{Limit: tt.clientBudget, Window: ratelimit.Day}
+				}
+				l, err := ratelimit.New(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ls[i] = l
+			}
+			var allowed atomic.Int64
+			var wg sync.WaitGroup
+			errs := make(chan error, 50)
+			for g := range 50 {
+				wg.Go(func() {
+					l := ls[g%2]
+					client := fmt.Sprintf("198.51.100.%d", g%20)
+					for range 200 {
+						res := l.Allow(context.Background(), client)
+						if res.Err != nil {
+							errs <- res.Err
+							return
+						}
+						if res.Allowed {
+							allowed.Add(1)
+						} else if res.Reason == ratelimit.ReasonBudget {
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if got := allowed.Load(); got != tt.want {
+				t.Errorf("%d requests allowed, want exactly %d", got, tt.want)
+			}
+		})
+	}
+}
