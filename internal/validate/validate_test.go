@@ -150,7 +150,7 @@ func TestCheck(t *testing.T) {
 			want: []Violation{{In: "body", Message: "a JSON body is required", Code: CodeInvalid}},
 		},
 		{
-			name: "multiple violations at once",
+			name:  "multiple violations at once",
 			query: "page=0&sort=name", header: http.Header{"X-Request-Id": {"zz"}},
 			ctype: "application/json", body: `{"email":"nope","message":""}`,
 			want: []Violation{
