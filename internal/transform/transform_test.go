@@ -178,6 +178,11 @@ func TestRun(t *testing.T) {
 			want: `{"l":[1,2],"m":{"a":{"b":1,"c":2}},"n":12,"s":"abab","t":"hey!","u":2,"v":"hey-1,2","w":[1,2,3]}`,
 		},
 		{
+			name: "guarded operators keep jq's output order",
+			cfg:  Config{Response: `[(1,2) + (10,20)]`}, side: Response,
+			body: `{}`, ctype: "application/json", want: `[11,12,21,22]`,
+		},
+		{
 			name: "env is empty",
 			cfg:  Config{Response: `[$ENV, env]`}, side: Response,
 			body: `{}`, ctype: "application/json", want: `[{},{}]`,
