@@ -22,7 +22,11 @@ type File struct {
 	Name string
 	// Config is the decoded content, with defaults applied.
 	Config Config
-	root   ast.Node
+	// Unknown holds one *Error per unknown field. Decoding continues past
+	// them so that `keyward check` reports them together with every
+	// semantic problem; compiling a File with Unknown fields fails.
+	Unknown []error
+	root    ast.Node
 }
 
 // Error is one problem in a config file.
@@ -51,8 +55,9 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
-// Load reads, decodes and defaults the file at name. It reports every
-// unknown field at once; a YAML syntax or type error stops decoding.
+// Load reads, decodes and defaults the file at name. A YAML syntax or type
+// error stops decoding and is returned; unknown fields are collected in
+// File.Unknown.
 func Load(name string) (*File, error) {
 	data, err := os.ReadFile(name)
 	if err != nil {
@@ -79,11 +84,7 @@ func Parse(name string, data []byte) (*File, error) {
 	if f.root == nil {
 		return nil, &Error{File: name, Line: 1, Msg: "empty config: at least one route is required"}
 	}
-	var errs []error
-	f.unknownFields(f.root, reflect.TypeOf(Config{}), "", &errs)
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
+	f.unknownFields(f.root, reflect.TypeOf(Config{}), "", &f.Unknown)
 	if err := yaml.NodeToValue(f.root, &f.Config); err != nil {
 		return nil, f.yamlError(err)
 	}

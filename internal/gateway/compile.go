@@ -67,6 +67,7 @@ func (c *compiler) warnf(path, format string, args ...any) {
 // configuration.
 func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error, err error) {
 	c := &compiler{f: f, getenv: opts.Getenv, secrets: map[string]secret.Value{}, used: map[string]bool{}}
+	c.errs = append(c.errs, f.Unknown...)
 	cfg := &f.Config
 	g = &Gateway{opts: opts.withDefaults(), root: &route.Router[*endpoint]{}, hosts: map[string]*route.Router[*endpoint]{}}
 	g.settings = c.settings(cfg)
@@ -113,7 +114,9 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 		}
 	}
 	if len(c.errs) > 0 {
-		return nil, c.warns, errors.Join(dedupe(c.errs)...)
+		errs := dedupe(c.errs)
+		sort.SliceStable(errs, func(i, j int) bool { return line(errs[i]) < line(errs[j]) })
+		return nil, c.warns, errors.Join(errs...)
 	}
 	for _, v := range c.secrets {
 		g.secrets = append(g.secrets, v)
@@ -121,6 +124,14 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	g.scrub = newScrubber(g.secrets)
 	g.build()
 	return g, dedupeWarn(c.warns), nil
+}
+
+func line(err error) int {
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		return ce.Line
+	}
+	return 0
 }
 
 // dedupe drops repeats: with several stages, a route's problem would
@@ -316,11 +327,11 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 			c.errorf(path+".params."+name, "parameter {%s} is not in path %q", name, rc.Path)
 			continue
 		}
-		re, err := regexp.Compile("^(?:" + expr + ")$")
-		if err != nil {
+		if _, err := regexp.Compile(expr); err != nil {
 			c.errorf(path+".params."+name, "bad pattern %q: %v", expr, err)
 			continue
 		}
+		re := regexp.MustCompile("^(?:" + expr + ")$")
 		ep.paramRE[i] = re
 	}
 

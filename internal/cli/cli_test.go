@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = Run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// golden compares got with testdata/NAME, or rewrites it with -update.
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", name, diff)
+	}
+}
+
+func TestCheckReportsEveryProblemWithItsLine(t *testing.T) {
+	t.Setenv("KEYWARD_TEST_GITHUB_TOKEN", "")
+	code, stdout, stderr := run(t, "check", "-c", "testdata/five-errors.yaml")
+	if code != exitError {
+		t.Errorf("exit code %d, want %d", code, exitError)
+	}
+	if stdout != "" {
+		t.Errorf("stdout: %q", stdout)
+	}
+	golden(t, "five-errors.golden", stderr)
+}
+
+func TestCheckOK(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "keyward.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+secrets:
+  k: { env: KEYWARD_TEST_KEY }
+stages:
+  dev: { prefix: /dev, vars: { api: "https://api.example.com" } }
+routes:
+  - name: a
+    path: /a
+    upstream: "{stage.api}/a"
+    headers: { set: { X-Key: "{secret.k}" } }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KEYWARD_TEST_KEY", "s3cr3t-value")
+	code, stdout, stderr := run(t, "check", "-c", cfg)
+	if code != exitOK || stdout != "ok: 1 routes, 1 stages\n" {
+		t.Errorf("code %d stdout %q stderr %q", code, stdout, stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown verb", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"unknown flag", []string{"check", "-nope"}, "flag provided but not defined: -nope"},
+		{"stray argument", []string{"check", "extra"}, `unexpected argument "extra"`},
+		{"test needs method and path", []string{"test", "GET"}, "want METHOD PATH"},
+		{"no verb", nil, "Usage:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := run(t, tc.args...)
+			if code != exitUsage {
+				t.Errorf("exit code %d, want %d", code, exitUsage)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr %q does not contain %q", stderr, tc.want)
+			}
+		})
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	if code, out, _ := run(t, "version"); code != 0 || !strings.HasPrefix(out, "keyward ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	if code, out, _ := run(t, "help"); code != 0 || !strings.Contains(out, "keyward serve") {
+		t.Errorf("help: %d %q", code, out)
+	}
+}
