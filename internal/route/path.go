@@ -91,7 +91,8 @@ func unescape(s string) (string, bool) {
 	if n == 0 {
 		return s, true
 	}
-	b := make([]byte, 0, len(s)-2*n)
+	// An invalid escape ("%", "%%") can make len(s)-2*n negative.
+	b := make([]byte, 0, max(len(s)-2*n, 0))
 	for i := 0; i < len(s); i++ {
 		if s[i] != '%' {
 			b = append(b, s[i])

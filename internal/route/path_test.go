@@ -29,6 +29,10 @@ func TestCheckPathAccepts(t *testing.T) {
 		{"raw utf-8 byte", "/caf\xc3\xa9"},
 		{"quadruple-encoded dot is beyond the policy", "/%2525252e%2525252e"},
 		{"decoded percent that is no longer an escape", "/%25zz"},
+		// Regression: a segment decoding to a lone "%" used to panic in
+		// unescape (negative slice capacity) on the second round.
+		{"escaped lone percent", "/%25"},
+		{"escaped percent pair", "/x/%25%25"},
 		// Overlong UTF-8 for "." (C0 AE) is invalid UTF-8, not a dot: Go
 		// and RFC 3629 decoders never turn it into "..". CheckPath accepts
 		// it as opaque bytes; TestUpstreamKeepsOverlongEscaped proves the
@@ -97,6 +101,9 @@ func TestCheckPathRefuses(t *testing.T) {
 		{"invalid escape", "/a%zzb"},
 		{"truncated escape", "/a%2"},
 		{"lone percent", "/a%"},
+		{"lone percent segment", "/%"},
+		{"percent pair segment", "/%%"},
+		{"percent triple segment", "/%%%"},
 		{"percent at end of segment", "/a%/b"},
 	}
 	for _, tt := range tests {
@@ -109,5 +116,35 @@ func TestCheckPathRefuses(t *testing.T) {
 				t.Errorf("CheckPath(%q) = %v, want it to wrap ErrBadPath", tt.path, err)
 			}
 		})
+	}
+}
+
+// TestUnescapeInvalid is a regression test: input with more '%' than room
+// for their hex digits made unescape allocate a negative capacity and panic.
+func TestUnescapeInvalid(t *testing.T) {
+	tests := []struct {
+		in     string
+		want   string
+		wantOK bool
+	}{
+		{"%", "", false},
+		{"%%", "", false},
+		{"%%%", "", false},
+		{"%2", "", false},
+		{"a%", "", false},
+		{"%25", "%", true},
+		{"%2e%2E", "..", true},
+		{"abc", "abc", true},
+	}
+	for _, tt := range tests {
+		got, ok := unescape(tt.in)
+		if got != tt.want || ok != tt.wantOK {
+			t.Errorf("unescape(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.wantOK)
+		}
+	}
+	for _, p := range []string{"/%", "/a/%%", "/%25/x"} {
+		if _, err := ParsePattern(p); err == nil && p != "/%25/x" {
+			t.Errorf("ParsePattern(%q) accepted an invalid escape", p)
+		}
 	}
 }
