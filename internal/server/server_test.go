@@ -1,0 +1,232 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/server"
+)
+
+// blockingUpstream holds /slow requests until released.
+type blockingUpstream struct {
+	srv     *httptest.Server
+	arrived chan struct{}
+	release chan struct{}
+}
+
+func newBlockingUpstream(t *testing.T) *blockingUpstream {
+	u := &blockingUpstream{arrived: make(chan struct{}, 10), release: make(chan struct{})}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			u.arrived <- struct{}{}
+			<-u.release
+		}
+		_, _ = io.WriteString(w, "from "+r.URL.Path)
+	}))
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func writeConfig(t *testing.T, path, upstream string, routes ...string) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("listen: \"127.0.0.1:0\"\nroutes:\n")
+	for _, r := range routes {
+		b.WriteString("  - { name: " + r + ", path: /" + r + ", upstream: \"" + upstream + "/" + r + "\" }\n")
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+func start(t *testing.T, path string, logs io.Writer) (*server.Server, string, context.CancelFunc, chan error) {
+	t.Helper()
+	srv, err := server.New(path, gateway.Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return srv, "http://" + ln.Addr().String(), cancel, done
+}
+
+func TestReload(t *testing.T) {
+	up := newBlockingUpstream(t)
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	writeConfig(t, path, up.srv.URL, "slow", "b")
+	logs := &logBuffer{}
+	srv, base, _, _ := start(t, path, logs)
+
+	// A request in flight across both reloads.
+	inflight := make(chan string, 1)
+	go func() {
+		code, body := get(t, base+"/slow")
+		inflight <- strings.TrimSpace(body) + " " + http.StatusText(code)
+	}()
+	<-up.arrived
+
+	if err := os.WriteFile(path, []byte("routes:\n  - name: x\n    pathh: /x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(); err == nil {
+		t.Fatal("reload of a bad file succeeded")
+	}
+	if code, body := get(t, base+"/b"); code != 200 || body != "from /b" {
+		t.Errorf("after bad reload, /b: %d %q", code, body)
+	}
+	if !strings.Contains(logs.String(), "still serving the previous config") || !strings.Contains(logs.String(), "routes[0].pathh: unknown field") {
+		t.Errorf("bad reload not logged in full:\n%s", logs.String())
+	}
+
+	writeConfig(t, path, up.srv.URL, "slow", "c")
+	if err := srv.Reload(); err != nil {
+		t.Fatalf("good reload: %v", err)
+	}
+	if code, _ := get(t, base+"/b"); code != 404 {
+		t.Errorf("after good reload, /b: %d", code)
+	}
+	if code, body := get(t, base+"/c"); code != 200 || body != "from /c" {
+		t.Errorf("after good reload, /c: %d %q", code, body)
+	}
+
+	close(up.release)
+	if got := <-inflight; got != "from /slow OK" {
+		t.Errorf("in-flight request: %q", got)
+	}
+}
+
+func TestShutdownDrainsInFlightRequests(t *testing.T) {
+	up := newBlockingUpstream(t)
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	writeConfig(t, path, up.srv.URL, "slow")
+	_, base, cancel, done := start(t, path, io.Discard)
+
+	inflight := make(chan string, 1)
+	go func() {
+		_, body := get(t, base+"/slow")
+		inflight <- body
+	}()
+	<-up.arrived
+	cancel()
+	// Wait until shutdown has closed the listener, then check that Serve is
+	// still waiting for the request in flight.
+	addr := strings.TrimPrefix(base, "http://")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("listener still open after shutdown began")
+		}
+		runtime.Gosched()
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Serve returned with a request in flight: %v", err)
+	default:
+	}
+	close(up.release)
+	if got := <-inflight; got != "from /slow" {
+		t.Errorf("in-flight request: %q", got)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		done <- nil // for the cleanup
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after the last request")
+	}
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	up := newBlockingUpstream(t)
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	writeConfig(t, path, up.srv.URL, "a")
+	srv, err := server.New(path, gateway.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := net.Listen("tcp", "127.0.0.1:0")
+	adm, _ := net.Listen("tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, pub, adm) }()
+	defer func() { cancel(); <-done }()
+
+	admin := "http://" + adm.Addr().String()
+	// readyz flips to ready once Serve has started; wait on the condition.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if code, _ := get(t, admin+"/readyz"); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never ready")
+		}
+		runtime.Gosched()
+	}
+	if code, body := get(t, admin+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("healthz: %d %q", code, body)
+	}
+	get(t, "http://"+pub.Addr().String()+"/a")
+	code, body := get(t, admin+"/metrics")
+	if code != 200 || !strings.Contains(body, `keyward_requests_total{method="GET",route="a",status="200"} 1`) ||
+		!strings.Contains(body, `keyward_config_reloads_total{result="ok"} 1`) {
+		t.Errorf("metrics: %d\n%s", code, body)
+	}
+}
