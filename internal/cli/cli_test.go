@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -104,5 +107,59 @@ func TestVersionAndHelp(t *testing.T) {
 	}
 	if code, out, _ := run(t, "help"); code != 0 || !strings.Contains(out, "keyward serve") {
 		t.Errorf("help: %d %q", code, out)
+	}
+}
+
+func TestTestShowsTheUpstreamRequestWithSecretsMasked(t *testing.T) {
+	const canary = "kw-canary-7d1e9b"
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"auth":%q,"q":%q}`, r.Header.Get("X-Key"), r.URL.RawQuery)
+	}))
+	defer up.Close()
+	cfg := filepath.Join(t.TempDir(), "keyward.yaml")
+	if err := os.WriteFile(cfg, []byte(`
+secrets:
+  k: { env: KEYWARD_TEST_KEY }
+stages:
+  dev: { prefix: /dev, vars: { api: "`+up.URL+`" } }
+routes:
+  - name: items
+    path: /items/{id}
+    upstream: "{stage.api}/v1/items/{id}"
+    query: { allow: [page], set: { token: "{secret.k}" } }
+    headers: { set: { X-Key: "{secret.k}" } }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KEYWARD_TEST_KEY", canary)
+
+	code, stdout, stderr := run(t, "test", "-c", cfg, "GET", "/items/42?page=2&token=mine", "--stage", "dev", "-H", "Cookie: a=b")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"route:    items (stage dev)",
+		`param:    id = "42"`,
+		"upstream: GET " + up.URL + "/v1/items/42?page=2&token=[secret:k]",
+		"  X-Key: [secret:k]",
+		"  header Cookie: not allowed (add it to headers.allow)",
+		"  query token: set by the gateway (query.set)",
+		"(not sent; add --send to send it)",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+
+	code, stdout, stderr = run(t, "test", "-c", cfg, "--send", "--stage", "dev", "GET", "/items/42")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stdout, "response: 200 OK") || !strings.Contains(stdout, `{"auth":"[secret:k]","q":"token=[secret:k]"}`) {
+		t.Errorf("--send output:\n%s", stdout)
+	}
+	if strings.Contains(stdout+stderr, canary) {
+		t.Errorf("the secret's value was printed:\n%s%s", stdout, stderr)
 	}
 }

@@ -69,7 +69,8 @@ func test(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !strings.HasPrefix(target, "/") {
 		return usageError{fmt.Errorf("path %q must start with /", target)}
 	}
-	req := httptest.NewRequestWithContext(ctx, method, "http://"+host+target, strings.NewReader(*body))
+	req := httptest.NewRequestWithContext(ctx, method, target, strings.NewReader(*body))
+	req.Host = host
 	if *body == "" {
 		req.Body = http.NoBody
 		req.ContentLength = 0
@@ -84,7 +85,9 @@ func test(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	p := func(format string, a ...any) { fmt.Fprint(stdout, g.Mask(fmt.Sprintf(format, a...))) }
 	info, ok := g.Match(req)
-	if ok {
+	if !ok {
+		p("no route matches %s %s\n", method, target)
+	} else {
 		p("route:    %s", info.Name)
 		if info.Stage != "" {
 			p(" (stage %s)", info.Stage)

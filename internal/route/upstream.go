@@ -101,7 +101,8 @@ func CompileUpstream(s string, r placeholder.Resolver) (*Upstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	up := &Upstream{Scheme: u.Scheme, Host: u.Host, RawQuery: query, path: tpl, src: s}
+	// src shows stage variables resolved and secrets by name only.
+	up := &Upstream{Scheme: u.Scheme, Host: u.Host, RawQuery: query, path: tpl, src: strings.TrimSuffix(full, "?")}
 	up.prefix = staticPrefix(path)
 	if tpl.Static() && !tpl.HasSecret() {
 		up.static = path
@@ -125,7 +126,8 @@ func staticPrefix(path string) string {
 	return path[:strings.LastIndexByte(path[:i], '/')+1]
 }
 
-// String returns the template as written.
+// String returns the template with stage variables resolved; secrets and
+// parameters show as placeholders.
 func (u *Upstream) String() string { return u.src }
 
 // Template returns the compiled path template.
