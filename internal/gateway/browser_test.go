@@ -119,9 +119,6 @@ routes:
 		"other":   b.openTab(t, otherSrv.URL+"/"),
 	}
 
-	type upstreamWant struct {
-		Method, Path, Query, Authorization, TraceID, ContentType, Body string
-	}
 	tests := []struct {
 		name string
 		tab  string
@@ -135,7 +132,7 @@ routes:
 		wantBody      map[string]any // for upstream responses
 		// What reached the gateway and the upstream.
 		wantGateway  []string
-		wantUpstream []upstreamWant
+		wantUpstream []upstreamRequest
 		// Chromium's CORS reason (Network.loadingFailed corsErrorStatus)
 		// for the request, or "" when none must be reported.
 		wantCORSError network.CorsError
@@ -148,7 +145,7 @@ routes:
 			wantStatus:  200,
 			wantBody:    map[string]any{"method": "GET", "path": "/v1/items/a"},
 			wantGateway: []string{"GET /items/a"},
-			wantUpstream: []upstreamWant{{Method: "GET", Path: "/v1/items/a", Query: "key=" + browserCanary,
+			wantUpstream: []upstreamRequest{{Method: "GET", Path: "/v1/items/a", Query: "key=" + browserCanary,
 				Authorization: "Bearer " + browserCanary}},
 		},
 		{
@@ -160,7 +157,7 @@ routes:
 			wantStatus:  200,
 			wantBody:    map[string]any{"method": "POST", "path": "/v1/create/b"},
 			wantGateway: []string{"OPTIONS /create/b", "POST /create/b"},
-			wantUpstream: []upstreamWant{{Method: "POST", Path: "/v1/create/b", Authorization: "Bearer " + browserCanary,
+			wantUpstream: []upstreamRequest{{Method: "POST", Path: "/v1/create/b", Authorization: "Bearer " + browserCanary,
 				TraceID: "trace-b", ContentType: "application/json", Body: `{"title":"b"}`}},
 		},
 		{
@@ -240,11 +237,7 @@ routes:
 			if diff := cmp.Diff(tc.wantGateway, seen.forPath(tc.path)); diff != "" {
 				t.Errorf("requests reaching the gateway (-want +got):\n%s", diff)
 			}
-			var gotUp []upstreamWant
-			for _, r := range upstream.forPath(strings.Replace(tc.path, "/", "/v1/", 1)) {
-				gotUp = append(gotUp, upstreamWant{r.Method, r.Path, r.Query, r.Authorization, r.TraceID, r.ContentType, r.Body})
-			}
-			if diff := cmp.Diff(tc.wantUpstream, gotUp); diff != "" {
+			if diff := cmp.Diff(tc.wantUpstream, upstream.forPath(strings.Replace(tc.path, "/", "/v1/", 1))); diff != "" {
 				t.Errorf("requests reaching the upstream (-want +got):\n%s", diff)
 			}
 
@@ -294,6 +287,7 @@ type upstreamRecorder struct {
 	reqs []upstreamRequest
 }
 
+// upstreamRequest is what the upstream noted of one request.
 type upstreamRequest struct {
 	Method, Path, Query, Authorization, TraceID, ContentType, Body string
 }
