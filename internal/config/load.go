@@ -85,11 +85,26 @@ func Parse(name string, data []byte) (*File, error) {
 		return nil, &Error{File: name, Line: 1, Msg: "empty config: at least one route is required"}
 	}
 	f.unknownFields(f.root, reflect.TypeOf(Config{}), "", &f.Unknown)
-	if err := yaml.NodeToValue(f.root, &f.Config); err != nil {
-		return nil, f.yamlError(err)
+	if err := f.decode(); err != nil {
+		return nil, err
 	}
 	f.Config.setDefaults()
 	return f, nil
+}
+
+// decode turns the tree into f.Config. go-yaml v1.19.2 panics on some
+// inputs (a tag on an empty value where a list is expected, as in
+// "routes: !x"); a config file is user input, so that becomes an Error.
+func (f *File) decode() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &Error{File: f.Name, Msg: fmt.Sprintf("cannot decode the file (is there a YAML tag such as !x on an empty value?): %v", r)}
+		}
+	}()
+	if err := yaml.NodeToValue(f.root, &f.Config); err != nil {
+		return f.yamlError(err)
+	}
+	return nil
 }
 
 func (f *File) yamlError(err error) error {
