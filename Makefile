@@ -1,0 +1,66 @@
+# keyward's developer and CI entry points. CI runs `make test` (.ci/run).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+# The steps of `test` depend on each other's order (deps before tests).
+.NOTPARALLEL:
+
+GO ?= go
+# How long `make test` fuzzes each target; raise it for a longer hunt:
+# make fuzz FUZZTIME=5m
+FUZZTIME ?= 10s
+# The version stamped into the binary; a checkout without git is "dev".
+VERSION ?= $(or $(shell git describe --always --dirty 2>/dev/null),dev)
+LDFLAGS := -X github.com/keyward/keyward/internal/gateway.Version=$(VERSION)
+# Pinned so that a new release cannot break a build that did not change.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: test deps vet unit fuzz build fmt lint bench clean
+
+## test: install missing tools, vet, run every test with -race, fuzz each target briefly (what CI runs)
+test: deps vet unit fuzz
+
+## deps: install chromium and redis-server when missing (as root, with apt-get)
+deps:
+	./scripts/deps.sh
+
+## vet: go vet every package
+vet:
+	$(GO) vet ./...
+
+## unit: every test, with the race detector, never from the test cache
+unit:
+	$(GO) test -race -count=1 ./...
+
+## fuzz: run each native fuzz target (func FuzzX in a _test.go file) for FUZZTIME;
+## every target runs, and the run fails if any found a failure
+fuzz:
+	@targets=$$(grep -rE --include='*_test.go' --exclude-dir=testdata --exclude-dir=vendor --exclude-dir=.git \
+		-o '^func Fuzz[A-Za-z0-9_]*\(' . | sed -E 's/^(.*):func (Fuzz[A-Za-z0-9_]*)\($$/\1:\2/' | sort -u); \
+	if [[ -z $$targets ]]; then echo "fuzz: no targets"; exit 0; fi; \
+	for t in $$targets; do \
+		file=$${t%%:*}; name=$${t##*:}; \
+		pkg=./$$(dirname "$${file#./}"); \
+		echo "fuzz: $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) "$$pkg" || failed+=" $$pkg.$$name"; \
+	done; \
+	if [[ -n $${failed-} ]]; then echo "fuzz: FAILED:$$failed"; exit 1; fi
+
+## build: build bin/keyward with its version stamped in
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/keyward ./cmd/keyward
+
+## fmt: gofmt every package
+fmt:
+	$(GO) fmt ./...
+
+## lint: staticcheck every package
+lint:
+	$(GO) run $(STATICCHECK) ./...
+
+## bench: run every benchmark once, with allocations
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+clean:
+	rm -rf bin
