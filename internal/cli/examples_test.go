@@ -8,7 +8,7 @@ import (
 // TestExamplesPassCheck keeps every file in examples/ valid and free of
 // warnings.
 func TestExamplesPassCheck(t *testing.T) {
-	for _, env := range []string{"GITHUB_TOKEN", "MAPS_KEY", "OPENAI_API_KEY", "STRIPE_KEY"} {
+	for _, env := range []string{"GITHUB_TOKEN", "MAPS_KEY", "OPENAI_API_KEY", "STRIPE_KEY", "MAILER_KEY"} {
 		t.Setenv(env, "example-secret-value")
 	}
 	files, err := filepath.Glob("../../examples/*.yaml")

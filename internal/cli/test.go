@@ -123,6 +123,9 @@ func test(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(dropped) > 0 {
 			p("dropped from the client request:\n%s\n", strings.Join(dropped, "\n"))
 		}
+		if *body != "" || len(rec.body) > 0 {
+			p("body from the client:\n  %s\nbody sent upstream:\n  %s\n", *body, rec.body)
+		}
 		if !*send {
 			p("(not sent; add --send to send it)\n")
 			return nil
@@ -169,10 +172,20 @@ type recordingTransport struct {
 	send bool
 	next http.RoundTripper
 	req  *http.Request
+	body []byte
 }
 
 func (t *recordingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	t.req = r.Clone(r.Context())
+	if r.Body != nil {
+		b, err := io.ReadAll(r.Body)
+		r.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		t.body = b
+		r.Body = io.NopCloser(bytes.NewReader(b))
+	}
 	if t.send {
 		return t.next.RoundTrip(r)
 	}

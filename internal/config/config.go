@@ -4,6 +4,11 @@
 // reports semantic problems through Errors, with file, line and field path.
 package config
 
+import (
+	"github.com/keyward/keyward/internal/transform"
+	"github.com/keyward/keyward/internal/validate"
+)
+
 // Config is the whole keyward.yaml file.
 type Config struct {
 	// Listen is the public listener address. Default ":8080".
@@ -125,6 +130,12 @@ type Route struct {
 	MaxBody string `yaml:"max_body"`
 	// CORS replaces the global policy for this route.
 	CORS *CORS `yaml:"cors"`
+	// Validate checks the request before it is forwarded: query, headers
+	// and a JSON Schema for the body. Default: no checks.
+	Validate *validate.Config `yaml:"validate"`
+	// Transform reshapes JSON bodies with jq on the way up and down.
+	// Default: bodies pass unchanged.
+	Transform *transform.Config `yaml:"transform"`
 }
 
 // Query controls which client query parameters reach the upstream and

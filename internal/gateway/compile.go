@@ -16,6 +16,8 @@ import (
 	"github.com/keyward/keyward/internal/placeholder"
 	"github.com/keyward/keyward/internal/route"
 	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/transform"
+	"github.com/keyward/keyward/internal/validate"
 )
 
 // defaultHeaders are the client headers passed upstream without being
@@ -231,13 +233,7 @@ func (c *compiler) loadSecrets(cfg *config.Config) {
 
 // relative resolves a path relative to the config file's directory, so a
 // config works the same from any working directory.
-func (c *compiler) relative(p string) string {
-	dir := c.f.Name
-	if i := strings.LastIndexByte(dir, '/'); i >= 0 {
-		return dir[:i+1] + p
-	}
-	return p
-}
+func (c *compiler) relative(p string) string { return c.dir() + p }
 
 type stage struct {
 	name, prefix, host string
@@ -376,6 +372,8 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 		c.errorf(path+".max_body", "%v", err)
 	}
 
+	c.body(path, rc, ep, st)
+
 	if rc.CORS != nil {
 		ep.cors = c.cors(path+".cors", rc.CORS, ep.methods, ep.headerAllowNames())
 	} else {
@@ -385,6 +383,70 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 		return nil
 	}
 	return ep
+}
+
+// body compiles the route's validation and transforms.
+func (c *compiler) body(path string, rc *config.Route, ep *endpoint, st stage) {
+	if rc.Validate != nil {
+		vc := *rc.Validate
+		vc.MaxBodyBytes = ep.maxBody
+		v, err := validate.Compile(vc, c.dir())
+		for _, e := range unjoin(err) {
+			var ve *validate.Error
+			if errors.As(e, &ve) {
+				c.errorf(path+".validate."+ve.Path, "%s", ve.Msg)
+			} else {
+				c.errorf(path+".validate", "%v", e)
+			}
+		}
+		ep.validator = v
+	}
+	if rc.Transform == nil {
+		return
+	}
+	t, err := transform.Compile(*rc.Transform)
+	if err != nil {
+		for _, e := range unjoin(err) {
+			var te *transform.Error
+			if errors.As(e, &te) {
+				msg := te.Msg
+				if te.Offset >= 0 {
+					msg = fmt.Sprintf("at offset %d: %s", te.Offset, te.Msg)
+				}
+				c.errorf(path+".transform."+te.Path, "%s", msg)
+			} else {
+				c.errorf(path+".transform", "%v", e)
+			}
+		}
+		return
+	}
+	ep.transform = t
+	ep.stageVars = st.vars
+	if t.Request != nil {
+		ep.transformSecrets = map[string]string{}
+		for _, name := range t.Request.SecretNames() {
+			c.used[name] = true
+			v, ok := c.secrets[name]
+			if _, defined := c.f.Config.Secrets[name]; !defined {
+				c.errorf(path+".transform.request", "unknown secret $secret.%s", name)
+				continue
+			}
+			if ok {
+				ep.transformSecrets[name] = v.Reveal()
+			}
+		}
+	}
+	if t.Method != "" && !slices.Contains(knownMethods, t.Method) {
+		c.errorf(path+".transform.method", "unsupported method %q", t.Method)
+	}
+}
+
+// dir is the config file's directory, with a trailing slash, or "".
+func (c *compiler) dir() string {
+	if i := strings.LastIndexByte(c.f.Name, '/'); i >= 0 {
+		return c.f.Name[:i+1]
+	}
+	return ""
 }
 
 func (c *compiler) routeSendsSecret(rc *config.Route) bool {
@@ -530,7 +592,12 @@ func (c *compiler) cors(path string, cc *config.CORS, methods, allowHeaders []st
 	return p
 }
 
+// unjoin lists the errors inside a joined error (or an error list such as
+// validate.Errors), or err itself.
 func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
 		return j.Unwrap()
 	}

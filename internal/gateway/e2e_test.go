@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -28,7 +29,11 @@ import (
 const (
 	canaryGitHub = "ghp_CANARY_e2e_7f3a9c"
 	canaryMaps   = "AIza CANARY+maps/key=1&x"
+	canaryMailer = "mlr-CANARY-\"quoted\"-2b9e"
 )
+
+// canaries are every secret value the harness hands out.
+var canaries = []string{canaryGitHub, canaryMaps, canaryMailer}
 
 // seen is what the recording upstream received.
 type seen struct {
@@ -196,10 +201,7 @@ func newHarness(t *testing.T, yaml string) *harness {
 		Logger:  slog.New(slog.NewJSONHandler(h.logs, nil)),
 		Metrics: h.metrics,
 		Getenv: func(k string) string {
-			if k == "GITHUB_TOKEN" {
-				return canaryGitHub
-			}
-			return ""
+			return map[string]string{"GITHUB_TOKEN": canaryGitHub, "MAILER_KEY": canaryMailer}[k]
 		},
 	})
 	if err != nil {
@@ -281,8 +283,8 @@ func (h *harness) scan() {
 		if text == "" && name != "metrics" {
 			continue
 		}
-		for _, s := range []string{canaryGitHub, canaryMaps} {
-			for _, form := range []string{s, url.QueryEscape(s), url.PathEscape(s), "ghp_CANARY", "CANARY+maps", "CANARY%2Bmaps"} {
+		for _, s := range canaries {
+			for _, form := range []string{s, url.QueryEscape(s), url.PathEscape(s), strconv.Quote(s), "CANARY"} {
 				if strings.Contains(text, form) {
 					h.t.Errorf("canary %q found in %s", form, name)
 				}
@@ -489,7 +491,7 @@ func TestEndToEnd(t *testing.T) {
 		if res.Status != 502 || !strings.Contains(res.Body, "upstream_unavailable") {
 			t.Errorf("down: %d %s", res.Status, res.Body)
 		}
-		if !strings.Contains(h.logs.String(), "upstream error") || !strings.Contains(h.logs.String(), "key=%5BREDACTED%5D") && !strings.Contains(h.logs.String(), "[REDACTED]") {
+		if !strings.Contains(h.logs.String(), `"msg":"upstream error","route":"down","upstream":"http://`) {
 			t.Errorf("the upstream error was not logged")
 		}
 		h.up.take()

@@ -22,6 +22,8 @@ import (
 	"github.com/keyward/keyward/internal/placeholder"
 	"github.com/keyward/keyward/internal/route"
 	"github.com/keyward/keyward/internal/secret"
+	"github.com/keyward/keyward/internal/transform"
+	"github.com/keyward/keyward/internal/validate"
 )
 
 // Version is keyward's version, set at build time with -ldflags.
@@ -86,6 +88,10 @@ type endpoint struct {
 	timeout           time.Duration
 	maxBody           int64
 	cors              *cors.Policy
+	validator         *validate.Validator  // nil: no checks
+	transform         *transform.Transform // nil: bodies pass unchanged
+	transformSecrets  map[string]string    // only the secrets the request transform reads
+	stageVars         map[string]string
 }
 
 type querySet struct {
@@ -141,6 +147,8 @@ type exchange struct {
 	cancel  context.CancelCauseFunc
 	status  int
 	errCode string
+	ctype   string        // Content-Type set by a request transform
+	in      *http.Request // the inbound request as proxied
 }
 
 type exchangeKey struct{}
@@ -224,6 +232,11 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)
 	}
+	if ep.validator != nil || ep.transform != nil && ep.transform.Request != nil {
+		if !g.prepareBody(w, r, x) {
+			return
+		}
+	}
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	x.cancel = cancel
@@ -233,7 +246,8 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		cancel(nil)
 	}()
 	x.upStart = g.opts.Now()
-	g.proxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, exchangeKey{}, x)))
+	x.in = r.WithContext(context.WithValue(ctx, exchangeKey{}, x))
+	g.proxy.ServeHTTP(w, x.in)
 	if x.status == 0 {
 		x.status = w.status
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/keyward/keyward/internal/transform"
 )
 
 // NewTransport returns the upstream transport: connection reuse sized for
@@ -88,6 +91,9 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 		}
 		h[hs.name] = []string{string(hs.value.Expand(nil, x.params.Get, nil))}
 	}
+	if x.ctype != "" {
+		h["Content-Type"] = []string{x.ctype}
+	}
 	if te, ok := out.Header["Te"]; ok {
 		h["Te"] = te // ReverseProxy keeps "TE: trailers" for gRPC-style upstreams
 	}
@@ -112,7 +118,7 @@ func (g *Gateway) modifyResponse(resp *http.Response) error {
 		}
 	}
 	g.scrub.headers(resp.Header)
-	return nil
+	return g.transformResponse(resp, x)
 }
 
 // proxyError answers a failed upstream exchange. The error text may hold
@@ -122,7 +128,11 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	x := r.Context().Value(exchangeKey{}).(*exchange)
 	x.upDur = g.opts.Now().Sub(x.upStart)
 	var maxErr *http.MaxBytesError
+	var runErr *transform.RunError
 	switch {
+	case errors.As(err, &runErr):
+		g.transformFailed(w, x, err)
+		return
 	case errors.As(err, &maxErr):
 		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
 	case context.Cause(r.Context()) == errUpstreamTimeout:
@@ -136,8 +146,11 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		g.fail(w, x, http.StatusBadGateway, "upstream_unavailable", "the upstream could not be reached")
 	}
 	if x.status != 499 {
-		g.opts.Logger.LogAttrs(r.Context(), 8, "upstream error",
-			slogString("route", x.ep.name), slogString("error", g.scrub.string(err.Error())))
+		// The path can hold a secret (some APIs put the key there), so the
+		// logged target is scrubbed like the error text.
+		target := x.ep.upstream.Scheme + "://" + x.ep.upstream.Host + x.path
+		g.opts.Logger.LogAttrs(r.Context(), slog.LevelError, "upstream error", slogString("route", x.ep.name),
+			slogString("upstream", g.scrub.string(target)), slogString("error", g.scrub.string(err.Error())))
 	}
 	if g.opts.Metrics != nil {
 		g.opts.Metrics.UpstreamError(x.ep.name, x.errCode)

@@ -9,14 +9,22 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/keyward/keyward/internal/validate"
 )
 
 // fail writes the JSON error every refusal uses:
 // {"error":{"code":"...","message":"..."}}. Codes are stable; messages are
 // for people. CORS headers set earlier stay, so a page can read the error.
 func (g *Gateway) fail(w http.ResponseWriter, x *exchange, status int, code, msg string) {
+	g.failWith(w, x, status, code, msg, nil)
+}
+
+// failWith is fail with validation violations listed, so a front end can
+// show each message next to its field.
+func (g *Gateway) failWith(w http.ResponseWriter, x *exchange, status int, code, msg string, vs []validate.Violation) {
 	x.status, x.errCode = status, code
-	body, _ := json.Marshal(errorBody{Error: errorDetail{Code: code, Message: msg}})
+	body, _ := json.Marshal(errorBody{Error: errorDetail{Code: code, Message: msg, Violations: vs}})
 	h := w.Header()
 	h["Content-Type"] = jsonType
 	h["X-Content-Type-Options"] = nosniff
@@ -31,8 +39,9 @@ type errorBody struct {
 }
 
 type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Code       string               `json:"code"`
+	Message    string               `json:"message"`
+	Violations []validate.Violation `json:"violations,omitempty"`
 }
 
 var (

@@ -95,3 +95,13 @@ func (es Errors) Error() string {
 func (es *Errors) add(path string, offset int, format string, args ...any) {
 	*es = append(*es, &Error{Path: path, Offset: offset, Msg: fmt.Sprintf(format, args...)})
 }
+
+// Unwrap lists the problems, so errors.As and callers that walk joined
+// errors see each one.
+func (es Errors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}

@@ -200,6 +200,10 @@ func (p *Program) SecretNames() []string { return append([]string(nil), p.secret
 // String returns the expression as written.
 func (p *Program) String() string { return p.src }
 
+// MaxBytes is the largest input Run accepts, so a caller can stop reading
+// a body one byte past it instead of buffering all of it.
+func (p *Program) MaxBytes() int64 { return p.opts.limit }
+
 // Vars are the values an expression can read besides its input.
 type Vars struct {
 	// Params are the path parameters, as $params.NAME.

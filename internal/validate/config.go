@@ -41,8 +41,9 @@ type Config struct {
 	ContentTypes []string `yaml:"content_types" json:"content_types,omitempty"`
 
 	// MaxBodyBytes bounds the request body. Zero means DefaultMaxBodyBytes;
-	// a negative value is a config error.
-	MaxBodyBytes int64 `yaml:"max_body_bytes" json:"max_body_bytes,omitempty"`
+	// a negative value is a config error. It is not a YAML field: the
+	// gateway sets it from the route's max_body, so one knob bounds bodies.
+	MaxBodyBytes int64 `yaml:"-" json:"-"`
 }
 
 // DefaultMaxBodyBytes is the body bound used when Config.MaxBodyBytes is
@@ -109,4 +110,14 @@ func (es Errors) Error() string {
 
 func (es *Errors) add(path, format string, args ...any) {
 	*es = append(*es, &Error{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Unwrap lists the problems, so errors.As and callers that walk joined
+// errors see each one.
+func (es Errors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
 }

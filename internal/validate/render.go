@@ -1,11 +1,9 @@
 package validate
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 )
 
 // Status returns the HTTP status for a non-empty set of violations: 413 when
@@ -37,35 +35,6 @@ func Code(vs []Violation) string {
 		return CodeMediaType
 	}
 	return CodeInvalid
-}
-
-// Render returns the status and JSON body answering a refused request:
-//
-//	{"error":{"code":"validation_failed","message":"...","violations":[{"in":"body","path":"/email","message":"..."}]}}
-//
-// The shape matches every other keyward error, with violations added so a
-// front end can place each message next to its field.
-func Render(vs []Violation) (status int, body []byte) {
-	type errorBody struct {
-		Code       string      `json:"code"`
-		Message    string      `json:"message"`
-		Violations []Violation `json:"violations"`
-	}
-	msg := "the request is invalid: 1 problem"
-	if len(vs) != 1 {
-		msg = "the request is invalid: " + strconv.Itoa(len(vs)) + " problems"
-	}
-	if vs == nil {
-		vs = []Violation{}
-	}
-	b, err := json.Marshal(struct {
-		Error errorBody `json:"error"`
-	}{errorBody{Code: Code(vs), Message: msg, Violations: vs}})
-	if err != nil {
-		// Violations hold only strings; Marshal cannot fail on them.
-		panic("validate: marshaling violations: " + err.Error())
-	}
-	return Status(vs), append(b, '\n')
 }
 
 // ReadBody reads at most max+1 bytes of r, so that Check sees an oversize

@@ -397,45 +397,6 @@ func mustAbs(t *testing.T, p string) string {
 	return abs
 }
 
-func TestRender(t *testing.T) {
-	tests := []struct {
-		name       string
-		vs         []Violation
-		wantStatus int
-		wantBody   string
-	}{
-		{
-			name:       "validation failed",
-			vs:         []Violation{{In: "body", Path: "/email", Message: "is required", Code: CodeInvalid}, {In: "query", Path: "page", Message: "must be an integer", Code: CodeInvalid}},
-			wantStatus: 400,
-			wantBody:   `{"error":{"code":"validation_failed","message":"the request is invalid: 2 problems","violations":[{"in":"body","path":"/email","message":"is required"},{"in":"query","path":"page","message":"must be an integer"}]}}` + "\n",
-		},
-		{
-			name:       "too large wins",
-			vs:         []Violation{{In: "query", Path: "lang", Message: "is required", Code: CodeInvalid}, {In: "body", Message: "body exceeds 10 bytes", Code: CodeTooLarge}},
-			wantStatus: 413,
-			wantBody:   `{"error":{"code":"body_too_large","message":"the request is invalid: 2 problems","violations":[{"in":"query","path":"lang","message":"is required"},{"in":"body","path":"","message":"body exceeds 10 bytes"}]}}` + "\n",
-		},
-		{
-			name:       "media type",
-			vs:         []Violation{{In: "header", Path: "Content-Type", Message: "a Content-Type header is required", Code: CodeMediaType}},
-			wantStatus: 415,
-			wantBody:   `{"error":{"code":"unsupported_media_type","message":"the request is invalid: 1 problem","violations":[{"in":"header","path":"Content-Type","message":"a Content-Type header is required"}]}}` + "\n",
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			status, body := Render(tt.vs)
-			if status != tt.wantStatus {
-				t.Errorf("status = %d, want %d", status, tt.wantStatus)
-			}
-			if diff := cmp.Diff(tt.wantBody, string(body)); diff != "" {
-				t.Errorf("body mismatch (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
-
 func TestReadBody(t *testing.T) {
 	tests := []struct {
 		name     string

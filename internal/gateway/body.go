@@ -1,0 +1,132 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/keyward/keyward/internal/transform"
+	"github.com/keyward/keyward/internal/validate"
+)
+
+// prepareBody validates the request and runs the request transform. Both
+// need the whole body, so only routes that use them buffer it (bounded by
+// max_body). It returns false when it has answered the request itself.
+func (g *Gateway) prepareBody(w http.ResponseWriter, r *http.Request, x *exchange) bool {
+	ep := x.ep
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		var tooLarge bool
+		var err error
+		body, tooLarge, err = validate.ReadBody(r.Body, ep.maxBody)
+		var maxErr *http.MaxBytesError
+		switch {
+		case tooLarge || errors.As(err, &maxErr):
+			g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
+			return false
+		case err != nil:
+			g.fail(w, x, http.StatusBadRequest, "bad_request", "could not read the request body")
+			return false
+		}
+	}
+	ctype := r.Header.Get("Content-Type")
+	if vs := ep.validator.Check(r.URL.Query(), r.Header, ctype, body); len(vs) > 0 {
+		msg := "the request is invalid: " + strconv.Itoa(len(vs)) + " problem"
+		if len(vs) > 1 {
+			msg += "s"
+		}
+		g.failWith(w, x, validate.Status(vs), validate.Code(vs), msg, vs)
+		return false
+	}
+	if t := ep.transform; t != nil && t.Request != nil {
+		res, err := t.Request.Run(r.Context(), body, ctype, ep.vars(x, r, true))
+		if err != nil {
+			g.transformFailed(w, x, err)
+			return false
+		}
+		body = res.Body
+		if !res.Passed && t.ContentType != "" {
+			x.ctype = t.ContentType
+		}
+		if t.Method != "" {
+			r.Method = t.Method
+		}
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	if len(body) == 0 {
+		r.Body = http.NoBody
+	}
+	return true
+}
+
+// vars are what a jq expression may read besides its input; secrets only
+// for the request side.
+func (ep *endpoint) vars(x *exchange, r *http.Request, withSecrets bool) transform.Vars {
+	v := transform.Vars{Stage: ep.stageVars, Params: map[string]string{}, Query: url.Values{}}
+	for i := range x.params.Len() {
+		n, val := x.params.At(i)
+		v.Params[n] = val
+	}
+	for name, vals := range r.URL.Query() {
+		if ep.queryAllow[name] && !ep.isSetParam(name) {
+			v.Query[name] = vals
+		}
+	}
+	if withSecrets {
+		v.Secrets = ep.transformSecrets
+	}
+	return v
+}
+
+// transformResponse runs the response transform on a JSON response. Other
+// content (event streams among them) passes untouched and is never
+// buffered.
+func (g *Gateway) transformResponse(resp *http.Response, x *exchange) error {
+	t := x.ep.transform
+	if t == nil || t.Response == nil || !isJSON(resp.Header.Get("Content-Type")) {
+		return nil
+	}
+	body, tooLarge, err := validate.ReadBody(resp.Body, t.Response.MaxBytes())
+	resp.Body.Close()
+	if err != nil {
+		return err // a broken upstream body: 502
+	}
+	if tooLarge {
+		return &transform.RunError{Code: transform.CodeFailed, Status: http.StatusBadGateway, Side: transform.Response,
+			Message: "the upstream response could not be transformed", Detail: "upstream body larger than max_bytes", Kind: transform.ErrTooLarge}
+	}
+	res, err := t.Response.Run(resp.Request.Context(), body, resp.Header.Get("Content-Type"), x.ep.vars(x, x.in, false))
+	if err != nil {
+		return err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(res.Body))
+	resp.ContentLength = int64(len(res.Body))
+	resp.Header["Content-Length"] = []string{strconv.Itoa(len(res.Body))}
+	// The body changed: validators of the upstream's body no longer hold.
+	delete(resp.Header, "Etag")
+	delete(resp.Header, "Content-Md5")
+	return nil
+}
+
+// transformFailed answers a failed transform with its client-safe message
+// and logs the scrubbed detail.
+func (g *Gateway) transformFailed(w http.ResponseWriter, x *exchange, err error) {
+	var re *transform.RunError
+	if !errors.As(err, &re) {
+		g.fail(w, x, http.StatusBadGateway, transform.CodeFailed, "the transform failed")
+		return
+	}
+	g.opts.Logger.Warn("transform failed", slogString("route", x.ep.name), slogString("error", g.scrub.string(re.Error())))
+	g.fail(w, x, re.Status, re.Code, re.Message)
+}
+
+func isJSON(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json"))
+}
