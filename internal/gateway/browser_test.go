@@ -31,7 +31,7 @@ import (
 // cold start on a busy CI runner takes a few seconds.
 const (
 	browserStepTimeout  = 10 * time.Second
-	browserStartTimeout = 30 * time.Second
+	browserStartTimeout = 60 * time.Second
 )
 
 // browserCanary is the upstream API key. It must reach the upstream and
