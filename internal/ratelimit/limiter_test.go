@@ -1,0 +1,268 @@
+package ratelimit_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/keyward/keyward/internal/ratelimit"
+	"github.com/keyward/keyward/internal/ratelimit/storetest"
+)
+
+var start = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
+
+// faultyStore fails every call with err, or, if err is nil, blocks until
+// the context ends, like a Redis that accepts and never answers.
+type faultyStore struct {
+	err   error
+	calls atomic.Int64
+}
+
+func (f *faultyStore) fail(ctx context.Context) error {
+	f.calls.Add(1)
+	if f.err != nil {
+		return f.err
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (f *faultyStore) GCRA(ctx context.Context, _ string, _ time.Time, _, _ time.Duration) (bool, time.Duration, error) {
+	return false, 0, f.fail(ctx)
+}
+
+func (f *faultyStore) UndoGCRA(ctx context.Context, _ string, _ time.Time, _ time.Duration) error {
+	return f.fail(ctx)
+}
+
+func (f *faultyStore) Budget(ctx context.Context, _ string, _ time.Time, _ int64, _ ratelimit.Window) (bool, int64, error) {
+	return false, 0, f.fail(ctx)
+}
+
+func (f *faultyStore) UndoBudget(ctx context.Context, _ string, _ time.Time, _ ratelimit.Window) error {
+	return f.fail(ctx)
+}
+
+func TestFaultPolicy(t *testing.T) {
+	boom := errors.New("connection refused")
+	tests := []struct {
+		name       string
+		policy     ratelimit.FaultPolicy
+		storeErr   error
+		wantAllow  bool
+		wantReason ratelimit.Reason
+		wantIs     error
+	}{
+		{name: "fail open on error", policy: ratelimit.FailOpen, storeErr: boom, wantAllow: true, wantIs: boom},
+		{name: "fail closed on error", policy: ratelimit.FailClosed, storeErr: boom, wantReason: ratelimit.ReasonStoreError, wantIs: boom},
+		{name: "fail open on timeout", policy: ratelimit.FailOpen, wantAllow: true, wantIs: context.DeadlineExceeded},
+		{name: "fail closed on timeout", policy: ratelimit.FailClosed, wantReason: ratelimit.ReasonStoreError, wantIs: context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &faultyStore{err: tt.storeErr}
+			var reported []error
+			l, err := ratelimit.New(ratelimit.Options{
+				Name: "r", Store: store, OnStoreError: tt.policy, Timeout: 5 * time.Millisecond,
+				Rate:    ratelimit.Rate{Count: 1, Per: time.Second},
+				Budget:  ratelimit.Budget{Limit: 10, Window: ratelimit.Day},
+				OnFault: func(err error) { reported = append(reported, err) },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := l.Allow(context.Background(), "c")
+			if res.Allowed != tt.wantAllow || res.Reason != tt.wantReason {
+				t.Errorf("Allow = allowed %v reason %v, want %v %v", res.Allowed, res.Reason, tt.wantAllow, tt.wantReason)
+			}
+			var serr *ratelimit.StoreError
+			if !errors.As(res.Err, &serr) || serr.Op != "rate" || !errors.Is(res.Err, tt.wantIs) {
+				t.Errorf("Err = %v, want a *StoreError for the rate check wrapping %v", res.Err, tt.wantIs)
+			}
+			if len(reported) != 1 || reported[0] != res.Err {
+				t.Errorf("OnFault got %v, want exactly the result's error", reported)
+			}
+			if store.calls.Load() != 1 {
+				t.Errorf("%d store calls, want 1: a fault ends the check", store.calls.Load())
+			}
+			h := http.Header{}
+			res.SetHeaders(h)
+			if len(h) != 0 {
+				t.Errorf("SetHeaders after a fault wrote %v, want nothing", h)
+			}
+		})
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	m := ratelimit.NewMemory(0)
+	tests := []struct {
+		name string
+		o    ratelimit.Options
+		want []string
+	}{
+		{name: "everything missing", o: ratelimit.Options{Timeout: -1},
+			want: []string{"needs a name", "needs a store", "timeout -1ns is negative"}},
+		{name: "bad rate", o: ratelimit.Options{Name: "r", Store: m, Rate: ratelimit.Rate{Count: 1, Per: 0}},
+			want: []string{"count and period must be positive"}},
+		{name: "burst too large", o: ratelimit.Options{Name: "r", Store: m, Rate: ratelimit.Rate{Count: 1, Per: time.Hour}, Burst: 1 << 40},
+			want: []string{"ten years"}},
+		{name: "bad budget window", o: ratelimit.Options{Name: "r", Store: m, Budget: ratelimit.Budget{Limit: 1, Window: 9}},
+			want: []string{"budget 1/Window(9)"}},
+		{name: "bad policy", o: ratelimit.Options{Name: "r", Store: m, OnStoreError: 7},
+			want: []string{"unknown store error policy FaultPolicy(7)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ratelimit.New(tt.o)
+			if err == nil {
+				t.Fatal("New succeeded, want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseFaultPolicy(t *testing.T) {
+	for in, want := range map[string]ratelimit.FaultPolicy{"": ratelimit.FailOpen, "fail_open": ratelimit.FailOpen, "fail_closed": ratelimit.FailClosed} {
+		if got, err := ratelimit.ParseFaultPolicy(in); err != nil || got != want {
+			t.Errorf("ParseFaultPolicy(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := ratelimit.ParseFaultPolicy("open"); err == nil || !strings.Contains(err.Error(), `"open"`) {
+		t.Errorf("ParseFaultPolicy(open) error = %v, want one naming the value", err)
+	}
+}
+
+// TestMemoryBounded floods a small Memory store with new clients and
+// checks it never holds more than its limit, forgets idle clients, and
+// refuses new budget keys rather than forgetting counting ones.
+func TestMemoryBounded(t *testing.T) {
+	const maxKeys = 64 * 8 // 8 per shard
+	m := ratelimit.NewMemory(maxKeys)
+	ctx := context.Background()
+	now := start
+	for i := range 10 * maxKeys {
+		ok, _, err := m.GCRA(ctx, fmt.Sprint("client-", i), now, time.Second, time.Second)
+		if err != nil || !ok {
+			t.Fatalf("GCRA for new client %d = %v, %v", i, ok, err)
+		}
+	}
+	if n := m.Len(); n > maxKeys {
+		t.Errorf("store holds %d keys, want at most %d", n, maxKeys)
+	}
+	// Every GCRA key is idle a second later; budgets fill the store.
+	now = now.Add(2 * time.Second)
+	full := 0
+	for i := range 2 * maxKeys {
+		_, _, err := m.Budget(ctx, fmt.Sprint("budget-", i), now, 10, ratelimit.Day)
+		if errors.Is(err, ratelimit.ErrFull) {
+			full++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if full == 0 {
+		t.Error("no ErrFull after twice the key limit of budget keys")
+	}
+	if n := m.Len(); n > maxKeys {
+		t.Errorf("store holds %d keys, want at most %d", n, maxKeys)
+	}
+	// A day later the budget windows are over: their keys are swept and
+	// new ones fit again.
+	now = now.Add(25 * time.Hour)
+	for i := range 64 {
+		if _, _, err := m.Budget(ctx, fmt.Sprint("next-day-", i), now, 10, ratelimit.Day); err != nil {
+			t.Fatalf("new budget key %d after the window: %v", i, err)
+		}
+	}
+}
+
+// TestMemoryIdleKeysSwept checks that keys of clients that went quiet are
+// deleted by later traffic, without a background goroutine.
+func TestMemoryIdleKeysSwept(t *testing.T) {
+	m := ratelimit.NewMemory(0)
+	ctx := context.Background()
+	for i := range 50_000 {
+		if _, _, err := m.GCRA(ctx, fmt.Sprint("old-", i), start, time.Second, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := start.Add(time.Minute)
+	for i := range 50_000 {
+		if _, _, err := m.GCRA(ctx, fmt.Sprint("new-", i), later, time.Second, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := m.Len(); n >= 100_000 {
+		t.Errorf("store holds %d keys, want the idle ones swept", n)
+	}
+}
+
+func TestSetHeadersAllocs(t *testing.T) {
+	clock := storetest.NewClock(start)
+	l, err := ratelimit.New(ratelimit.Options{
+		Name: "r", Store: ratelimit.NewMemory(0), Now: clock.Now,
+		Rate: ratelimit.Rate{Count: 100, Per: time.Second}, Burst: 10,
+		Budget: ratelimit.Budget{Limit: 1 << 40, Window: ratelimit.Day},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := l.Allow(context.Background(), "c")
+	h := http.Header{}
+	// One string and one slice for RateLimit; the policy is shared.
+	if n := testing.AllocsPerRun(100, func() { res.SetHeaders(h) }); n > 2 {
+		t.Errorf("SetHeaders allocates %v times, want at most 2", n)
+	}
+	want := http.Header{
+		"Ratelimit-Policy": {`"rate";q=100;w=1, "budget";q=1099511627776;w=86400`},
+		"Ratelimit":        {`"rate";r=9;t=1, "budget";r=1099511627775;t=43200`},
+	}
+	if diff := cmp.Diff(want, h); diff != "" {
+		t.Errorf("headers mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func BenchmarkNoLimiter(b *testing.B) {
+	// The baseline: what the gateway does per request without a limiter.
+	h := http.Header{}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.Set("X-Baseline", "1")
+	}
+}
+
+func BenchmarkMemoryLimiter(b *testing.B) {
+	benchmarks := []struct {
+		name string
+		o    ratelimit.Options
+	}{
+		{name: "rate", o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1 << 30, Per: time.Second}, Burst: 1 << 20}},
+		{name: "rate+budget", o: ratelimit.Options{
+			Rate: ratelimit.Rate{Count: 1 << 30, Per: time.Second}, Burst: 1 << 20,
+			Budget: ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
+		}},
+	}
+	for _, bm := range benchmarks {
+		b.Run(bm.name, func(b *testing.B) {
+			bm.o.Name, bm.o.Store = "bench", ratelimit.NewMemory(0)
+			l, err := ratelimit.New(bm.o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			storetest.Bench(b, l)
+		})
+	}
+}
