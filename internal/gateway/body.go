@@ -122,7 +122,7 @@ func (g *Gateway) transformFailed(w http.ResponseWriter, x *exchange, err error)
 		g.fail(w, x, http.StatusBadGateway, transform.CodeFailed, "the transform failed")
 		return
 	}
-	g.opts.Logger.Warn("transform failed", slogString("route", x.ep.name), slogString("error", g.scrub.string(re.Error())))
+	g.opts.Logger.Warn("transform failed", slogString("route", x.ep.name), slogString("error", g.scrub.String(re.Error())))
 	g.fail(w, x, re.Status, re.Code, re.Message)
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/placeholder"
 	"github.com/keyward/keyward/internal/route"
+	"github.com/keyward/keyward/internal/scrub"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/transform"
 	"github.com/keyward/keyward/internal/validate"
@@ -123,7 +124,7 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	for _, v := range c.secrets {
 		g.secrets = append(g.secrets, v)
 	}
-	g.scrub = newScrubber(g.secrets)
+	g.scrub = scrub.New(g.secrets)
 	g.build()
 	return g, dedupeWarn(c.warns), nil
 }

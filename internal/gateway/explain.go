@@ -84,4 +84,4 @@ func (ri RouteInfo) QueryDropReason(name string) string {
 }
 
 // Mask replaces every secret value in s with "[secret:NAME]".
-func (g *Gateway) Mask(s string) string { return g.scrub.masker.Replace(s) }
+func (g *Gateway) Mask(s string) string { return g.scrub.Mask(s) }

@@ -21,6 +21,7 @@ import (
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/placeholder"
 	"github.com/keyward/keyward/internal/route"
+	"github.com/keyward/keyward/internal/scrub"
 	"github.com/keyward/keyward/internal/secret"
 	"github.com/keyward/keyward/internal/transform"
 	"github.com/keyward/keyward/internal/validate"
@@ -68,7 +69,7 @@ type Gateway struct {
 	cors      *cors.Policy                        // global policy, for 404s
 	endpoints []*endpoint
 	secrets   []secret.Value
-	scrub     *scrubber
+	scrub     *scrub.Scrubber
 	proxy     *httputil.ReverseProxy
 }
 

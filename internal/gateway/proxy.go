@@ -1,8 +1,12 @@
 package gateway
 
 import (
+	"compress/gzip"
+	"compress/zlib"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -117,8 +121,61 @@ func (g *Gateway) modifyResponse(resp *http.Response) error {
 			delete(resp.Header, name)
 		}
 	}
-	g.scrub.headers(resp.Header)
+	g.scrub.Headers(resp.Header)
+	if err := g.scrubBody(resp); err != nil {
+		return err
+	}
 	return g.transformResponse(resp, x)
+}
+
+// errEncoding is returned for a response body in an encoding keyward
+// cannot decode, and so cannot scrub.
+var errEncoding = errors.New("upstream response has a content encoding keyward cannot scrub")
+
+// scrubBody masks secret values in the response body as it streams. A
+// gzip or deflate body is decoded first (and sent on as identity); any
+// other encoding is refused, because a secret inside it could not be
+// found.
+func (g *Gateway) scrubBody(resp *http.Response) error {
+	if !g.scrub.Active() || resp.Body == nil || resp.Body == http.NoBody {
+		return nil
+	}
+	var dec io.ReadCloser
+	switch ce := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); ce {
+	case "", "identity":
+		resp.Body = g.scrub.Reader(resp.Body)
+		return nil
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			return fmt.Errorf("decoding gzip response: %w", err)
+		}
+		dec = zr
+	case "deflate":
+		zr, err := zlib.NewReader(resp.Body)
+		if err != nil {
+			return fmt.Errorf("decoding deflate response: %w", err)
+		}
+		dec = zr
+	default:
+		return errEncoding
+	}
+	resp.Body = g.scrub.Reader(decoded{dec, resp.Body})
+	delete(resp.Header, "Content-Encoding")
+	delete(resp.Header, "Content-Length")
+	resp.ContentLength = -1
+	return nil
+}
+
+// decoded reads through a decompressor and closes the body under it.
+type decoded struct {
+	io.ReadCloser
+	body io.Closer
+}
+
+func (d decoded) Close() error {
+	d.ReadCloser.Close()
+	return d.body.Close()
 }
 
 // proxyError answers a failed upstream exchange. The error text may hold
@@ -133,6 +190,8 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	case errors.As(err, &runErr):
 		g.transformFailed(w, x, err)
 		return
+	case errors.Is(err, errEncoding):
+		g.fail(w, x, http.StatusBadGateway, "upstream_encoding", "the upstream response uses an encoding keyward cannot inspect")
 	case errors.As(err, &maxErr):
 		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
 	case context.Cause(r.Context()) == errUpstreamTimeout:
@@ -150,7 +209,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		// logged target is scrubbed like the error text.
 		target := x.ep.upstream.Scheme + "://" + x.ep.upstream.Host + x.path
 		g.opts.Logger.LogAttrs(r.Context(), slog.LevelError, "upstream error", slogString("route", x.ep.name),
-			slogString("upstream", g.scrub.string(target)), slogString("error", g.scrub.string(err.Error())))
+			slogString("upstream", g.scrub.String(target)), slogString("error", g.scrub.String(err.Error())))
 	}
 	if g.opts.Metrics != nil {
 		g.opts.Metrics.UpstreamError(x.ep.name, x.errCode)
@@ -161,6 +220,6 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 type logWriter struct{ g *Gateway }
 
 func (l logWriter) Write(p []byte) (int, error) {
-	l.g.opts.Logger.Error("proxy", slogString("error", l.g.scrub.string(strings.TrimSpace(string(p)))))
+	l.g.opts.Logger.Error("proxy", slogString("error", l.g.scrub.String(strings.TrimSpace(string(p)))))
 	return len(p), nil
 }

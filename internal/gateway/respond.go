@@ -128,7 +128,7 @@ func (g *Gateway) finish(w *recorder, r *http.Request, x *exchange, id string) {
 		slogString("stage", stageName),
 		slogString("route", routeName),
 		slogString("method", r.Method),
-		slogString("path", g.scrub.string(r.URL.EscapedPath())),
+		slogString("path", g.scrub.String(r.URL.EscapedPath())),
 		slog.Int("status", status),
 		slog.Int64("bytes", w.bytes),
 		slog.Float64("ms", float64(dur)/float64(time.Millisecond)),

@@ -3,7 +3,6 @@ package placeholder
 import (
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 
@@ -172,14 +171,7 @@ func TestTemplateNeverPrintsSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verbs := []string{"%v", "%+v", "%s", "%q", "%x"}
-	if os.Getenv("KEYWARD_TEST_KNOWN_LEAKS") != "" {
-		// Known leak, reported: Template has no GoString, so %#v prints its
-		// unexported pieces by reflection and fmt cannot call
-		// secret.Value's methods on an unexported field; the raw value
-		// shows. Set KEYWARD_TEST_KNOWN_LEAKS=1 to see it fail.
-		verbs = append(verbs, "%#v")
-	}
+	verbs := []string{"%v", "%+v", "%s", "%q", "%x", "%#v"}
 	for _, verb := range verbs {
 		for _, v := range []any{tpl, &tpl} {
 			if got := fmt.Sprintf(verb, v); strings.Contains(got, "s3cr3t") || strings.Contains(got, fmt.Sprintf("%x", "s3cr3t")) {

@@ -16,21 +16,33 @@ import (
 const Redacted = "[REDACTED]"
 
 // Value is a loaded credential. Its zero value is an empty secret.
+//
+// The raw value sits behind a pointer because fmt prints unexported struct
+// fields by reflection, without calling their methods: a Value inside
+// another struct's unexported field would otherwise print in full with %v.
+// fmt does not follow nested pointers; it prints an address.
 type Value struct {
 	name string
-	raw  string
+	raw  *rawValue
 }
+
+type rawValue struct{ s string }
 
 // New returns a Value named name holding raw. Tests and loaders use it; the
 // name is used only for masking ("[secret:NAME]") and error messages.
-func New(name, raw string) Value { return Value{name: name, raw: raw} }
+func New(name, value string) Value { return Value{name: name, raw: &rawValue{value}} }
 
 // Name returns the secret's config name, which is not itself secret.
 func (v Value) Name() string { return v.name }
 
 // Reveal returns the raw credential. Call it only where the outbound request
 // is built or where outbound output is scrubbed.
-func (v Value) Reveal() string { return v.raw }
+func (v Value) Reveal() string {
+	if v.raw == nil {
+		return ""
+	}
+	return v.raw.s
+}
 
 // String returns [REDACTED].
 func (v Value) String() string { return Redacted }
@@ -70,11 +82,11 @@ func Load(name string, src Source, getenv func(string) string) (Value, error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	var raw string
+	var value string
 	switch {
 	case src.Env != "":
-		raw = getenv(src.Env)
-		if raw == "" {
+		value = getenv(src.Env)
+		if value == "" {
 			return Value{}, fmt.Errorf("environment variable %s is unset or empty", src.Env)
 		}
 	case src.File != "":
@@ -83,12 +95,12 @@ func Load(name string, src Source, getenv func(string) string) (Value, error) {
 			// The path is config, not secret; the OS error names only the path.
 			return Value{}, fmt.Errorf("reading secret file: %w", err)
 		}
-		raw = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-		if raw == "" {
+		value = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+		if value == "" {
 			return Value{}, fmt.Errorf("file %s: %w", src.File, ErrEmpty)
 		}
 	default:
 		return Value{}, errors.New("no source: set env or file")
 	}
-	return Value{name: name, raw: raw}, nil
+	return New(name, value), nil
 }

@@ -237,17 +237,11 @@ func TestLoad(t *testing.T) {
 	}
 }
 
-// TestKnownLeaks documents two leaks (reported, not fixed here), both
-// because fmt prints the raw field by reflection without calling Value's
-// methods: a Value held in an unexported struct field (fmt cannot call
-// methods there; slog's text handler goes through fmt), and %p, which fmt
-// handles before any Formatter and reports as a bad verb with methods
-// off. Storing the raw bytes behind a pointer would fix both. Set
-// KEYWARD_TEST_KNOWN_LEAKS=1 to run it.
-func TestKnownLeaks(t *testing.T) {
-	if os.Getenv("KEYWARD_TEST_KNOWN_LEAKS") == "" {
-		t.Skip("known leaks: Value in an unexported field, and the p verb; set KEYWARD_TEST_KNOWN_LEAKS=1")
-	}
+// TestReflectionPaths covers what fmt prints without calling Value's
+// methods: a Value held in an unexported struct field (slog's text handler
+// goes through fmt too), and %p, which fmt handles before any Formatter.
+// Both print the raw value unless it sits behind a pointer.
+func TestReflectionPaths(t *testing.T) {
 	v := New("github", raw)
 	if got := fmt.Sprintf("%p", v); leaks(got) {
 		t.Errorf("Sprintf(%%p, Value) = %q leaks", got)

@@ -1,0 +1,213 @@
+// Package scrub removes secret values from everything the gateway sends
+// back or writes down: response headers and bodies, error texts, logs.
+//
+// Each secret is searched for raw and in the forms it takes when an
+// upstream quotes it: query-escaped, path-escaped and JSON-escaped. Other
+// transformations (base64 inside a Basic credential, hashes) are out of
+// scope: no scanner can recognise every encoding of a value.
+package scrub
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/keyward/keyward/internal/secret"
+)
+
+// Redacted replaces a secret in headers, logs and error texts.
+const Redacted = secret.Redacted
+
+// MinLen is the shortest secret form that is scrubbed: replacing every
+// "ab" in a response would corrupt it, and such a value is no secret.
+const MinLen = 4
+
+// Scrubber finds and replaces secret values. The zero value and nil scrub
+// nothing. It is immutable and safe for concurrent use.
+type Scrubber struct {
+	needles  [][]byte // longest first
+	groups   []group  // needles by first byte, for a fast scan
+	strs     []string
+	names    []string // secret name per needle
+	first    [256]bool
+	maxLen   int
+	replacer *strings.Replacer
+	masker   *strings.Replacer
+}
+
+// New returns a Scrubber for secrets.
+func New(secrets []secret.Value) *Scrubber {
+	s := &Scrubber{}
+	seen := map[string]bool{}
+	type needle struct{ form, name string }
+	var ns []needle
+	for _, v := range secrets {
+		raw := v.Reveal()
+		for _, form := range forms(raw) {
+			if len(form) >= MinLen && !seen[form] {
+				seen[form] = true
+				ns = append(ns, needle{form, v.Name()})
+			}
+		}
+	}
+	// Longest first, so a secret containing another is replaced whole.
+	sort.SliceStable(ns, func(i, j int) bool { return len(ns[i].form) > len(ns[j].form) })
+	pairs := make([]string, 0, 2*len(ns))
+	masks := make([]string, 0, 2*len(ns))
+	for _, n := range ns {
+		s.needles = append(s.needles, []byte(n.form))
+		s.strs = append(s.strs, n.form)
+		s.names = append(s.names, n.name)
+		s.first[n.form[0]] = true
+		s.maxLen = max(s.maxLen, len(n.form))
+		pairs = append(pairs, n.form, Redacted)
+		masks = append(masks, n.form, "[secret:"+n.name+"]")
+	}
+	s.replacer = strings.NewReplacer(pairs...)
+	s.masker = strings.NewReplacer(masks...)
+	for _, n := range s.needles { // longest first, so groups are too
+		i := slices.IndexFunc(s.groups, func(g group) bool { return g.first == n[0] })
+		if i < 0 {
+			s.groups = append(s.groups, group{first: n[0]})
+			i = len(s.groups) - 1
+		}
+		s.groups[i].needles = append(s.groups[i].needles, n)
+	}
+	return s
+}
+
+// group holds the needles that start with one byte. The forms of one
+// secret almost always share their first byte, so a body is scanned once
+// per secret with IndexByte (vectorised) instead of once per form.
+type group struct {
+	first   byte
+	needles [][]byte
+}
+
+// forms are the spellings of raw an upstream may echo.
+func forms(raw string) []string {
+	j, _ := json.Marshal(raw)
+	jsonForm := string(j[1 : len(j)-1])
+	// Go's encoder also escapes <, > and &; other encoders don't.
+	var plain bytes.Buffer
+	enc := json.NewEncoder(&plain)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(raw)
+	plainForm := strings.TrimSuffix(plain.String(), "\n")
+	plainForm = plainForm[1 : len(plainForm)-1]
+	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), jsonForm, plainForm}
+}
+
+// Active reports whether there is anything to scrub.
+func (s *Scrubber) Active() bool { return s != nil && len(s.needles) > 0 }
+
+// Contains reports whether text holds any secret.
+func (s *Scrubber) Contains(text string) bool {
+	if !s.Active() {
+		return false
+	}
+	for _, n := range s.strs {
+		if strings.Contains(text, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// String returns text with every secret replaced by [REDACTED].
+func (s *Scrubber) String(text string) string {
+	if !s.Contains(text) {
+		return text
+	}
+	return s.replacer.Replace(text)
+}
+
+// Mask returns text with every secret replaced by [secret:NAME], for
+// `keyward test`, which shows where each secret goes.
+func (s *Scrubber) Mask(text string) string {
+	if !s.Active() {
+		return text
+	}
+	return s.masker.Replace(text)
+}
+
+// Headers scrubs every header value in place. A slice that changes is
+// copied first: header slices may be shared.
+func (s *Scrubber) Headers(h http.Header) {
+	if !s.Active() {
+		return
+	}
+	for name, vs := range h {
+		for i, v := range vs {
+			if s.Contains(v) {
+				vs = append([]string(nil), vs...)
+				vs[i] = s.replacer.Replace(v)
+				h[name] = vs
+			}
+		}
+	}
+}
+
+// maskInPlace overwrites every secret in b with a mask of the same length,
+// so a body keeps its Content-Length and needs no buffering.
+func (s *Scrubber) maskInPlace(b []byte) {
+	for _, g := range s.groups {
+		for off := 0; off < len(b); {
+			i := bytes.IndexByte(b[off:], g.first)
+			if i < 0 {
+				break
+			}
+			off += i
+			step := 1
+			for _, n := range g.needles {
+				if bytes.HasPrefix(b[off:], n) {
+					copy(b[off:], mask(len(n)))
+					step = len(n)
+					break
+				}
+			}
+			off += step
+		}
+	}
+}
+
+// masks[n] is the same-length replacement for an n-byte secret:
+// "[REDACTED]" padded with '*', or '*'s when shorter than that.
+var masks sync.Map
+
+func mask(n int) []byte {
+	if v, ok := masks.Load(n); ok {
+		return v.([]byte)
+	}
+	m := bytes.Repeat([]byte{'*'}, n)
+	if n >= len(Redacted) {
+		copy(m, Redacted)
+	}
+	masks.Store(n, m)
+	return m
+}
+
+// heldPrefix returns the length of the longest suffix of b that is a
+// proper prefix of some secret: those bytes must wait for the next read,
+// because the secret may continue there. For ordinary text this is 0, so
+// streamed events are not delayed.
+func (s *Scrubber) heldPrefix(b []byte) int {
+	start := max(0, len(b)-(s.maxLen-1))
+	for i := start; i < len(b); i++ {
+		if !s.first[b[i]] {
+			continue
+		}
+		tail := b[i:]
+		for _, n := range s.needles {
+			if len(n) > len(tail) && bytes.HasPrefix(n, tail) {
+				return len(tail)
+			}
+		}
+	}
+	return 0
+}
