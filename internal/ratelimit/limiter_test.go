@@ -249,9 +249,9 @@ func BenchmarkMemoryLimiter(b *testing.B) {
 		name string
 		o    ratelimit.Options
 	}{
-		{name: "rate", o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1 << 30, Per: time.Second}, Burst: 1 << 20}},
+		{name: "rate", o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20}},
 		{name: "rate+budget", o: ratelimit.Options{
-			Rate: ratelimit.Rate{Count: 1 << 30, Per: time.Second}, Burst: 1 << 20,
+			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20,
 			Budget: ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
 		}},
 	}
