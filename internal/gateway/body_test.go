@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/gatewaytest"
 )
 
 const bodyConfig = `
@@ -75,8 +76,8 @@ func decodeError(t *testing.T, body string) apiError {
 }
 
 func TestValidation(t *testing.T) {
-	h := newHarness(t, bodyConfig)
-	t.Cleanup(h.scan)
+	h := gatewaytest.New(t, bodyConfig, nil)
+	t.Cleanup(h.Scan)
 	jsonCT := http.Header{"Content-Type": {"application/json"}}
 	for _, tc := range []struct {
 		name, target, ctype, body string
@@ -94,7 +95,7 @@ func TestValidation(t *testing.T) {
 		{"oversize", "/contact", "application/json", `{"email":"a@b.example","message":"` + strings.Repeat("x", 300) + `"}`, 413, "body_too_large", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := h.raw("POST", tc.target, http.Header{"Content-Type": {tc.ctype}}, tc.body)
+			res := h.Raw("POST", tc.target, http.Header{"Content-Type": {tc.ctype}}, tc.body)
 			if res.Status != tc.status {
 				t.Fatalf("status %d, want %d: %s", res.Status, tc.status, res.Body)
 			}
@@ -111,18 +112,18 @@ func TestValidation(t *testing.T) {
 					t.Errorf("violations (-want +got):\n%s\n%s", diff, res.Body)
 				}
 			}
-			if g := h.up.take(); len(g) != 0 {
+			if g := h.Up.Take(); len(g) != 0 {
 				t.Errorf("the upstream received %d requests", len(g))
 			}
 		})
 	}
 
 	t.Run("valid request is transformed, with the secret in the body", func(t *testing.T) {
-		res := h.raw("POST", "/contact?lang=de", jsonCT, `{"email":"a@b.example","message":"hello"}`)
+		res := h.Raw("POST", "/contact?lang=de", jsonCT, `{"email":"a@b.example","message":"hello"}`)
 		if res.Status != 200 {
 			t.Fatalf("status %d: %s", res.Status, res.Body)
 		}
-		g := h.up.take()
+		g := h.Up.Take()
 		if len(g) != 1 {
 			t.Fatalf("upstream got %d requests", len(g))
 		}
@@ -130,7 +131,7 @@ func TestValidation(t *testing.T) {
 		if err := json.Unmarshal([]byte(g[0].Body), &sent); err != nil {
 			t.Fatalf("upstream body %q: %v", g[0].Body, err)
 		}
-		want := map[string]string{"to": "team@example.com", "from": "a@b.example", "text": "hello", "api_key": canaryMailer}
+		want := map[string]string{"to": "team@example.com", "from": "a@b.example", "text": "hello", "api_key": gatewaytest.Mailer}
 		if diff := cmp.Diff(want, sent); diff != "" {
 			t.Errorf("upstream body (-want +got):\n%s", diff)
 		}
@@ -141,29 +142,29 @@ func TestValidation(t *testing.T) {
 }
 
 func TestTransforms(t *testing.T) {
-	h := newHarness(t, bodyConfig)
-	t.Cleanup(h.scan)
+	h := gatewaytest.New(t, bodyConfig, nil)
+	t.Cleanup(h.Scan)
 
-	res := h.get("/repos", nil)
+	res := h.Get("/repos", nil)
 	if res.Status != 200 || strings.TrimSpace(res.Body) != `[{"name":"keyward"}]` {
 		t.Errorf("response transform: %d %q", res.Status, res.Body)
 	}
 	if res.Header.Get("Content-Length") != "20" {
 		t.Errorf("Content-Length %q", res.Header.Get("Content-Length"))
 	}
-	h.up.take()
+	h.Up.Take()
 
 	for _, target := range []string{"/spin", "/huge"} {
-		res := h.raw("POST", target, http.Header{"Content-Type": {"application/json"}}, `{}`)
+		res := h.Raw("POST", target, http.Header{"Content-Type": {"application/json"}}, `{}`)
 		if res.Status != 502 || decodeError(t, res.Body).Error.Code != "transform_failed" {
 			t.Errorf("%s: %d %s", target, res.Status, res.Body)
 		}
 	}
-	if g := h.up.take(); len(g) != 0 {
+	if g := h.Up.Take(); len(g) != 0 {
 		t.Errorf("the upstream received %d requests", len(g))
 	}
 	// The gateway keeps serving after a runaway expression.
-	if res := h.get("/repos", nil); res.Status != 200 {
+	if res := h.Get("/repos", nil); res.Status != 200 {
 		t.Errorf("after runaway transforms: %d", res.Status)
 	}
 }
@@ -188,11 +189,11 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = gateway.Compile(f, gateway.Options{Getenv: func(string) string { return canaryMailer }})
+	_, _, err = gateway.Compile(f, gateway.Options{Getenv: func(string) string { return gatewaytest.Mailer }})
 	if err == nil || !strings.Contains(err.Error(), "keyward.yaml:9: routes[0].transform.response") {
 		t.Fatalf("compile error: %v", err)
 	}
-	if strings.Contains(err.Error(), canaryMailer) {
+	if strings.Contains(err.Error(), gatewaytest.Mailer) {
 		t.Errorf("the error contains the secret")
 	}
 }

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/gatewaytest"
 )
 
 // browserStepTimeout bounds each browser step (navigation, one fetch, one
@@ -93,7 +93,7 @@ routes:
 	if err != nil {
 		t.Fatalf("parsing config: %v", err)
 	}
-	var logs lockedBuffer
+	var logs gatewaytest.SyncBuffer
 	g, warnings, err := gateway.Compile(f, gateway.Options{
 		Getenv: func(name string) string {
 			if name == "KEYWARD_BROWSER_API_KEY" {
@@ -263,8 +263,8 @@ routes:
 			t.Errorf("tab %s: the canary secret reached the browser in %s", name, where)
 		}
 	}
-	if bytes.Contains(logs.Bytes(), []byte(browserCanary)) {
-		t.Errorf("the canary secret appears in the gateway log:\n%s", logs.Bytes())
+	if strings.Contains(logs.String(), browserCanary) {
+		t.Errorf("the canary secret appears in the gateway log:\n%s", logs.String())
 	}
 }
 
@@ -343,23 +343,6 @@ func (m *methodRecorder) forPath(path string) []string {
 		}
 	}
 	return out
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
 }
 
 // browser is one headless Chromium for the test.

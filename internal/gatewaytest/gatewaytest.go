@@ -1,0 +1,250 @@
+// Package gatewaytest runs a real gateway in front of a recording upstream
+// for end-to-end, security and browser tests, and keeps every byte the
+// gateway emitted (responses, logs, metrics) so a test can search it for
+// canary secrets.
+package gatewaytest
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/metrics"
+)
+
+// Canary secrets the harness hands out through Getenv and files. They have
+// characters that change under URL and JSON escaping, so every escaped
+// form is searched for too.
+const (
+	GitHub = "ghp_CANARY_e2e_7f3a9c"     // env GITHUB_TOKEN
+	Maps   = "AIza CANARY+maps/key=1&x"  // env MAPS_KEY, and file maps_key
+	Mailer = `mlr-CANARY-"quoted"-2b9e` // env MAILER_KEY
+)
+
+// Canaries are all the canary values.
+var Canaries = []string{GitHub, Maps, Mailer}
+
+// Getenv resolves the canary environment variables.
+func Getenv(k string) string {
+	return map[string]string{"GITHUB_TOKEN": GitHub, "MAPS_KEY": Maps, "MAILER_KEY": Mailer}[k]
+}
+
+// Seen is what the upstream received in one request.
+type Seen struct {
+	Method, Path, RawQuery string
+	Header                 http.Header
+	Body                   string
+}
+
+// Upstream records every request, then answers with Handler (or, if nil,
+// a small JSON array).
+type Upstream struct {
+	Server  *httptest.Server
+	Handler http.HandlerFunc
+	mu      sync.Mutex
+	got     []Seen
+}
+
+// NewUpstream starts a recording upstream on 127.0.0.1.
+func NewUpstream(t testing.TB, h http.HandlerFunc) *Upstream {
+	u := &Upstream{Handler: h}
+	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
+	t.Cleanup(u.Server.Close)
+	return u
+}
+
+func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	u.mu.Lock()
+	u.got = append(u.got, Seen{Method: r.Method, Path: r.URL.EscapedPath(), RawQuery: r.URL.RawQuery, Header: r.Header.Clone(), Body: string(body)})
+	u.mu.Unlock()
+	if u.Handler != nil {
+		u.Handler(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`[{"name":"keyward"}]`))
+}
+
+// Take returns the requests received since the last Take.
+func (u *Upstream) Take() []Seen {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	g := u.got
+	u.got = nil
+	return g
+}
+
+// SyncBuffer is a buffer safe for concurrent writes.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Harness is a gateway in front of a recording upstream.
+type Harness struct {
+	T       testing.TB
+	Up      *Upstream
+	GW      *httptest.Server
+	Gateway *gateway.Gateway
+	Logs    *SyncBuffer
+	Metrics *metrics.Metrics
+	Emitted *SyncBuffer // responses: status lines, headers, bodies
+}
+
+// New compiles yaml and serves it on 127.0.0.1. In yaml, {{UP}} becomes
+// the upstream's base URL and {{DOWN}} a loopback address nothing listens
+// on. The file maps_key beside the config holds Maps.
+func New(t testing.TB, yaml string, upstream http.HandlerFunc) *Harness {
+	t.Helper()
+	h := &Harness{T: t, Up: NewUpstream(t, upstream), Logs: &SyncBuffer{}, Metrics: metrics.New(), Emitted: &SyncBuffer{}}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "maps_key"), []byte(Maps+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml = strings.ReplaceAll(yaml, "{{UP}}", h.Up.Server.URL)
+	yaml = strings.ReplaceAll(yaml, "{{DOWN}}", ClosedAddr(t))
+	f, err := config.Parse(filepath.Join(dir, "keyward.yaml"), []byte(yaml))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	g, _, err := gateway.Compile(f, gateway.Options{
+		Logger:  slog.New(slog.NewJSONHandler(h.Logs, nil)),
+		Metrics: h.Metrics,
+		Getenv:  Getenv,
+	})
+	if err != nil {
+		t.Fatalf("compile: %v", err)
+	}
+	h.Gateway = g
+	h.GW = httptest.NewServer(gateway.NewHandler(g))
+	t.Cleanup(h.GW.Close)
+	return h
+}
+
+// ClosedAddr returns a loopback address nothing listens on.
+func ClosedAddr(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// Response is a recorded response.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// Raw sends a request exactly as written (no client-side path cleaning)
+// on a new connection and records the whole response.
+func (h *Harness) Raw(method, target string, header http.Header, body string) Response {
+	h.T.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n", method, target)
+	for k, vs := range header {
+		for _, v := range vs {
+			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+		}
+	}
+	if body != "" {
+		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
+	}
+	b.WriteString("\r\n" + body)
+	return h.RawBytes(method, b.String())
+}
+
+// RawBytes writes request bytes as they are and records the response.
+func (h *Harness) RawBytes(method, request string) Response {
+	h.T.Helper()
+	conn, err := net.Dial("tcp", h.GW.Listener.Addr().String())
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, request); err != nil {
+		h.T.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	if err != nil {
+		h.T.Fatalf("%q: %v", request, err)
+	}
+	defer res.Body.Close()
+	rb, _ := io.ReadAll(res.Body)
+	h.Record(res, rb)
+	return Response{Status: res.StatusCode, Header: res.Header, Body: string(rb)}
+}
+
+// Record adds a response the test read itself to what the scan searches.
+func (h *Harness) Record(res *http.Response, body []byte) {
+	var dump bytes.Buffer
+	fmt.Fprintf(&dump, "%s\n", res.Status)
+	_ = res.Header.Write(&dump)
+	dump.Write(body)
+	_, _ = h.Emitted.Write(dump.Bytes())
+}
+
+// Get is Raw for a GET without a body.
+func (h *Harness) Get(target string, header http.Header) Response {
+	return h.Raw("GET", target, header, "")
+}
+
+// Forms are the spellings of a secret a scan looks for.
+func Forms(s string) []string {
+	return []string{s, url.QueryEscape(s), url.PathEscape(s), strconv.Quote(s), strings.ReplaceAll(s, `"`, `\"`)}
+}
+
+// Scan fails the test if any canary secret, in any form, appears in what
+// the gateway emitted: responses, logs or metrics. The marker "CANARY" is
+// searched for too, which catches a partial leak.
+func (h *Harness) Scan() {
+	h.T.Helper()
+	rec := httptest.NewRecorder()
+	h.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	sources := map[string]string{"responses": h.Emitted.String(), "logs": h.Logs.String(), "metrics": rec.Body.String()}
+	for name, text := range sources {
+		for _, s := range Canaries {
+			for _, form := range append(Forms(s), "CANARY") {
+				if strings.Contains(text, form) {
+					h.T.Errorf("canary %q found in %s", form, name)
+				}
+			}
+		}
+	}
+	if sources["metrics"] == "" {
+		h.T.Error("metrics were empty: the scan would prove nothing")
+	}
+}
