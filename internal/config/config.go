@@ -30,6 +30,22 @@ type Config struct {
 	Stages map[string]Stage `yaml:"stages"`
 	// Routes are the public endpoints.
 	Routes []Route `yaml:"routes"`
+	// Outbound restricts which addresses upstream host names may resolve
+	// to.
+	Outbound Outbound `yaml:"outbound"`
+}
+
+// Outbound is the policy for upstream connections. It applies to host
+// names: an IP address written in an upstream URL is the config's own
+// choice and is always dialled.
+type Outbound struct {
+	// Deny lists CIDRs (or single addresses) upstream names may not
+	// resolve to. Default: unspecified, link-local (cloud metadata at
+	// 169.254.169.254 and fd00:ec2::254), multicast and broadcast
+	// addresses; add 127.0.0.0/8 or private ranges to deny those too.
+	Deny []string `yaml:"deny"`
+	// Allow lists exceptions to Deny.
+	Allow []string `yaml:"allow"`
 }
 
 // Admin is the admin listener. It is off unless Listen is set.
@@ -52,6 +68,10 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for in-flight requests.
 	// Default "30s".
 	ShutdownTimeout string `yaml:"shutdown_timeout"`
+	// ReadBodyTimeout bounds how long a client may take to send a request
+	// body (a slow upload holds a connection and an upstream request).
+	// Default "60s".
+	ReadBodyTimeout string `yaml:"read_body_timeout"`
 }
 
 // Log configures logging.
@@ -126,6 +146,11 @@ type Route struct {
 	// Timeout bounds the wait for the upstream's response headers. A
 	// streaming body may then run for as long as it streams. Default "30s".
 	Timeout string `yaml:"timeout"`
+	// IdleTimeout bounds the silence between two reads of the upstream's
+	// response body, so an upstream that stalls mid-body is cut off (the
+	// client sees an aborted response, never a silent truncated one).
+	// Default "2m".
+	IdleTimeout string `yaml:"idle_timeout"`
 	// MaxBody bounds the request body, e.g. "1MiB", "64KB". Default "1MiB".
 	MaxBody string `yaml:"max_body"`
 	// CORS replaces the global policy for this route.

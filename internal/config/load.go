@@ -326,6 +326,9 @@ func (c *Config) setDefaults() {
 	if s.ShutdownTimeout == "" {
 		s.ShutdownTimeout = "30s"
 	}
+	if s.ReadBodyTimeout == "" {
+		s.ReadBodyTimeout = "60s"
+	}
 	if c.Log.Access == nil {
 		on := true
 		c.Log.Access = &on
@@ -337,6 +340,9 @@ func (c *Config) setDefaults() {
 		}
 		if r.Timeout == "" {
 			r.Timeout = "30s"
+		}
+		if r.IdleTimeout == "" {
+			r.IdleTimeout = "2m"
 		}
 		if r.MaxBody == "" {
 			r.MaxBody = "1MiB"

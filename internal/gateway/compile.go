@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"slices"
 	"sort"
@@ -42,6 +43,7 @@ type Settings struct {
 	ReadHeaderTimeout   time.Duration
 	IdleTimeout         time.Duration
 	ShutdownTimeout     time.Duration
+	ReadBodyTimeout     time.Duration
 	MaxHeaderBytes      int
 	AccessLog           bool
 }
@@ -74,6 +76,7 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	cfg := &f.Config
 	g = &Gateway{opts: opts.withDefaults(), root: &route.Router[*endpoint]{}, hosts: map[string]*route.Router[*endpoint]{}}
 	g.settings = c.settings(cfg)
+	g.outbound = c.outbound(cfg)
 	c.loadSecrets(cfg)
 	g.cors = c.cors("cors", cfg.CORS, nil, nil)
 
@@ -178,6 +181,7 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 		ReadHeaderTimeout: c.duration("server.read_header_timeout", cfg.Server.ReadHeaderTimeout),
 		IdleTimeout:       c.duration("server.idle_timeout", cfg.Server.IdleTimeout),
 		ShutdownTimeout:   c.duration("server.shutdown_timeout", cfg.Server.ShutdownTimeout),
+		ReadBodyTimeout:   c.duration("server.read_body_timeout", cfg.Server.ReadBodyTimeout),
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 		AccessLog:         *cfg.Log.Access,
 	}
@@ -200,6 +204,27 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 		}
 	}
 	return s
+}
+
+func (c *compiler) outbound(cfg *config.Config) *outboundPolicy {
+	p := &outboundPolicy{deny: defaultDeny}
+	parse := func(field string, list []string) []netip.Prefix {
+		var out []netip.Prefix
+		for i, s := range list {
+			pfx, err := parsePrefix(s)
+			if err != nil {
+				c.errorf(fmt.Sprintf("outbound.%s[%d]", field, i), "%q is not an IP address or CIDR", s)
+				continue
+			}
+			out = append(out, pfx)
+		}
+		return out
+	}
+	if len(cfg.Outbound.Deny) > 0 {
+		p.deny = append(slices.Clone(defaultDeny), parse("deny", cfg.Outbound.Deny)...)
+	}
+	p.allow = parse("allow", cfg.Outbound.Allow)
+	return p
 }
 
 func (c *compiler) loadSecrets(cfg *config.Config) {
@@ -369,6 +394,7 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	c.headers(path+".headers", rc, ep, res)
 
 	ep.timeout = c.duration(path+".timeout", rc.Timeout)
+	ep.idleTimeout = c.duration(path+".idle_timeout", rc.IdleTimeout)
 	if ep.maxBody, err = config.ParseSize(rc.MaxBody); err != nil {
 		c.errorf(path+".max_body", "%v", err)
 	}

@@ -70,6 +70,7 @@ type Gateway struct {
 	endpoints []*endpoint
 	secrets   []secret.Value
 	scrub     *scrub.Scrubber
+	outbound  *outboundPolicy
 	proxy     *httputil.ReverseProxy
 }
 
@@ -87,6 +88,7 @@ type endpoint struct {
 	headerAllow       []string // canonical names
 	headerSet         []headerSet
 	timeout           time.Duration
+	idleTimeout       time.Duration
 	maxBody           int64
 	cors              *cors.Policy
 	validator         *validate.Validator  // nil: no checks
@@ -150,13 +152,23 @@ type exchange struct {
 	errCode string
 	ctype   string        // Content-Type set by a request transform
 	in      *http.Request // the inbound request as proxied
+	// streaming is set once the upstream's headers arrived; the timer then
+	// guards the body's idle time instead of the wait for headers.
+	streaming atomic.Bool
 }
 
 type exchangeKey struct{}
 
-// errUpstreamTimeout is the cancel cause when an upstream's headers take
-// longer than the route's timeout.
-var errUpstreamTimeout = errors.New("upstream response timeout")
+// Cancel causes of an exchange, so the error handler can tell a timeout
+// from a client that went away.
+var (
+	// errUpstreamTimeout: the upstream's headers took longer than the
+	// route's timeout.
+	errUpstreamTimeout = errors.New("upstream response timeout")
+	// errUpstreamStalled: the upstream's body was silent for longer than
+	// the route's idle_timeout.
+	errUpstreamStalled = errors.New("upstream response body stalled")
+)
 
 // ServeHTTP is the request path.
 func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
@@ -231,7 +243,7 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)
+		r.Body = g.slowBodyGuard(w, http.MaxBytesReader(w, r.Body, ep.maxBody))
 	}
 	if ep.validator != nil || ep.transform != nil && ep.transform.Request != nil {
 		if !g.prepareBody(w, r, x) {
@@ -241,7 +253,13 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	x.cancel = cancel
-	x.timer = time.AfterFunc(ep.timeout, func() { cancel(errUpstreamTimeout) })
+	x.timer = time.AfterFunc(ep.timeout, func() {
+		if x.streaming.Load() {
+			cancel(errUpstreamStalled)
+			return
+		}
+		cancel(errUpstreamTimeout)
+	})
 	defer func() {
 		x.timer.Stop()
 		cancel(nil)

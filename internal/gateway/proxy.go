@@ -9,7 +9,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -27,10 +26,9 @@ import (
 // only), and no total timeout (routes bound the wait for headers; a
 // stream may run as long as it streams).
 func NewTransport() *http.Transport {
-	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:                  nil,
-		DialContext:            d.DialContext,
+		DialContext:            dial,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           1024,
 		MaxIdleConnsPerHost:    512,
@@ -111,7 +109,11 @@ var blockedResponseHeaders = []string{"Set-Cookie", "Set-Cookie2", "Alt-Svc"}
 
 func (g *Gateway) modifyResponse(resp *http.Response) error {
 	x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
-	x.timer.Stop() // headers arrived: a streaming body may take its time
+	// Headers arrived: from now on the timer bounds the body's silence,
+	// not its length, so a stream may run as long as it keeps talking.
+	x.streaming.Store(true)
+	x.timer.Reset(x.ep.idleTimeout)
+	resp.Body = &idleBody{ReadCloser: resp.Body, timer: x.timer, idle: x.ep.idleTimeout}
 	x.upDur = g.opts.Now().Sub(x.upStart)
 	for _, name := range blockedResponseHeaders {
 		delete(resp.Header, name)
@@ -196,6 +198,8 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
 	case context.Cause(r.Context()) == errUpstreamTimeout:
 		g.fail(w, x, http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time")
+	case errors.As(err, new(*deniedError)):
+		g.fail(w, x, http.StatusBadGateway, "upstream_address_denied", "the upstream address is not allowed by the outbound policy")
 	case r.Context().Err() != nil:
 		// The client went away; nobody reads an answer. 499 is nginx's
 		// code for this, and operators know it.
@@ -214,6 +218,20 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	if g.opts.Metrics != nil {
 		g.opts.Metrics.UpstreamError(x.ep.name, x.errCode)
 	}
+}
+
+// idleBody restarts the exchange's timer on every read of the upstream's
+// body: silence longer than the route's idle_timeout cancels the exchange.
+type idleBody struct {
+	io.ReadCloser
+	timer *time.Timer
+	idle  time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.timer.Reset(b.idle)
+	return n, err
 }
 
 // logWriter routes ReverseProxy's own error log through the scrubber.
