@@ -30,8 +30,8 @@ import (
 // characters that change under URL and JSON escaping, so every escaped
 // form is searched for too.
 const (
-	GitHub = "ghp_CANARY_e2e_7f3a9c"     // env GITHUB_TOKEN
-	Maps   = "AIza CANARY+maps/key=1&x"  // env MAPS_KEY, and file maps_key
+	GitHub = "ghp_CANARY_e2e_7f3a9c"    // env GITHUB_TOKEN
+	Maps   = "AIza CANARY+maps/key=1&x" // env MAPS_KEY, and file maps_key
 	Mailer = `mlr-CANARY-"quoted"-2b9e` // env MAILER_KEY
 )
 
