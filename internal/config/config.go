@@ -33,6 +33,54 @@ type Config struct {
 	// Outbound restricts which addresses upstream host names may resolve
 	// to.
 	Outbound Outbound `yaml:"outbound"`
+	// ClientIP says how the client address (the key of per-client limits)
+	// is found.
+	ClientIP ClientIP `yaml:"client_ip"`
+	// Store holds limit state (and cache entries): "memory" (default; one
+	// instance) or "redis://host:port/db" (shared by every instance that
+	// points at it). A change takes effect on restart.
+	Store string `yaml:"store"`
+	// Limits is the default abuse protection for every route; a route's
+	// own limits block replaces it. Default: none.
+	Limits *Limits `yaml:"limits"`
+}
+
+// ClientIP identifies clients behind proxies.
+type ClientIP struct {
+	// TrustedProxies lists CIDRs (or addresses) of proxies in front of
+	// keyward. Only a peer inside them is believed about the client's
+	// address. Default: none (the socket peer is the client).
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Header is the one header trusted proxies write: "x-forwarded-for"
+	// (default) or "forwarded". Reading both would let a client forge the
+	// one the proxy does not write.
+	Header string `yaml:"header"`
+	// IPv6Prefix keys IPv6 clients by their network, since one user
+	// controls a whole /64. Default 64.
+	IPv6Prefix int `yaml:"ipv6_prefix"`
+}
+
+// Limits bounds how much a client, and all clients together, may call a
+// route.
+type Limits struct {
+	// Rate is the sustained per-client rate, e.g. "60/m", "10/s".
+	Rate string `yaml:"rate"`
+	// Burst is how many requests a client may send at once before Rate
+	// applies. Default 10, so a page that loads several resources at once
+	// is not refused.
+	Burst int64 `yaml:"burst"`
+	// Budget caps the requests all clients together send upstream per
+	// calendar window (UTC), e.g. "10000/day", "500/h", "100000/month":
+	// the upstream bill's ceiling.
+	Budget string `yaml:"budget"`
+	// ClientBudget caps one client's requests per window, e.g. "100/day".
+	ClientBudget string `yaml:"client_budget"`
+	// OnStoreError is what happens when the store (Redis) fails:
+	// "fail_open" (default; the request proceeds) or "fail_closed" (503).
+	OnStoreError string `yaml:"on_store_error"`
+	// StoreTimeout bounds the store round trips of one request; past it
+	// the on_store_error policy applies. Default "50ms".
+	StoreTimeout string `yaml:"store_timeout"`
 }
 
 // Outbound is the policy for upstream connections. It applies to host
@@ -155,6 +203,8 @@ type Route struct {
 	MaxBody string `yaml:"max_body"`
 	// CORS replaces the global policy for this route.
 	CORS *CORS `yaml:"cors"`
+	// Limits replaces the top-level limits for this route.
+	Limits *Limits `yaml:"limits"`
 	// Validate checks the request before it is forwarded: query, headers
 	// and a JSON Schema for the body. Default: no checks.
 	Validate *validate.Config `yaml:"validate"`

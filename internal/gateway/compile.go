@@ -6,11 +6,15 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/keyward/keyward/internal/clientip"
+	"github.com/keyward/keyward/internal/ratelimit"
 
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/cors"
@@ -50,6 +54,8 @@ type Settings struct {
 
 // compiler collects every problem of one config.
 type compiler struct {
+	opts    Options
+	onFault func(error)
 	f       *config.File
 	getenv  func(string) string
 	errs    []error
@@ -71,12 +77,15 @@ func (c *compiler) warnf(path, format string, args ...any) {
 // err joins every *config.Error found; warnings describe risky but valid
 // configuration.
 func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error, err error) {
-	c := &compiler{f: f, getenv: opts.Getenv, secrets: map[string]secret.Value{}, used: map[string]bool{}}
+	c := &compiler{f: f, opts: opts, getenv: opts.Getenv, secrets: map[string]secret.Value{}, used: map[string]bool{}}
 	c.errs = append(c.errs, f.Unknown...)
 	cfg := &f.Config
 	g = &Gateway{opts: opts.withDefaults(), root: &route.Router[*endpoint]{}, hosts: map[string]*route.Router[*endpoint]{}}
+	c.onFault = g.storeFault
 	g.settings = c.settings(cfg)
 	g.outbound = c.outbound(cfg)
+	g.clients = c.clientIP(cfg)
+	c.store(cfg)
 	c.loadSecrets(cfg)
 	g.cors = c.cors("cors", cfg.CORS, nil, nil)
 
@@ -225,6 +234,94 @@ func (c *compiler) outbound(cfg *config.Config) *outboundPolicy {
 	}
 	p.allow = parse("allow", cfg.Outbound.Allow)
 	return p
+}
+
+func (c *compiler) clientIP(cfg *config.Config) *clientip.Resolver {
+	ci := cfg.ClientIP
+	var trusted []netip.Prefix
+	for i, s := range ci.TrustedProxies {
+		p, err := clientip.ParsePrefix(s)
+		if err != nil {
+			c.errorf(fmt.Sprintf("client_ip.trusted_proxies[%d]", i), "%q is not an IP address or CIDR", s)
+			continue
+		}
+		trusted = append(trusted, p)
+	}
+	h, err := clientip.ParseHeader(ci.Header)
+	if err != nil {
+		c.errorf("client_ip.header", "%v", err)
+	}
+	if ci.IPv6Prefix < 0 || ci.IPv6Prefix > 128 {
+		c.errorf("client_ip.ipv6_prefix", "%d is not a prefix length (0-128)", ci.IPv6Prefix)
+	}
+	return clientip.New(trusted, ci.IPv6Prefix, h)
+}
+
+// store checks the store setting; the process opens it (see
+// internal/server), because its state must outlive reloads.
+func (c *compiler) store(cfg *config.Config) {
+	switch s := cfg.Store; {
+	case s == "" || s == "memory":
+	case strings.HasPrefix(s, "redis://") || strings.HasPrefix(s, "rediss://"):
+		if _, err := url.Parse(s); err != nil {
+			c.errorf("store", "bad Redis URL: %v", err)
+		}
+	default:
+		c.errorf("store", "%q: want memory or a redis:// URL", s)
+	}
+	if c.opts.LimitStore == nil {
+		// check, test and routes compile without a process: give them a
+		// private memory store.
+		c.opts.LimitStore = ratelimit.NewMemory(0)
+	}
+}
+
+// defaultBurst lets a page fire a handful of requests at once.
+const defaultBurst = 10
+
+func (c *compiler) limiter(path string, lc *config.Limits, ep *endpoint) *ratelimit.Limiter {
+	o := ratelimit.Options{Name: ep.name, Burst: lc.Burst, Store: c.opts.LimitStore, Now: c.opts.Now, OnFault: c.onFault}
+	if ep.stage != "" {
+		o.Name = ep.stage + "/" + ep.name
+	}
+	var err error
+	if lc.Rate != "" {
+		if o.Rate, err = ratelimit.ParseRate(lc.Rate); err != nil {
+			c.errorf(path+".rate", "%v", err)
+		}
+		if o.Burst == 0 {
+			o.Burst = defaultBurst
+		}
+	}
+	if lc.Budget != "" {
+		if o.Budget, err = ratelimit.ParseBudget(lc.Budget); err != nil {
+			c.errorf(path+".budget", "%v", err)
+		}
+	}
+	if lc.ClientBudget != "" {
+		if o.ClientBudget, err = ratelimit.ParseBudget(lc.ClientBudget); err != nil {
+			c.errorf(path+".client_budget", "%v", err)
+		}
+	}
+	if o.OnStoreError, err = ratelimit.ParseFaultPolicy(lc.OnStoreError); err != nil {
+		c.errorf(path+".on_store_error", "%v", err)
+	}
+	if lc.StoreTimeout != "" {
+		o.Timeout = c.duration(path+".store_timeout", lc.StoreTimeout)
+	}
+	if lc.Burst < 0 {
+		c.errorf(path+".burst", "must not be negative")
+	}
+	if o.Rate.IsZero() && o.Budget.IsZero() && o.ClientBudget.IsZero() {
+		c.errorf(path, "set rate, budget or client_budget")
+		return nil
+	}
+	l, err := ratelimit.New(o)
+	if err != nil {
+		c.errorf(path, "%v", err)
+		return nil
+	}
+	return l
 }
 
 func (c *compiler) loadSecrets(cfg *config.Config) {
@@ -400,6 +497,11 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	}
 
 	c.body(path, rc, ep, st)
+	if rc.Limits != nil {
+		ep.limiter = c.limiter(path+".limits", rc.Limits, ep)
+	} else if cfg.Limits != nil {
+		ep.limiter = c.limiter("limits", cfg.Limits, ep)
+	}
 
 	if rc.CORS != nil {
 		ep.cors = c.cors(path+".cors", rc.CORS, ep.methods, ep.headerAllowNames())

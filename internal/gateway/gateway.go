@@ -17,6 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/internal/clientip"
+	"github.com/keyward/keyward/internal/ratelimit"
+
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/placeholder"
@@ -43,6 +46,10 @@ type Options struct {
 	Getenv func(string) string
 	// Now is the clock. If nil, time.Now is used.
 	Now func() time.Time
+	// LimitStore holds rate-limit and budget state. It outlives reloads so
+	// a new config continues the old one's counts. If nil, Compile uses a
+	// private memory store.
+	LimitStore ratelimit.Store
 }
 
 func (o Options) withDefaults() Options {
@@ -71,6 +78,8 @@ type Gateway struct {
 	secrets   []secret.Value
 	scrub     *scrub.Scrubber
 	outbound  *outboundPolicy
+	clients   *clientip.Resolver
+	faultLog  atomic.Int64 // unix ns of the last logged store fault
 	proxy     *httputil.ReverseProxy
 }
 
@@ -91,6 +100,7 @@ type endpoint struct {
 	idleTimeout       time.Duration
 	maxBody           int64
 	cors              *cors.Policy
+	limiter           *ratelimit.Limiter   // nil: no limits
 	validator         *validate.Validator  // nil: no checks
 	transform         *transform.Transform // nil: bodies pass unchanged
 	transformSecrets  map[string]string    // only the secrets the request transform reads
@@ -221,6 +231,9 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if !ep.allows(r.Method) {
 		w.Header()["Allow"] = ep.allow
 		g.fail(w, x, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed; allowed: "+ep.allow[0])
+		return
+	}
+	if ep.limiter != nil && !g.allow(w, r, x) {
 		return
 	}
 	for i, re := range ep.paramRE {

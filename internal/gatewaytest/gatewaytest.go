@@ -113,6 +113,8 @@ func (s *SyncBuffer) String() string {
 // Harness is a gateway in front of a recording upstream.
 type Harness struct {
 	T       testing.TB
+	yaml    string // with {{UP}} and {{DOWN}} replaced
+	dir     string
 	Up      *Upstream
 	GW      *httptest.Server
 	Gateway *gateway.Gateway
@@ -123,32 +125,41 @@ type Harness struct {
 
 // New compiles yaml and serves it on 127.0.0.1. In yaml, {{UP}} becomes
 // the upstream's base URL and {{DOWN}} a loopback address nothing listens
-// on. The file maps_key beside the config holds Maps.
-func New(t testing.TB, yaml string, upstream http.HandlerFunc) *Harness {
+// on. The file maps_key beside the config holds Maps. opts may adjust the
+// gateway's options (a shared limit store, a clock).
+func New(t testing.TB, yaml string, upstream http.HandlerFunc, opts ...func(*gateway.Options)) *Harness {
 	t.Helper()
 	h := &Harness{T: t, Up: NewUpstream(t, upstream), Logs: &SyncBuffer{}, Metrics: metrics.New(), Emitted: &SyncBuffer{}}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "maps_key"), []byte(Maps+"\n"), 0o600); err != nil {
+	h.dir = t.TempDir()
+	if err := os.WriteFile(filepath.Join(h.dir, "maps_key"), []byte(Maps+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	yaml = strings.ReplaceAll(yaml, "{{UP}}", h.Up.Server.URL)
-	yaml = strings.ReplaceAll(yaml, "{{DOWN}}", ClosedAddr(t))
-	f, err := config.Parse(filepath.Join(dir, "keyward.yaml"), []byte(yaml))
-	if err != nil {
-		t.Fatalf("parse: %v", err)
-	}
-	g, _, err := gateway.Compile(f, gateway.Options{
-		Logger:  slog.New(slog.NewJSONHandler(h.Logs, nil)),
-		Metrics: h.Metrics,
-		Getenv:  Getenv,
-	})
-	if err != nil {
-		t.Fatalf("compile: %v", err)
-	}
-	h.Gateway = g
-	h.GW = httptest.NewServer(gateway.NewHandler(g))
-	t.Cleanup(h.GW.Close)
+	h.yaml = strings.ReplaceAll(yaml, "{{DOWN}}", ClosedAddr(t))
+	h.Gateway, h.GW = h.Another(opts...)
 	return h
+}
+
+// Another compiles the harness's config again, with its own options, in
+// front of the same upstream: a second instance, as behind a load
+// balancer. Its log and metrics go to the harness's.
+func (h *Harness) Another(opts ...func(*gateway.Options)) (*gateway.Gateway, *httptest.Server) {
+	h.T.Helper()
+	f, err := config.Parse(filepath.Join(h.dir, "keyward.yaml"), []byte(h.yaml))
+	if err != nil {
+		h.T.Fatalf("parse: %v", err)
+	}
+	o := gateway.Options{Logger: slog.New(slog.NewJSONHandler(h.Logs, nil)), Metrics: h.Metrics, Getenv: Getenv}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	g, _, err := gateway.Compile(f, o)
+	if err != nil {
+		h.T.Fatalf("compile: %v", err)
+	}
+	srv := httptest.NewServer(gateway.NewHandler(g))
+	h.T.Cleanup(srv.Close)
+	return g, srv
 }
 
 // ClosedAddr returns a loopback address nothing listens on.

@@ -25,6 +25,9 @@ type Metrics struct {
 	upErrors  *prometheus.CounterVec
 	reloads   *prometheus.CounterVec
 	configAge prometheus.Gauge
+	limited   *prometheus.CounterVec
+	budget    *prometheus.GaugeVec
+	storeErrs *prometheus.CounterVec
 }
 
 // New registers every collector on a fresh registry.
@@ -50,7 +53,16 @@ func New() *Metrics {
 	m.configAge = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "keyward_config_last_reload_success_timestamp_seconds", Help: "When the serving config was loaded.",
 	})
-	m.reg.MustRegister(m.requests, m.duration, m.upstream, m.upErrors, m.reloads, m.configAge,
+	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_limited_total", Help: "Requests refused by limits, by route and reason (rate, client_budget, budget, store_error).",
+	}, []string{"route", "reason"})
+	m.budget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keyward_budget_remaining", Help: "Requests left in the route's current budget window.",
+	}, []string{"route"})
+	m.storeErrs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_store_errors_total", Help: "Failed store (Redis) calls, by user (ratelimit, cache).",
+	}, []string{"kind"})
+	m.reg.MustRegister(m.requests, m.duration, m.upstream, m.upErrors, m.reloads, m.configAge, m.limited, m.budget, m.storeErrs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -90,6 +102,30 @@ func (m *Metrics) Reload(ok bool, at time.Time) {
 		return
 	}
 	m.reloads.WithLabelValues("failed").Inc()
+}
+
+// Limited records a request refused by a limit.
+func (m *Metrics) Limited(route, reason string) {
+	if m == nil {
+		return
+	}
+	m.limited.WithLabelValues(route, reason).Inc()
+}
+
+// BudgetRemaining records what is left of a route's budget.
+func (m *Metrics) BudgetRemaining(route string, n int64) {
+	if m == nil {
+		return
+	}
+	m.budget.WithLabelValues(route).Set(float64(n))
+}
+
+// StoreError records a failed store call.
+func (m *Metrics) StoreError(kind string) {
+	if m == nil {
+		return
+	}
+	m.storeErrs.WithLabelValues(kind).Inc()
 }
 
 // Handler serves the metrics in the Prometheus text format.

@@ -6,12 +6,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/keyward/keyward/internal/ratelimit"
+	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
 
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
@@ -20,11 +24,13 @@ import (
 
 // Server is one running keyward.
 type Server struct {
-	path    string
-	opts    gateway.Options
-	log     *slog.Logger
-	handler *gateway.Handler
-	ready   atomic.Bool
+	path     string
+	opts     gateway.Options
+	log      *slog.Logger
+	handler  *gateway.Handler
+	ready    atomic.Bool
+	storeURL string      // as opened at start; a change needs a restart
+	closers  []io.Closer // the store's connections
 }
 
 // New loads and compiles the config at path. A config that fails here is
@@ -40,8 +46,18 @@ func New(path string, opts gateway.Options) (*Server, error) {
 		opts.Transport = gateway.NewTransport()
 	}
 	s := &Server{path: path, opts: opts, log: opts.Logger}
-	g, err := s.compile()
+	f, err := config.Load(path)
 	if err != nil {
+		return nil, err
+	}
+	if s.opts.LimitStore == nil {
+		if err := s.openStore(f.Config.Store); err != nil {
+			return nil, err
+		}
+	}
+	g, err := s.compileFile(f)
+	if err != nil {
+		s.Close()
 		return nil, err
 	}
 	s.handler = gateway.NewHandler(g)
@@ -49,11 +65,48 @@ func New(path string, opts gateway.Options) (*Server, error) {
 	return s, nil
 }
 
+// openStore opens the store for limit state. It lives as long as the
+// process, so a reload keeps every count.
+func (s *Server) openStore(url string) error {
+	if url == "" {
+		url = "memory"
+	}
+	s.storeURL = url
+	if url == "memory" {
+		s.opts.LimitStore = ratelimit.NewMemory(0)
+		return nil
+	}
+	client, err := rlredis.NewClient(url)
+	if err != nil {
+		return fmt.Errorf("opening store: %w", err)
+	}
+	s.closers = append(s.closers, client)
+	s.opts.LimitStore = rlredis.New(client, rlredis.Options{})
+	return nil
+}
+
+// Close releases the store's connections.
+func (s *Server) Close() error {
+	var errs []error
+	for _, c := range s.closers {
+		errs = append(errs, c.Close())
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}
+
 func (s *Server) compile() (*gateway.Gateway, error) {
 	f, err := config.Load(s.path)
 	if err != nil {
 		return nil, err
 	}
+	if url := f.Config.Store; url != s.storeURL && !(url == "" && s.storeURL == "memory") && s.storeURL != "" {
+		s.log.Warn("store changed; it takes effect on restart")
+	}
+	return s.compileFile(f)
+}
+
+func (s *Server) compileFile(f *config.File) (*gateway.Gateway, error) {
 	g, warns, err := gateway.Compile(f, s.opts)
 	for _, w := range warns {
 		s.log.Warn("config", "warning", w.Error())
@@ -150,7 +203,7 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
-	return err
+	return errors.Join(err, s.Close())
 }
 
 func (s *Server) adminHandler() http.Handler {

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -135,6 +136,7 @@ func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, 
 // a second even without a deadline. Settings given in the URL's query win
 // over these defaults. The caller closes the client.
 func NewClient(rawURL string) (*goredis.Client, error) {
+	quietOnce.Do(func() { goredis.SetLogger(quiet{}) })
 	opts, err := goredis.ParseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("parsing redis URL: %w", err)
@@ -151,6 +153,15 @@ func NewClient(rawURL string) (*goredis.Client, error) {
 	}
 	return goredis.NewClient(opts), nil
 }
+
+// quiet discards go-redis's own log lines (one per failed dial, printed
+// to stderr): the gateway counts store faults in a metric and logs them
+// once per interval itself. go-redis only has a process-wide logger.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+var quietOnce sync.Once
 
 // gcraScript is ratelimit.Memory.GCRA. ARGV: now, emission, limit, all in
 // µs, and the TTL grace in ms. Numbers are formatted with %.0f because Lua's default formatting

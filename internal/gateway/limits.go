@@ -1,0 +1,54 @@
+package gateway
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/keyward/keyward/internal/ratelimit"
+)
+
+// allow applies the route's limits to the client. It returns false when
+// it has answered the request (429, or 503 when the store failed and the
+// route fails closed). Refused requests are not counted.
+func (g *Gateway) allow(w http.ResponseWriter, r *http.Request, x *exchange) bool {
+	var buf [64]byte
+	key := string(g.clients.AppendKey(buf[:0], g.clients.ClientIP(r)))
+	res := x.ep.limiter.Allow(r.Context(), key)
+	res.SetHeaders(w.Header())
+	if m := g.opts.Metrics; m != nil && res.Budget != (ratelimit.Decision{}) {
+		m.BudgetRemaining(x.ep.name, res.Budget.Remaining)
+	}
+	switch res.Reason {
+	case ratelimit.ReasonNone:
+		return true
+	case ratelimit.ReasonRate:
+		g.fail(w, x, http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the time in Retry-After")
+	case ratelimit.ReasonClientBudget:
+		g.fail(w, x, http.StatusTooManyRequests, "client_budget_exhausted", "this client's request budget for the period is spent")
+	case ratelimit.ReasonBudget:
+		g.fail(w, x, http.StatusTooManyRequests, "budget_exhausted", "this route's request budget for the period is spent")
+	default:
+		g.fail(w, x, http.StatusServiceUnavailable, "store_unavailable", "limits cannot be checked right now; try again shortly")
+	}
+	if m := g.opts.Metrics; m != nil {
+		m.Limited(x.ep.name, res.Reason.String())
+	}
+	return false
+}
+
+// faultLogInterval is how often a failing store is logged: every request
+// would flood the log during an outage; the metric counts each one.
+const faultLogInterval = 10 * time.Second
+
+// storeFault counts a store fault and logs it at most once per interval.
+func (g *Gateway) storeFault(err error) {
+	if m := g.opts.Metrics; m != nil {
+		m.StoreError("ratelimit")
+	}
+	now := g.opts.Now().UnixNano()
+	last := g.faultLog.Load()
+	if now-last < int64(faultLogInterval) || !g.faultLog.CompareAndSwap(last, now) {
+		return
+	}
+	g.opts.Logger.Warn("store error; applying each route's on_store_error policy", slogString("error", g.scrub.String(err.Error())))
+}
