@@ -1,0 +1,390 @@
+// Package listener guards keyward's public socket: it bounds how many client
+// connections are open and checks the framing of every HTTP/1.1 request
+// before net/http sees a byte of it.
+//
+// net/http's server is lenient where a front end may be strict: given both
+// Content-Length and Transfer-Encoding it drops Content-Length and keeps the
+// connection open; it accepts folded header lines and bare LF line endings.
+// When a load balancer in front of keyward frames the same bytes another way,
+// the difference is a smuggled request (RFC 9112 §11.2). The guard parses the
+// byte stream itself, holds each request head until it is complete and valid,
+// tracks the body that head implies so it knows where the next request
+// starts, and on any ambiguity answers 400 (431 for oversized heads) with
+// Connection: close and closes the connection. Valid bytes pass unmodified.
+//
+// The guard speaks HTTP/1.x on plaintext connections only. HTTP/2 with prior
+// knowledge is refused. When TLS arrives it has to sit under the guard
+// (Guard(tls.NewListener(ln, cfg))), so that the guard sees plaintext, and
+// connections that negotiate h2 by ALPN must bypass it; net/http then no
+// longer sees a *tls.Conn, so that wiring needs its own design.
+package listener
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configures Guard. The zero value is ready to use.
+type Options struct {
+	// MaxConns bounds the client connections open at once. When all slots
+	// are taken, Accept waits for one to close instead of refusing:
+	// connections queue in the kernel's accept backlog, so a burst is
+	// served late rather than reset, and a client that gives up simply goes
+	// away. Zero means 10000; a negative value means no limit.
+	MaxConns int
+	// MaxHeaderBytes bounds a request head: the request line, the header
+	// lines and the empty line ending them. A longer head is answered with
+	// 431. Use the http.Server's MaxHeaderBytes, so that the two agree.
+	// Zero means http.DefaultMaxHeaderBytes (1 MiB).
+	MaxHeaderBytes int
+	// MaxHeaders bounds the header lines of a request head (and of a chunked
+	// body's trailer section). More are answered with 431. Zero means 100.
+	MaxHeaders int
+}
+
+const (
+	defaultMaxConns   = 10000
+	defaultMaxHeaders = 100
+	// bufSize is the size of the buffers that hold an incomplete head; it
+	// matches net/http's read buffer, so one socket read fills either.
+	bufSize = 4096
+	// lingerTime and lingerBytes bound how long a refused connection is
+	// drained before it is closed. Closing a socket with unread input makes
+	// the kernel send RST, which can destroy the refusal in flight; net/http
+	// waits 500ms for the same reason (rstAvoidanceDelay).
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 256 << 10
+)
+
+// Guard returns a listener whose connections are checked by the framing guard
+// and whose number is bounded by opts.MaxConns. Closing the returned listener
+// closes ln and wakes an Accept waiting for a free slot.
+func Guard(ln net.Listener, opts Options) net.Listener {
+	l := &guardListener{Listener: ln, done: make(chan struct{})}
+	l.maxHeaderBytes = opts.MaxHeaderBytes
+	if l.maxHeaderBytes <= 0 {
+		l.maxHeaderBytes = http.DefaultMaxHeaderBytes
+	}
+	l.maxHeaders = opts.MaxHeaders
+	if l.maxHeaders <= 0 {
+		l.maxHeaders = defaultMaxHeaders
+	}
+	switch {
+	case opts.MaxConns == 0:
+		l.slots = make(chan struct{}, defaultMaxConns)
+	case opts.MaxConns > 0:
+		l.slots = make(chan struct{}, opts.MaxConns)
+	}
+	return l
+}
+
+type guardListener struct {
+	net.Listener
+	maxHeaderBytes int
+	maxHeaders     int
+	slots          chan struct{} // one element per open connection; nil: unlimited
+	done           chan struct{}
+	closeOnce      sync.Once
+	// Test hooks, copied to each connection.
+	onHead   func(framing)
+	onReject func(*violation)
+}
+
+// Accept waits for a free connection slot, then for a connection.
+func (l *guardListener) Accept() (net.Conn, error) {
+	if l.slots != nil {
+		select {
+		case l.slots <- struct{}{}:
+		case <-l.done:
+			return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
+		}
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		l.release()
+		return nil, err
+	}
+	return l.wrap(c), nil
+}
+
+func (l *guardListener) wrap(c net.Conn) *conn {
+	return &conn{
+		Conn: c,
+		l:    l,
+		ps:   parser{maxHeaderBytes: l.maxHeaderBytes, maxHeaders: l.maxHeaders},
+
+		onHead:   l.onHead,
+		onReject: l.onReject,
+	}
+}
+
+func (l *guardListener) release() {
+	if l.slots != nil {
+		<-l.slots
+	}
+}
+
+// Close closes the underlying listener and wakes a waiting Accept.
+func (l *guardListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// conn is one guarded client connection. net/http calls Read from one
+// goroutine at a time; Close may come from another.
+//
+// Bytes read from the socket are either passed to the caller or held in buf:
+// buf[r:pass] is checked and waiting to be read, buf[pass:w] is the start of
+// a head (or trailer section) still incomplete. While nothing is held, Read
+// reads straight into the caller's slice and only copies what it must hold
+// back, so a valid request costs one scan and no copy.
+type conn struct {
+	net.Conn
+	l  *guardListener
+	ps parser
+
+	buf        []byte
+	r, pass, w int
+	readErr    error // socket error to report once the passable bytes are read
+	rejected   bool
+	reply      atomic.Pointer[violation] // refusal to send on Close
+	closeOnce  sync.Once
+	closeErr   error
+	onHead     func(framing)    // test hook: each head passed
+	onReject   func(*violation) // test hook: each refusal
+}
+
+// errRejected is what net/http reads once a request was refused. As a read
+// *net.OpError it makes net/http close the connection without writing an
+// answer of its own.
+var errRejected = errors.New("listener: request refused by the framing guard")
+
+// Read passes the next checked bytes of the client's stream.
+func (c *conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		if c.r < c.pass {
+			n := copy(p, c.buf[c.r:c.pass])
+			c.r += n
+			if c.r == c.w {
+				c.freeBuf()
+			}
+			return n, nil
+		}
+		if err := c.readErr; err != nil {
+			c.readErr = nil
+			return 0, err
+		}
+		if c.rejected {
+			return c.readRejected(p)
+		}
+		if c.r == c.w {
+			// Nothing held: read into p and hand back what checks out.
+			n, err := c.Conn.Read(p)
+			if n > 0 {
+				k := c.scan(p[:n])
+				if k < n && !c.rejected {
+					c.hold(p[k:n])
+				}
+				if k > 0 {
+					c.readErr = err
+					return k, nil
+				}
+			}
+			if err != nil {
+				return 0, err
+			}
+			continue
+		}
+		c.fill()
+	}
+}
+
+// fill reads more of a held, incomplete section into buf and scans it.
+func (c *conn) fill() {
+	if c.w == len(c.buf) {
+		if c.r > 0 {
+			copy(c.buf, c.buf[c.r:c.w])
+			c.w -= c.r
+			c.pass -= c.r
+			c.r = 0
+		} else {
+			// A section larger than the buffer; the parser refuses it
+			// past MaxHeaderBytes, so this stops at about twice that.
+			nb := make([]byte, 2*len(c.buf))
+			copy(nb, c.buf[:c.w])
+			c.putBuf()
+			c.buf = nb
+		}
+	}
+	n, err := c.Conn.Read(c.buf[c.w:])
+	if n > 0 {
+		c.w += n
+		c.pass += c.scan(c.buf[c.pass:c.w])
+		if c.rejected {
+			c.w = c.pass
+		}
+	}
+	c.readErr = err
+}
+
+// scan runs the parser over d, whose first byte is the first unscanned byte
+// of the stream, and returns how many bytes of d may be passed: whole heads,
+// body bytes, and nothing of a head that is incomplete or invalid.
+func (c *conn) scan(d []byte) int {
+	i := 0
+	for i < len(d) {
+		switch c.ps.phase {
+		case phHead, phTrailer:
+			head := c.ps.phase == phHead
+			n, v := c.ps.section(d[i:])
+			if v != nil {
+				c.reject(v, head)
+				return i
+			}
+			if n < 0 {
+				return i
+			}
+			if head && c.onHead != nil {
+				c.onHead(c.ps.headFraming(n))
+			}
+			i += n
+		default:
+			n, v := c.ps.body(d[i:])
+			i += n
+			if v != nil {
+				// body counts the offending byte as consumed. The bytes
+				// before it are body bytes net/http may be reading: pass
+				// them, then fail the read.
+				c.reject(v, false)
+				return i - 1
+			}
+		}
+	}
+	return i
+}
+
+// reject stops the stream. A refused head is answered with v when net/http
+// closes the connection: by then it has written every response it owes, so
+// the answer cannot land inside one. A fault inside a body is not answered:
+// that request's handler is already running and may have responded.
+func (c *conn) reject(v *violation, answer bool) {
+	c.rejected = true
+	c.ps.phase = phRejected
+	if answer {
+		c.reply.Store(v)
+	}
+	if c.onReject != nil {
+		c.onReject(v)
+	}
+}
+
+// readRejected is Read after a refusal. net/http reads a single byte only in
+// its background read, made while a handler runs to notice a client hang-up;
+// that read must block like a quiet socket until net/http aborts it with a
+// past deadline, or the running handler's context would be cancelled. Any
+// other read means net/http wants the next request: it gets an error that
+// makes it close the connection silently, and Close sends the refusal.
+// Input arriving meanwhile is discarded; the connection is ending.
+func (c *conn) readRejected(p []byte) (int, error) {
+	if len(p) == 1 {
+		var scratch [512]byte
+		for {
+			if _, err := c.Conn.Read(scratch[:]); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errRejected}
+}
+
+// hold keeps b, the start of an incomplete section, for the next fill.
+func (c *conn) hold(b []byte) {
+	if c.buf == nil {
+		c.getBuf()
+	}
+	if len(b) > len(c.buf) {
+		c.putBuf()
+		c.buf = make([]byte, len(b)+bufSize)
+	}
+	c.r, c.pass, c.w = 0, 0, copy(c.buf, b)
+}
+
+var bufPool = sync.Pool{New: func() any { return new([bufSize]byte) }}
+
+func (c *conn) getBuf() { c.buf = bufPool.Get().(*[bufSize]byte)[:] }
+
+func (c *conn) putBuf() {
+	if len(c.buf) == bufSize {
+		bufPool.Put((*[bufSize]byte)(c.buf))
+	}
+	c.buf = nil
+}
+
+// freeBuf returns the buffer once everything in it is passed, so an idle
+// keep-alive connection holds no buffer.
+func (c *conn) freeBuf() {
+	if c.buf != nil {
+		c.putBuf()
+	}
+	c.r, c.pass, c.w = 0, 0, 0
+}
+
+// Close sends a pending refusal, closes the connection and frees its slot,
+// all exactly once.
+func (c *conn) Close() error {
+	c.closeOnce.Do(func() {
+		if v := c.reply.Swap(nil); v != nil {
+			c.answer(v)
+		}
+		c.closeErr = c.Conn.Close()
+		c.l.release()
+	})
+	return c.closeErr
+}
+
+// CloseWrite shuts down the sending side, for net/http's own lingering close.
+func (c *conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// answer writes the refusal, then drains the client's input for a moment
+// before the close (see lingerTime). Errors are ignored: the client may be
+// gone, and the connection is closed either way.
+func (c *conn) answer(v *violation) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(lingerTime))
+	_, _ = c.Conn.Write(response(v))
+	if c.CloseWrite() != nil {
+		return
+	}
+	_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.CopyN(io.Discard, c.Conn, lingerBytes)
+}
+
+// response is the complete HTTP/1.1 refusal for v, in the gateway's JSON
+// error shape.
+func response(v *violation) []byte {
+	body, _ := json.Marshal(map[string]any{"error": map[string]string{"code": v.code, "message": v.msg}})
+	body = append(body, '\n')
+	b := make([]byte, 0, 160+len(body))
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(v.status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(v.status)...)
+	b = append(b, "\r\nConnection: close\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\n\r\n"...)
+	return append(b, body...)
+}
