@@ -83,8 +83,18 @@ func refused(t *testing.T, h *gatewaytest.Harness, res gatewaytest.Response, sta
 		t.Errorf("error code %q, want %q (body %q)", errCode(res.Body), code, res.Body)
 	}
 	if got := h.Up.Take(); len(got) != 0 {
-		t.Errorf("upstream received %d requests, want none: %+v", len(got), got)
+		t.Errorf("upstream received %d requests, want none: %s", len(got), targets(got))
 	}
+}
+
+// targets lists what the upstream received by method and path only, so a
+// failure message never prints a credential.
+func targets(got []gatewaytest.Seen) string {
+	var b strings.Builder
+	for _, s := range got {
+		b.WriteString(s.Method + " " + s.Path + "; ")
+	}
+	return b.String()
 }
 
 // only asserts the upstream received exactly one request and returns it.
@@ -92,7 +102,7 @@ func only(t *testing.T, h *gatewaytest.Harness) gatewaytest.Seen {
 	t.Helper()
 	got := h.Up.Take()
 	if len(got) != 1 {
-		t.Fatalf("upstream received %d requests, want 1: %+v", len(got), got)
+		t.Fatalf("upstream received %d requests, want 1: %s", len(got), targets(got))
 	}
 	return got[0]
 }
@@ -143,6 +153,12 @@ type live struct {
 
 func serveLive(t *testing.T, h *gatewaytest.Harness) *live {
 	t.Helper()
+	return serveLiveOn(t, h, nil)
+}
+
+// serveLiveOn is serveLive with the listener wrapped by wrap (nil: plain).
+func serveLiveOn(t *testing.T, h *gatewaytest.Harness, wrap func(net.Listener) net.Listener) *live {
+	t.Helper()
 	l := &live{h: h, done: make(chan struct{}, 64)}
 	st := h.Gateway.Settings()
 	l.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -151,7 +167,9 @@ func serveLive(t *testing.T, h *gatewaytest.Harness) *live {
 	}))
 	l.srv.Config.ReadHeaderTimeout = st.ReadHeaderTimeout
 	l.srv.Config.MaxHeaderBytes = st.MaxHeaderBytes
-	l.srv.Config.ErrorLog = nil
+	if wrap != nil {
+		l.srv.Listener = wrap(l.srv.Listener)
+	}
 	l.srv.Start()
 	t.Cleanup(l.srv.Close)
 	return l
@@ -182,7 +200,13 @@ type rawResult struct {
 // then whatever else the server sends until it closes or goes quiet.
 func (l *live) raw(t *testing.T, method, request string) rawResult {
 	t.Helper()
-	conn, err := net.Dial("tcp", l.srv.Listener.Addr().String())
+	return rawAt(t, l.h, l.srv.Listener.Addr().String(), method, request)
+}
+
+// rawAt is live.raw against any address, recording into h.
+func rawAt(t *testing.T, h *gatewaytest.Harness, addr, method, request string) rawResult {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +224,7 @@ func (l *live) raw(t *testing.T, method, request string) rawResult {
 	}
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
-	l.h.Record(res, body)
+	h.Record(res, body)
 	out := rawResult{Response: gatewaytest.Response{Status: res.StatusCode, Header: res.Header, Body: string(body)}}
 	_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 	if _, err := br.Peek(1); err != nil {
@@ -212,7 +236,7 @@ func (l *live) raw(t *testing.T, method, request string) rawResult {
 	if err == nil {
 		nb, _ := io.ReadAll(next.Body)
 		next.Body.Close()
-		l.h.Record(next, nb)
+		h.Record(next, nb)
 		out.Next = &gatewaytest.Response{Status: next.StatusCode, Header: next.Header, Body: string(nb)}
 	}
 	return out
