@@ -89,18 +89,26 @@ type group struct {
 	needles [][]byte
 }
 
-// forms are the spellings of raw an upstream may echo.
+// forms are the spellings of raw an upstream may echo. JSON escaping is
+// applied twice as well: an echo service that returns the request body as
+// a JSON string (httpbin's "data") quotes a JSON body's escapes again.
 func forms(raw string) []string {
-	j, _ := json.Marshal(raw)
-	jsonForm := string(j[1 : len(j)-1])
-	// Go's encoder also escapes <, > and &; other encoders don't.
+	jsonForm, plainForm := jsonEscape(raw)
+	json2, _ := jsonEscape(jsonForm)
+	_, plain2 := jsonEscape(plainForm)
+	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), jsonForm, plainForm, json2, plain2}
+}
+
+// jsonEscape returns s as escaped inside a JSON string, by Go's encoder
+// (which also escapes <, > and &) and by encoders that don't.
+func jsonEscape(s string) (goForm, plainForm string) {
+	j, _ := json.Marshal(s)
 	var plain bytes.Buffer
 	enc := json.NewEncoder(&plain)
 	enc.SetEscapeHTML(false)
-	_ = enc.Encode(raw)
-	plainForm := strings.TrimSuffix(plain.String(), "\n")
-	plainForm = plainForm[1 : len(plainForm)-1]
-	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), jsonForm, plainForm}
+	_ = enc.Encode(s)
+	p := strings.TrimSuffix(plain.String(), "\n")
+	return string(j[1 : len(j)-1]), p[1 : len(p)-1]
 }
 
 // Active reports whether there is anything to scrub.
