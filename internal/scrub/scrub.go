@@ -144,13 +144,19 @@ func (s *Scrubber) Mask(text string) string {
 	return s.masker.Replace(text)
 }
 
-// Headers scrubs every header value in place. A slice that changes is
-// copied first: header slices may be shared.
+// Headers scrubs every header value in place, and deletes a header whose
+// name holds a secret (in any letter case, since names are canonicalised
+// on the way). A slice that changes is copied first: header slices may be
+// shared.
 func (s *Scrubber) Headers(h http.Header) {
 	if !s.Active() {
 		return
 	}
 	for name, vs := range h {
+		if s.containsFold(name) {
+			delete(h, name)
+			continue
+		}
 		for i, v := range vs {
 			if s.Contains(v) {
 				vs = append([]string(nil), vs...)
@@ -159,6 +165,21 @@ func (s *Scrubber) Headers(h http.Header) {
 			}
 		}
 	}
+}
+
+// containsFold reports whether text holds a secret, ignoring ASCII case.
+func (s *Scrubber) containsFold(text string) bool {
+	if len(text) < MinLen {
+		return false
+	}
+	for _, n := range s.strs {
+		for i := 0; i+len(n) <= len(text); i++ {
+			if strings.EqualFold(text[i:i+len(n)], n) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // maskInPlace overwrites every secret in b with a mask of the same length,
