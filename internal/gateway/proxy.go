@@ -10,6 +10,7 @@ import (
 	"log"
 	"log/slog"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strings"
@@ -60,7 +61,7 @@ func (g *Gateway) build() {
 		// A Transport, unlike an http.Client, never follows redirects: a
 		// 3xx goes back to the client (Location scrubbed), so credentials
 		// are never resent to wherever an upstream points.
-		Transport:      g.opts.Transport,
+		Transport:      noInformational{g.opts.Transport},
 		BufferPool:     buffers,
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.proxyError,
@@ -107,6 +108,21 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 // and Alt-Svc would advertise the upstream's endpoints as ours.
 var blockedResponseHeaders = []string{"Set-Cookie", "Set-Cookie2", "Alt-Svc"}
 
+// noInformational keeps 1xx responses (103 Early Hints) from being
+// passed on. ReverseProxy forwards them from a client trace, past
+// ModifyResponse, so their headers would skip the filters and the
+// scrubber, and it clears the response's header map after each one,
+// which drops the gateway's own headers (X-Request-Id, CORS). Without
+// the hook the transport reads and discards them.
+type noInformational struct{ http.RoundTripper }
+
+func (t noInformational) RoundTrip(r *http.Request) (*http.Response, error) {
+	if tr := httptrace.ContextClientTrace(r.Context()); tr != nil {
+		tr.Got1xxResponse = nil
+	}
+	return t.RoundTripper.RoundTrip(r)
+}
+
 func (g *Gateway) modifyResponse(resp *http.Response) error {
 	x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
 	// Headers arrived: from now on the timer bounds the body's silence,
@@ -115,19 +131,49 @@ func (g *Gateway) modifyResponse(resp *http.Response) error {
 	x.timer.Reset(x.ep.idleTimeout)
 	resp.Body = &idleBody{ReadCloser: resp.Body, timer: x.timer, idle: x.ep.idleTimeout}
 	x.upDur = g.opts.Now().Sub(x.upStart)
-	for _, name := range blockedResponseHeaders {
-		delete(resp.Header, name)
-	}
-	for name := range resp.Header {
-		if strings.HasPrefix(name, "Access-Control-") {
-			delete(resp.Header, name)
-		}
-	}
-	g.scrub.Headers(resp.Header)
+	g.filterHeaders(resp.Header)
+	// Trailer names are announced with the headers; their values arrive
+	// after the body, so they are filtered again when it is closed.
+	g.filterHeaders(resp.Trailer)
 	if err := g.scrubBody(resp); err != nil {
 		return err
 	}
-	return g.transformResponse(resp, x)
+	if err := g.transformResponse(resp, x); err != nil {
+		return err
+	}
+	if len(resp.Trailer) > 0 {
+		resp.Body = &trailerBody{ReadCloser: resp.Body, g: g, trailer: resp.Trailer}
+	}
+	return nil
+}
+
+// filterHeaders removes what the client must not get from an upstream
+// header or trailer map, and scrubs secrets from the rest.
+func (g *Gateway) filterHeaders(h http.Header) {
+	for _, name := range blockedResponseHeaders {
+		delete(h, name)
+	}
+	for name := range h {
+		if strings.HasPrefix(name, "Access-Control-") {
+			delete(h, name)
+		}
+	}
+	g.scrub.Headers(h)
+}
+
+// trailerBody filters the upstream's trailers once its body is closed:
+// ReverseProxy closes the body, which fills in the trailer values, and
+// only then copies them to the client.
+type trailerBody struct {
+	io.ReadCloser
+	g       *Gateway
+	trailer http.Header
+}
+
+func (b *trailerBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.g.filterHeaders(b.trailer)
+	return err
 }
 
 // errEncoding is returned for a response body in an encoding keyward
