@@ -252,4 +252,3 @@ func TestResponsesEarlyHints(t *testing.T) {
 		t.Errorf("the final response lost the gateway's headers: %v", res.Header)
 	}
 }
-
