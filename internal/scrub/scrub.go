@@ -89,14 +89,25 @@ type group struct {
 	needles [][]byte
 }
 
-// forms are the spellings of raw an upstream may echo. JSON escaping is
+// forms are the spellings of raw an upstream may echo, or the gateway may
+// log (an upstream URL with the secret in its path). JSON escaping is
 // applied twice as well: an echo service that returns the request body as
 // a JSON string (httpbin's "data") quotes a JSON body's escapes again.
 func forms(raw string) []string {
 	jsonForm, plainForm := jsonEscape(raw)
 	json2, _ := jsonEscape(jsonForm)
 	_, plain2 := jsonEscape(plainForm)
-	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), jsonForm, plainForm, json2, plain2}
+	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), pathSegments(raw), jsonForm, plainForm, json2, plain2}
+}
+
+// pathSegments escapes s as an upstream path template does with a value
+// that holds "/": each segment path-escaped, the slashes kept.
+func pathSegments(s string) string {
+	segs := strings.Split(s, "/")
+	for i, seg := range segs {
+		segs[i] = url.PathEscape(seg)
+	}
+	return strings.Join(segs, "/")
 }
 
 // jsonEscape returns s as escaped inside a JSON string, by Go's encoder
