@@ -1,0 +1,290 @@
+package redis_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/keyward/keyward/internal/cache"
+	"github.com/keyward/keyward/internal/cache/redis"
+	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
+	"github.com/keyward/keyward/internal/ratelimit/redis/redistest"
+)
+
+// TestMain silences go-redis's own logging: the fault tests make it print a
+// line for every failed dial.
+func TestMain(m *testing.M) {
+	goredis.SetLogger(quietLogger{})
+	os.Exit(m.Run())
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// newClient opens a client the way the gateway does and closes it when the
+// test ends.
+func newClient(t testing.TB, url string) *goredis.Client {
+	t.Helper()
+	c, err := rlredis.NewClient(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var epoch = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
+
+func TestStore(t *testing.T) {
+	srv := redistest.Start(t)
+	c := newClient(t, srv.URL())
+	s := redis.New(c, redis.Options{})
+	ctx := context.Background()
+	p, err := cache.NewPolicy(cache.PolicyOptions{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := p.Key("prod", "r", "/private/path", url.Values{"email": {"someone@example.com"}}, nil)
+
+	if e, err := s.Get(ctx, key); e != nil || err != nil {
+		t.Fatalf("empty store: %v, %v", e, err)
+	}
+	want := &cache.Entry{
+		Status:  200,
+		Header:  http.Header{"Content-Type": {"application/json"}},
+		Body:    []byte("{\"binary\":\"\x00\xff\"}"),
+		Date:    epoch,
+		Expires: epoch.Add(time.Minute),
+	}
+	if err := s.Set(ctx, key, want, 1500*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+
+	t.Run("key names hold no client text and expire", func(t *testing.T) {
+		keys, err := c.Keys(ctx, "*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]string{redis.DefaultPrefix + key.String()}, keys); diff != "" {
+			t.Errorf("keys (-want +got):\n%s", diff)
+		}
+		ttl, err := c.PTTL(ctx, keys[0]).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl <= 0 || ttl > 1500*time.Millisecond {
+			t.Errorf("PTTL %v, want in (0, 1.5s]", ttl)
+		}
+	})
+	t.Run("corrupt record is an error", func(t *testing.T) {
+		if err := c.Set(ctx, redis.DefaultPrefix+key.String(), "garbage", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, key); !errors.Is(err, cache.ErrCorrupt) {
+			t.Errorf("err = %v, want ErrCorrupt", err)
+		}
+	})
+	t.Run("prefix", func(t *testing.T) {
+		other := redis.New(c, redis.Options{Prefix: "other:"})
+		if e, _ := other.Get(ctx, key); e != nil {
+			t.Error("entry visible under another prefix")
+		}
+	})
+}
+
+// instance is one gateway instance in miniature: its own Redis client,
+// Store and Cache, and a front server proxying to a shared upstream.
+type instance struct {
+	front *httptest.Server
+	cache *cache.Cache
+}
+
+func newInstance(t *testing.T, redisURL string, p *cache.Policy, upstream string, o cache.Options, so redis.Options) *instance {
+	t.Helper()
+	target, _ := url.Parse(upstream)
+	proxy := &httputil.ReverseProxy{
+		Rewrite:  func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	c := cache.New(redis.New(newClient(t, redisURL), so), o)
+	t.Cleanup(c.Wait)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := p.Key("prod", "route", r.URL.EscapedPath(), r.URL.Query(), r.Header)
+		c.Serve(w, r, key, p, proxy.ServeHTTP)
+	}))
+	t.Cleanup(front.Close)
+	return &instance{front: front, cache: c}
+}
+
+func get(t *testing.T, client *http.Client, u string) (status int, cacheStatus, body string) {
+	t.Helper()
+	res, err := client.Get(u)
+	if err != nil {
+		t.Error(err)
+		return 0, "", ""
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Error(err)
+	}
+	return res.StatusCode, res.Header.Get("Cache-Status"), string(b)
+}
+
+// TestTwoInstances: 200 concurrent requests for one cold key, spread over
+// two instances sharing one Redis, make at most two upstream calls (one
+// per instance: coalescing is per instance), and all get the response.
+func TestTwoInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	var calls atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		io.WriteString(w, "payload")
+	}))
+	t.Cleanup(upstream.Close)
+	p, _ := cache.NewPolicy(cache.PolicyOptions{TTL: time.Minute})
+	// A generous timeout: under the race detector and 200 concurrent
+	// requests a 50 ms Redis call can time out, which is a miss by design
+	// but would make the count depend on the machine.
+	o := cache.Options{Timeout: 5 * time.Second}
+	a := newInstance(t, srv.URL(), p, upstream.URL, o, redis.Options{})
+	b := newInstance(t, srv.URL(), p, upstream.URL, o, redis.Options{})
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	const n = 200
+	var wg sync.WaitGroup
+	for i := range n {
+		front := a.front
+		if i%2 == 1 {
+			front = b.front
+		}
+		wg.Go(func() {
+			if status, cs, body := get(t, client, front.URL+"/hot?page=1"); status != 200 || body != "payload" {
+				t.Errorf("got %d %q (%s)", status, body, cs)
+			}
+		})
+	}
+	wg.Wait()
+	if got := calls.Load(); got < 1 || got > 2 {
+		t.Errorf("upstream calls = %d, want 1 or 2", got)
+	}
+
+	t.Run("an entry stored by one instance is a hit on the other", func(t *testing.T) {
+		before := calls.Load()
+		get(t, client, a.front.URL+"/other")
+		if _, cs, body := get(t, client, b.front.URL+"/other"); !strings.HasPrefix(cs, "keyward; hit; ttl=") || body != "payload" {
+			t.Errorf("instance b: %q %q", cs, body)
+		}
+		if got := calls.Load() - before; got != 1 {
+			t.Errorf("upstream calls = %d, want 1", got)
+		}
+	})
+}
+
+// TestRedisKilled: with Redis gone, requests are still served, as misses,
+// and every fault is reported; the breaker then spares the requests the
+// timeout; once Redis is back the cache works again on its own.
+func TestRedisKilled(t *testing.T) {
+	srv := redistest.Start(t)
+	var calls atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		fmt.Fprint(w, "payload")
+	}))
+	t.Cleanup(upstream.Close)
+	p, _ := cache.NewPolicy(cache.PolicyOptions{TTL: time.Minute})
+
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	advance := func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(d)
+	}
+	var faults []error
+	o := cache.Options{Now: clock, OnFault: func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		faults = append(faults, err)
+	}}
+	faultCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(faults)
+	}
+	in := newInstance(t, srv.URL(), p, upstream.URL, o, redis.Options{Now: clock})
+	client := &http.Client{}
+	t.Cleanup(client.CloseIdleConnections)
+	u := in.front.URL + "/a"
+
+	get(t, client, u)
+	if _, cs, _ := get(t, client, u); cs != "keyward; hit; ttl=60" {
+		t.Fatalf("before the outage: %q", cs)
+	}
+
+	srv.Kill()
+	before := calls.Load()
+	for i := range 10 {
+		status, cs, body := get(t, client, u)
+		if status != 200 || body != "payload" || cs != "keyward; fwd=uri-miss; fwd-status=200; stored; ttl=60" {
+			t.Errorf("request %d during the outage: %d %q %q", i, status, body, cs)
+		}
+	}
+	if got := calls.Load() - before; got != 10 {
+		t.Errorf("upstream calls during the outage = %d, want 10", got)
+	}
+	if got := faultCount(); got != 20 {
+		t.Errorf("%d faults reported, want 20 (a get and a set per request)", got)
+	}
+	mu.Lock()
+	var serr *cache.StoreError
+	last := faults[len(faults)-1]
+	mu.Unlock()
+	if !errors.As(last, &serr) || !errors.Is(last, redis.ErrUnavailable) {
+		t.Errorf("after three faults the breaker should answer: last fault %v", last)
+	}
+
+	srv.Restart()
+	// Recovery needs no action: once the cooldown is over, the next call
+	// probes Redis. The first call on a pooled connection to the dead
+	// server may still fail, so allow a few rounds.
+	for i := 0; ; i++ {
+		advance(redis.DefaultCooldown)
+		get(t, client, u)
+		if _, cs, _ := get(t, client, u); cs == "keyward; hit; ttl=60" {
+			break
+		}
+		if i == 10 {
+			t.Fatal("cache did not recover after Redis restarted")
+		}
+	}
+}

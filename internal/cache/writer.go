@@ -1,0 +1,202 @@
+package cache
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// tee is the ResponseWriter fetch writes to. It passes the response to the
+// client as it arrives — streaming, flushing and 1xx responses work as
+// without a cache — and keeps a copy of a storable response's body, up
+// to the policy's limit, so that a large body is never buffered whole.
+//
+// Until the response's header is written, fetch gets a header map of its
+// own, so the stored fields are exactly the response's and never those
+// the gateway set on the client's writer before (CORS, RateLimit,
+// X-Request-Id); WriteHeader adds them to the client's header, as
+// httputil.ReverseProxy adds the upstream's.
+type tee struct {
+	w     http.ResponseWriter
+	h     http.Header
+	c     *Cache
+	p     *Policy
+	fwd   string // the fwd parameter of Cache-Status
+	store bool   // whether a storable response is kept
+	stale *Entry // served instead of a 5xx, if not nil
+
+	wrote    bool
+	status   int
+	verdict  verdict
+	received time.Time
+	declared int64 // Content-Length, -1 if none
+	buf      []byte
+	capture  bool // still copying the body into buf
+	swallow  bool // discarding a 5xx that stale replaces
+
+	// onGiveUp, if not nil, is called once when the response turns out not
+	// storable, so that requests waiting for it need not wait for its end.
+	onGiveUp func()
+}
+
+// Header implements http.ResponseWriter.
+func (t *tee) Header() http.Header {
+	if t.wrote && !t.swallow {
+		// Trailers are set after the header is written; they go straight
+		// to the client. A swallowed response's stay in t.h, away from
+		// the stale response that replaces it.
+		return t.w.Header()
+	}
+	return t.h
+}
+
+// WriteHeader implements http.ResponseWriter. A 1xx is passed on at
+// once and is not the response.
+func (t *tee) WriteHeader(code int) {
+	if t.wrote {
+		return
+	}
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		t.informational(code)
+		return
+	}
+	t.wrote, t.status = true, code
+	t.received = t.c.now()
+	t.declared = -1
+	if t.store {
+		t.verdict = t.p.judge(code, t.h)
+	}
+	if t.verdict.store {
+		t.capture = true
+		if cl := t.h.Get("Content-Length"); cl != "" {
+			t.declared, _ = strconv.ParseInt(cl, 10, 64) // judge checked it
+			t.buf = make([]byte, 0, t.declared)
+		}
+	} else {
+		t.giveUp()
+	}
+	if t.stale != nil && code >= 500 {
+		t.swallow = true
+		return
+	}
+	dst := t.w.Header()
+	for k, vs := range t.h {
+		dst[k] = append(dst[k], vs...)
+	}
+	dst["Cache-Status"] = append(dst["Cache-Status"], t.cacheStatus())
+	t.w.WriteHeader(code)
+}
+
+// informational passes a 1xx response on with the fields fetch set for it,
+// then takes them off the client's header again, because net/http keeps
+// the header map for the final response (httputil.ReverseProxy clears its
+// own copy the same way).
+func (t *tee) informational(code int) {
+	dst := t.w.Header()
+	saved := make(map[string][]string, len(t.h))
+	for k, vs := range t.h {
+		old, had := dst[k]
+		if had {
+			saved[k] = old
+		}
+		dst[k] = append(old[:len(old):len(old)], vs...)
+	}
+	t.w.WriteHeader(code)
+	for k := range t.h {
+		if old, had := saved[k]; had {
+			dst[k] = old
+		} else {
+			delete(dst, k)
+		}
+	}
+}
+
+func (t *tee) cacheStatus() string {
+	b := make([]byte, 0, 64)
+	b = append(b, "keyward; fwd="...)
+	b = append(b, t.fwd...)
+	b = append(b, "; fwd-status="...)
+	b = strconv.AppendInt(b, int64(t.status), 10)
+	if t.verdict.store {
+		// "stored" is decided here, before the body: a storable response
+		// whose body later proves too large or truncated is announced as
+		// stored but not kept. The alternative, buffering the body before
+		// sending the header, would break streaming.
+		b = append(b, "; stored; ttl="...)
+		b = strconv.AppendInt(b, int64((t.verdict.fresh)/time.Second), 10)
+	}
+	return string(b)
+}
+
+// Write implements http.ResponseWriter.
+func (t *tee) Write(p []byte) (int, error) {
+	if !t.wrote {
+		t.WriteHeader(http.StatusOK)
+	}
+	if t.swallow {
+		return len(p), nil
+	}
+	if t.capture {
+		if int64(len(t.buf)+len(p)) > t.p.maxEntry {
+			t.capture, t.buf = false, nil
+			t.giveUp()
+		} else {
+			t.buf = append(t.buf, p...)
+		}
+	}
+	return t.w.Write(p)
+}
+
+// Flush implements http.Flusher, so that a streamed response reaches the
+// client as the upstream sends it.
+func (t *tee) Flush() {
+	if !t.wrote {
+		t.WriteHeader(http.StatusOK)
+	}
+	if t.swallow {
+		return
+	}
+	_ = http.NewResponseController(t.w).Flush() // a writer that cannot flush sends at the end anyway
+}
+
+// Unwrap returns the client's writer, for http.ResponseController.
+func (t *tee) Unwrap() http.ResponseWriter { return t.w }
+
+func (t *tee) giveUp() {
+	if t.onGiveUp != nil {
+		t.onGiveUp()
+		t.onGiveUp = nil
+	}
+}
+
+// entry returns the stored form of the response once fetch has returned,
+// or nil if it is not storable: not written, disqualified by its header,
+// larger than the limit, or shorter than its Content-Length (a truncated
+// upstream body; a truncation without Content-Length makes
+// httputil.ReverseProxy panic, and then there is no entry either).
+func (t *tee) entry() *Entry {
+	if !t.wrote || !t.capture || (t.declared >= 0 && int64(len(t.buf)) != t.declared) {
+		return nil
+	}
+	return &Entry{
+		Status:         t.status,
+		Header:         storedHeader(t.h),
+		Body:           t.buf,
+		Date:           t.received.Add(-t.verdict.age),
+		Expires:        t.received.Add(t.verdict.fresh),
+		MustRevalidate: t.verdict.mustRev,
+	}
+}
+
+// discard is the client of a background revalidation: nobody reads the
+// response, the tee keeps it for the store.
+type discard struct{ h http.Header }
+
+func (d *discard) Header() http.Header {
+	if d.h == nil {
+		d.h = make(http.Header)
+	}
+	return d.h
+}
+func (d *discard) WriteHeader(int)             {}
+func (d *discard) Write(p []byte) (int, error) { return len(p), nil }
