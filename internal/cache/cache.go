@@ -277,6 +277,7 @@ func (c *Cache) land(key Key, f *flight) {
 func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key, p *Policy, fwd string, stale *Entry, fetch http.HandlerFunc) {
 	t := &tee{w: w, h: make(http.Header), c: c, p: p, fwd: fwd, store: true, stale: stale}
 	t.onGiveUp = func() { f.publish(nil, false, fwd, 0) }
+	r = r.WithContext(context.WithValue(r.Context(), teeKey{}, t))
 	defer func() {
 		// Runs on a panic in fetch too (httputil.ReverseProxy panics with
 		// http.ErrAbortHandler when the upstream body breaks off), so that

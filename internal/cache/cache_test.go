@@ -34,12 +34,17 @@ type harness struct {
 	calls    atomic.Int64
 	serve    atomic.Pointer[http.HandlerFunc]
 	onWait   func() // set by an option; see Cache.onWait
+	modify   func(*http.Response) error
 
 	mu     sync.Mutex
 	faults []error
 }
 
 type harnessOpt func(*harness, *Options, *Store)
+
+func withModifyResponse(f func(*http.Response) error) harnessOpt {
+	return func(h *harness, _ *Options, _ *Store) { h.modify = f }
+}
 
 func withOnWait(f func()) harnessOpt {
 	return func(h *harness, _ *Options, _ *Store) { h.onWait = f }
@@ -72,8 +77,9 @@ func newHarness(t *testing.T, po PolicyOptions, upstream http.HandlerFunc, opts 
 	t.Cleanup(h.cache.Wait)
 	target, _ := url.Parse(h.upstream.URL)
 	proxy := &httputil.ReverseProxy{
-		Rewrite:  func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
-		ErrorLog: discardLog,
+		Rewrite:        func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		ModifyResponse: h.modify,
+		ErrorLog:       discardLog,
 	}
 	h.front = httptest.NewServer(h.handler(proxy.ServeHTTP))
 	t.Cleanup(h.front.Close)
@@ -329,6 +335,26 @@ func reply(status int, body string, header ...string) http.HandlerFunc {
 		w.WriteHeader(status)
 		io.WriteString(w, body)
 	}
+}
+
+// TestDoNotStore: the gateway removes Set-Cookie before the cache sees the
+// response, and says so.
+func TestDoNotStore(t *testing.T) {
+	h := newHarness(t, PolicyOptions{TTL: time.Minute}, reply(200, "ok", "Set-Cookie", "session=1"),
+		withModifyResponse(func(resp *http.Response) error {
+			if _, ok := resp.Header["Set-Cookie"]; ok {
+				delete(resp.Header, "Set-Cookie")
+				DoNotStore(resp.Request.Context())
+			}
+			return nil
+		}))
+	h.get("/a")
+	got := h.get("/a")
+	h.wantCalls(2)
+	if got.header.Get("Set-Cookie") != "" || got.header.Get("Cache-Status") != "keyward; fwd=uri-miss; fwd-status=200" {
+		t.Errorf("got %q", got.header)
+	}
+	DoNotStore(context.Background()) // a context not from Serve: nothing happens
 }
 
 func TestConfiguredStatuses(t *testing.T) {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"time"
@@ -33,6 +34,7 @@ type tee struct {
 	buf      []byte
 	capture  bool // still copying the body into buf
 	swallow  bool // discarding a 5xx that stale replaces
+	refused  bool // DoNotStore was called
 
 	// onGiveUp, if not nil, is called once when the response turns out not
 	// storable, so that requests waiting for it need not wait for its end.
@@ -63,7 +65,7 @@ func (t *tee) WriteHeader(code int) {
 	t.wrote, t.status = true, code
 	t.received = t.c.now()
 	t.declared = -1
-	if t.store {
+	if t.store && !t.refused {
 		t.verdict = t.p.judge(code, t.h)
 	}
 	if t.verdict.store {
@@ -185,6 +187,22 @@ func (t *tee) entry() *Entry {
 		Date:           t.received.Add(-t.verdict.age),
 		Expires:        t.received.Add(t.verdict.fresh),
 		MustRevalidate: t.verdict.mustRev,
+	}
+}
+
+type teeKey struct{}
+
+// DoNotStore marks the response being fetched for the request whose
+// context is ctx as unfit to store. It is for what the cache cannot see:
+// the gateway calls it from httputil.ReverseProxy.ModifyResponse when it
+// removes a field that made the response personal, such as Set-Cookie,
+// because the cache only sees the response after ModifyResponse. It must
+// be called before the response's header is written, on fetch's
+// goroutine, and does nothing for a context that did not come from
+// Serve.
+func DoNotStore(ctx context.Context) {
+	if t, ok := ctx.Value(teeKey{}).(*tee); ok {
+		t.refused = true
 	}
 }
 
