@@ -121,9 +121,10 @@ func (t *tee) cacheStatus() string {
 	b = strconv.AppendInt(b, int64(t.status), 10)
 	if t.verdict.store {
 		// "stored" is decided here, before the body: a storable response
-		// whose body later proves too large or truncated is announced as
-		// stored but not kept. The alternative, buffering the body before
-		// sending the header, would break streaming.
+		// whose body later proves too large or truncated, or that the
+		// store fails to take, is announced as stored but not kept. The
+		// alternative, buffering the body before sending the header,
+		// would break streaming.
 		b = append(b, "; stored; ttl="...)
 		b = strconv.AppendInt(b, int64((t.verdict.fresh)/time.Second), 10)
 	}
