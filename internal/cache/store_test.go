@@ -115,9 +115,9 @@ func TestMemoryBound(t *testing.T) {
 	m := NewMemory(bound, nil)
 	ctx := context.Background()
 	var wg sync.WaitGroup
-	for g := range 8 {
+	for g := range 4 {
 		wg.Go(func() {
-			for i := range 2000 {
+			for i := range 1000 {
 				k := keyOf(fmt.Sprintf("%d-%d", g, i))
 				m.Set(ctx, k, bodyEntry(100+i%5000), time.Hour)
 				m.Get(ctx, k)
