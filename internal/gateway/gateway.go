@@ -186,7 +186,18 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	w := &recorder{ResponseWriter: rw}
 	id := requestID(r)
 	w.Header()["X-Request-Id"] = []string{id}
-	defer g.finish(w, r, x, id)
+	defer func() {
+		// ReverseProxy aborts the response with http.ErrAbortHandler when
+		// the upstream body fails mid-way (reset, stalled past idle_timeout),
+		// so the client sees a broken response, never a clean truncated one.
+		// Log it as such, then let net/http abort the connection.
+		if p := recover(); p != nil {
+			x.errCode = "response_aborted"
+			g.finish(w, r, x, id)
+			panic(p)
+		}
+		g.finish(w, r, x, id)
+	}()
 
 	// Refuse what a gateway never forwards: absolute-form targets that
 	// name another host, CONNECT, TRACE and "OPTIONS *".
