@@ -151,8 +151,8 @@ func (c *Cache) Wait() { c.background.Wait() }
 // once more in the background, on another goroutine, after Serve may have
 // returned, with a copy of r that is a GET without conditional headers and
 // whose context carries r's values but not its cancellation (bounded by
-// Options.RefreshTimeout). fetch must therefore not depend on state that
-// ends with the original request.
+// Options.RefreshTimeout; IsRevalidation reports it). fetch must therefore
+// not depend on state that ends with the original request.
 //
 // A HEAD request is answered from a stored GET response; a HEAD miss is
 // fetched but not stored (it has no body). A request with Cache-Control:
@@ -326,7 +326,7 @@ func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.Handl
 	if !leader {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), c.refreshTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(r.Context()), revalidationKey{}, true), c.refreshTimeout)
 	bg := r.Clone(ctx)
 	bg.Method = http.MethodGet
 	bg.Body = http.NoBody
@@ -348,6 +348,17 @@ func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.Handl
 		}()
 		c.lead(f, &discard{}, bg, key, p, "stale", nil, fetch)
 	}()
+}
+
+type revalidationKey struct{}
+
+// IsRevalidation reports whether ctx is the context of a background
+// stale-while-revalidate request, so that fetch can give it per-request
+// state of its own (a timer, a log line) instead of the original
+// request's, which may have ended.
+func IsRevalidation(ctx context.Context) bool {
+	v, _ := ctx.Value(revalidationKey{}).(bool)
+	return v
 }
 
 // get looks key up, bounded by the store timeout; a fault is a miss.

@@ -617,6 +617,9 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	var h *harness
 	h = newHarness(t, PolicyOptions{TTL: time.Minute, StaleWhileRevalidate: 30 * time.Second}, counter(&h))
 	h.get("/a")
+	if IsRevalidation(context.Background()) {
+		t.Error("IsRevalidation true for a plain context")
+	}
 
 	h.clk.Advance(70 * time.Second)
 	block := make(chan struct{})
@@ -836,4 +839,27 @@ func TestWaiterContext(t *testing.T) {
 	}
 	close(release)
 	<-done
+}
+
+// TestIsRevalidation: fetch can tell a background refresh from a client's
+// request, and the refresh's context outlives the client's.
+func TestIsRevalidation(t *testing.T) {
+	clk := newClock()
+	c := New(NewMemory(0, clk.Now), Options{Now: clk.Now})
+	p := mustPolicy(t, PolicyOptions{TTL: time.Minute, StaleWhileRevalidate: time.Minute})
+	key := p.Key("", "r", "/", nil, nil)
+	var got []bool
+	fetch := func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, IsRevalidation(r.Context()), r.Context().Err() != nil)
+		io.WriteString(w, "ok")
+	}
+	c.Serve(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), key, p, fetch)
+	clk.Advance(90 * time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	c.Serve(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil).WithContext(ctx), key, p, fetch)
+	cancel()
+	c.Wait()
+	if diff := cmp.Diff([]bool{false, false, true, false}, got); diff != "" {
+		t.Errorf("(revalidation, cancelled) per fetch (-want +got):\n%s", diff)
+	}
 }
