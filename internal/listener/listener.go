@@ -17,6 +17,11 @@
 // (Guard(tls.NewListener(ln, cfg))), so that the guard sees plaintext, and
 // connections that negotiate h2 by ALPN must bypass it; net/http then no
 // longer sees a *tls.Conn, so that wiring needs its own design.
+//
+// A handler that hijacks a connection after a 101 Switching Protocols
+// (WebSocket through httputil.ReverseProxy) would still have its reads
+// checked as HTTP and refused. keyward refuses upgrades today; a route that
+// opts into them needs the guard to learn of the switch first.
 package listener
 
 import (
