@@ -43,6 +43,34 @@ type Config struct {
 	// Limits is the default abuse protection for every route; a route's
 	// own limits block replaces it. Default: none.
 	Limits *Limits `yaml:"limits"`
+	// CacheSize bounds the memory cache ("64MiB"); with a Redis store,
+	// Redis's own maxmemory applies. Default "64MiB".
+	CacheSize string `yaml:"cache_size"`
+}
+
+// Cache configures a route's response cache. Only GET (and HEAD, from a
+// stored GET) is cached.
+type Cache struct {
+	// TTL is how long a response is fresh, e.g. "60s". Required.
+	TTL string `yaml:"ttl"`
+	// Vary lists request headers whose values select different entries
+	// (the allowed query parameters always do). A route that forwards the
+	// client's Authorization or Cookie must list them.
+	Vary []string `yaml:"vary"`
+	// StaleWhileRevalidate serves an expired entry for this long while one
+	// background request refreshes it. Default: off.
+	StaleWhileRevalidate string `yaml:"stale_while_revalidate"`
+	// StaleIfError serves an expired entry for this long when the upstream
+	// fails or answers 5xx. Default: off.
+	StaleIfError string `yaml:"stale_if_error"`
+	// HonorUpstream shortens the TTL to the upstream's Cache-Control
+	// max-age/s-maxage when that is smaller. Default false.
+	HonorUpstream bool `yaml:"honor_upstream"`
+	// MaxEntry bounds one stored response ("1MiB"); a larger one streams
+	// through uncached. Default "1MiB".
+	MaxEntry string `yaml:"max_entry"`
+	// Statuses lists cacheable statuses. Default [200].
+	Statuses []int `yaml:"statuses"`
 }
 
 // ClientIP identifies clients behind proxies.
@@ -205,6 +233,9 @@ type Route struct {
 	CORS *CORS `yaml:"cors"`
 	// Limits replaces the top-level limits for this route.
 	Limits *Limits `yaml:"limits"`
+	// Cache stores upstream responses; concurrent misses make one upstream
+	// call. Default: off.
+	Cache *Cache `yaml:"cache"`
 	// Validate checks the request before it is forwarded: query, headers
 	// and a JSON Schema for the body. Default: no checks.
 	Validate *validate.Config `yaml:"validate"`

@@ -68,20 +68,27 @@ func (g *Gateway) prepareBody(w http.ResponseWriter, r *http.Request, x *exchang
 // vars are what a jq expression may read besides its input; secrets only
 // for the request side.
 func (ep *endpoint) vars(x *exchange, r *http.Request, withSecrets bool) transform.Vars {
-	v := transform.Vars{Stage: ep.stageVars, Params: map[string]string{}, Query: url.Values{}}
+	v := transform.Vars{Stage: ep.stageVars, Params: map[string]string{}, Query: ep.allowedQuery(r)}
 	for i := range x.params.Len() {
 		n, val := x.params.At(i)
 		v.Params[n] = val
-	}
-	for name, vals := range r.URL.Query() {
-		if ep.queryAllow[name] && !ep.isSetParam(name) {
-			v.Query[name] = vals
-		}
 	}
 	if withSecrets {
 		v.Secrets = ep.transformSecrets
 	}
 	return v
+}
+
+// allowedQuery returns the client's query parameters that reach the
+// upstream: what the cache keys on and what jq may read as $query.
+func (ep *endpoint) allowedQuery(r *http.Request) url.Values {
+	q := url.Values{}
+	for name, vals := range r.URL.Query() {
+		if ep.queryAllow[name] && !ep.isSetParam(name) {
+			q[name] = vals
+		}
+	}
+	return q
 }
 
 // transformResponse runs the response transform on a JSON response. Other

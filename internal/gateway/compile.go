@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keyward/keyward/internal/cache"
+
 	"github.com/keyward/keyward/internal/clientip"
 	"github.com/keyward/keyward/internal/ratelimit"
 
@@ -54,14 +56,15 @@ type Settings struct {
 
 // compiler collects every problem of one config.
 type compiler struct {
-	opts    Options
-	onFault func(error)
-	f       *config.File
-	getenv  func(string) string
-	errs    []error
-	warns   []*config.Error
-	secrets map[string]secret.Value
-	used    map[string]bool // secrets referenced anywhere
+	opts      Options
+	onFault   func(error)
+	usesCache bool
+	f         *config.File
+	getenv    func(string) string
+	errs      []error
+	warns     []*config.Error
+	secrets   map[string]secret.Value
+	used      map[string]bool // secrets referenced anywhere
 }
 
 func (c *compiler) errorf(path, format string, args ...any) {
@@ -81,7 +84,7 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	c.errs = append(c.errs, f.Unknown...)
 	cfg := &f.Config
 	g = &Gateway{opts: opts.withDefaults(), root: &route.Router[*endpoint]{}, hosts: map[string]*route.Router[*endpoint]{}}
-	c.onFault = g.storeFault
+	c.onFault = func(err error) { g.StoreFault("ratelimit", err) }
 	g.settings = c.settings(cfg)
 	g.outbound = c.outbound(cfg)
 	g.clients = c.clientIP(cfg)
@@ -137,6 +140,9 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 		g.secrets = append(g.secrets, v)
 	}
 	g.scrub = scrub.New(g.secrets)
+	if c.usesCache {
+		g.cache = c.opts.Cache
+	}
 	g.build()
 	return g, dedupeWarn(c.warns), nil
 }
@@ -278,6 +284,74 @@ func (c *compiler) store(cfg *config.Config) {
 
 // defaultBurst lets a page fire a handful of requests at once.
 const defaultBurst = 10
+
+// limits compiles a route's limits. On a cached route the route budget is
+// checked only when a request goes upstream: it is the ceiling of the
+// upstream bill, and a cache hit costs nothing there. Per-client limits
+// apply to every request, hit or miss.
+func (c *compiler) limits(path string, lc *config.Limits, ep *endpoint) {
+	l := c.limiter(path, lc, ep)
+	if l == nil || ep.cache == nil || lc.Budget == "" {
+		ep.limiter = l
+		return
+	}
+	perClient, budget := *lc, config.Limits{Budget: lc.Budget, OnStoreError: lc.OnStoreError, StoreTimeout: lc.StoreTimeout}
+	perClient.Budget = ""
+	if perClient.Rate != "" || perClient.ClientBudget != "" {
+		ep.limiter = c.limiter(path, &perClient, ep)
+	}
+	ep.budget = c.limiter(path, &budget, ep)
+}
+
+func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
+	cc := rc.Cache
+	o := cache.PolicyOptions{Vary: cc.Vary, HonorUpstream: cc.HonorUpstream, Statuses: cc.Statuses}
+	if cc.TTL == "" {
+		c.errorf(path+".ttl", "ttl is required")
+	} else {
+		o.TTL = c.duration(path+".ttl", cc.TTL)
+	}
+	if cc.StaleWhileRevalidate != "" {
+		o.StaleWhileRevalidate = c.duration(path+".stale_while_revalidate", cc.StaleWhileRevalidate)
+	}
+	if cc.StaleIfError != "" {
+		o.StaleIfError = c.duration(path+".stale_if_error", cc.StaleIfError)
+	}
+	if cc.MaxEntry != "" {
+		n, err := config.ParseSize(cc.MaxEntry)
+		if err != nil {
+			c.errorf(path+".max_entry", "%v", err)
+		}
+		o.MaxEntry = n
+	}
+	for _, h := range []string{"Authorization", "Cookie"} {
+		// A credential the client sends decides whose data comes back;
+		// without it in the key, one user's response is served to another.
+		if slices.Contains(ep.headerAllow, h) && !slices.ContainsFunc(cc.Vary, func(v string) bool { return strings.EqualFold(v, h) }) {
+			c.errorf(path+".vary", "the route forwards the client's %s, so it must be in vary: otherwise one client's response is served to another", h)
+		}
+	}
+	p, err := cache.NewPolicy(o)
+	if err != nil {
+		for _, e := range unjoin(err) {
+			c.errorf(path, "%v", e)
+		}
+		return
+	}
+	ep.cache = p
+	// The upstream's origin is part of the key, so a reload that points a
+	// route elsewhere never serves the old upstream's entries.
+	if ep.upstream != nil {
+		ep.cacheRoute = ep.name + " " + ep.upstream.Scheme + "://" + ep.upstream.Host
+	}
+	if len(cc.Vary) > 0 {
+		ep.vary = strings.Join(cc.Vary, ", ")
+	}
+	if c.opts.Cache == nil {
+		c.opts.Cache = cache.New(cache.NewMemory(0, nil), cache.Options{})
+	}
+	c.usesCache = true
+}
 
 func (c *compiler) limiter(path string, lc *config.Limits, ep *endpoint) *ratelimit.Limiter {
 	o := ratelimit.Options{Name: ep.name, Burst: lc.Burst, Store: c.opts.LimitStore, Now: c.opts.Now, OnFault: c.onFault}
@@ -497,10 +571,13 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	}
 
 	c.body(path, rc, ep, st)
+	if rc.Cache != nil {
+		c.cache(path+".cache", rc, ep)
+	}
 	if rc.Limits != nil {
-		ep.limiter = c.limiter(path+".limits", rc.Limits, ep)
+		c.limits(path+".limits", rc.Limits, ep)
 	} else if cfg.Limits != nil {
-		ep.limiter = c.limiter("limits", cfg.Limits, ep)
+		c.limits("limits", cfg.Limits, ep)
 	}
 
 	if rc.CORS != nil {

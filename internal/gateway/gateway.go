@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/internal/cache"
+
 	"github.com/keyward/keyward/internal/clientip"
 	"github.com/keyward/keyward/internal/ratelimit"
 
@@ -46,6 +48,9 @@ type Options struct {
 	Getenv func(string) string
 	// Now is the clock. If nil, time.Now is used.
 	Now func() time.Time
+	// Cache stores responses of routes with a cache block. It outlives
+	// reloads. If nil, Compile uses a private memory cache.
+	Cache *cache.Cache
 	// LimitStore holds rate-limit and budget state. It outlives reloads so
 	// a new config continues the old one's counts. If nil, Compile uses a
 	// private memory store.
@@ -79,6 +84,7 @@ type Gateway struct {
 	scrub     *scrub.Scrubber
 	outbound  *outboundPolicy
 	clients   *clientip.Resolver
+	cache     *cache.Cache // nil when no route caches
 	faultLog  atomic.Int64 // unix ns of the last logged store fault
 	proxy     *httputil.ReverseProxy
 }
@@ -101,6 +107,10 @@ type endpoint struct {
 	maxBody           int64
 	cors              *cors.Policy
 	limiter           *ratelimit.Limiter   // nil: no limits
+	budget            *ratelimit.Limiter   // route budget of a cached route, checked on misses only
+	cache             *cache.Policy        // nil: not cached
+	cacheRoute        string               // route identity in cache keys
+	vary              string               // request headers the cache varies on, for the response's Vary
 	validator         *validate.Validator  // nil: no checks
 	transform         *transform.Transform // nil: bodies pass unchanged
 	transformSecrets  map[string]string    // only the secrets the request transform reads
@@ -244,7 +254,7 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		g.fail(w, x, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed; allowed: "+ep.allow[0])
 		return
 	}
-	if ep.limiter != nil && !g.allow(w, r, x) {
+	if ep.limiter != nil && !g.allowed(w, r, x, ep.limiter) {
 		return
 	}
 	for i, re := range ep.paramRE {
@@ -275,9 +285,24 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	if ep.cache != nil {
+		g.serveCached(w, r, x)
+	} else {
+		g.forward(w, r, x)
+	}
+	if x.status == 0 {
+		x.status = w.status
+	}
+}
+
+// forward sends the request upstream and relays the answer.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
+	if x.ep.budget != nil && !g.allowed(w, r, x, x.ep.budget) {
+		return
+	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	x.cancel = cancel
-	x.timer = time.AfterFunc(ep.timeout, func() {
+	x.timer = time.AfterFunc(x.ep.timeout, func() {
 		if x.streaming.Load() {
 			cancel(errUpstreamStalled)
 			return
@@ -291,9 +316,27 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	x.upStart = g.opts.Now()
 	x.in = r.WithContext(context.WithValue(ctx, exchangeKey{}, x))
 	g.proxy.ServeHTTP(w, x.in)
-	if x.status == 0 {
-		x.status = w.status
+}
+
+// serveCached answers from the cache or forwards, coalescing concurrent
+// misses. What the cache stores is what forward wrote: scrubbed and
+// transformed.
+func (g *Gateway) serveCached(w http.ResponseWriter, r *http.Request, x *exchange) {
+	ep := x.ep
+	if ep.vary != "" {
+		w.Header().Add("Vary", ep.vary)
 	}
+	key := ep.cache.Key(ep.stage, ep.cacheRoute, x.path, ep.allowedQuery(r), r.Header)
+	g.cache.Serve(w, r, key, ep.cache, func(cw http.ResponseWriter, cr *http.Request) {
+		if cache.IsRevalidation(cr.Context()) {
+			// A background refresh runs after this request has ended: it
+			// gets an exchange of its own.
+			g.forward(cw, cr, &exchange{g: g, ep: ep, params: x.params, start: g.opts.Now(),
+				path: x.path, rawPath: x.rawPath, query: x.query})
+			return
+		}
+		g.forward(cw, cr, x)
+	})
 }
 
 func (ep *endpoint) allows(m string) bool {

@@ -7,13 +7,13 @@ import (
 	"github.com/keyward/keyward/internal/ratelimit"
 )
 
-// allow applies the route's limits to the client. It returns false when
-// it has answered the request (429, or 503 when the store failed and the
-// route fails closed). Refused requests are not counted.
-func (g *Gateway) allow(w http.ResponseWriter, r *http.Request, x *exchange) bool {
+// allowed applies limiter to the client. It returns false when it has
+// answered the request (429, or 503 when the store failed and the route
+// fails closed). Refused requests are not counted.
+func (g *Gateway) allowed(w http.ResponseWriter, r *http.Request, x *exchange, l *ratelimit.Limiter) bool {
 	var buf [64]byte
 	key := string(g.clients.AppendKey(buf[:0], g.clients.ClientIP(r)))
-	res := x.ep.limiter.Allow(r.Context(), key)
+	res := l.Allow(r.Context(), key)
 	res.SetHeaders(w.Header())
 	if m := g.opts.Metrics; m != nil && res.Budget != (ratelimit.Decision{}) {
 		m.BudgetRemaining(x.ep.name, res.Budget.Remaining)
@@ -40,15 +40,16 @@ func (g *Gateway) allow(w http.ResponseWriter, r *http.Request, x *exchange) boo
 // would flood the log during an outage; the metric counts each one.
 const faultLogInterval = 10 * time.Second
 
-// storeFault counts a store fault and logs it at most once per interval.
-func (g *Gateway) storeFault(err error) {
+// StoreFault counts a fault of a store user (kind "ratelimit" or "cache")
+// and logs it at most once per interval.
+func (g *Gateway) StoreFault(kind string, err error) {
 	if m := g.opts.Metrics; m != nil {
-		m.StoreError("ratelimit")
+		m.StoreError(kind)
 	}
 	now := g.opts.Now().UnixNano()
 	last := g.faultLog.Load()
 	if now-last < int64(faultLogInterval) || !g.faultLog.CompareAndSwap(last, now) {
 		return
 	}
-	g.opts.Logger.Warn("store error; applying each route's on_store_error policy", slogString("error", g.scrub.String(err.Error())))
+	g.opts.Logger.Warn("store error", slogString("kind", kind), slogString("error", g.scrub.String(err.Error())))
 }

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keyward/keyward/internal/cache"
+
 	"github.com/keyward/keyward/internal/transform"
 )
 
@@ -131,6 +133,11 @@ func (g *Gateway) modifyResponse(resp *http.Response) error {
 	x.timer.Reset(x.ep.idleTimeout)
 	resp.Body = &idleBody{ReadCloser: resp.Body, timer: x.timer, idle: x.ep.idleTimeout}
 	x.upDur = g.opts.Now().Sub(x.upStart)
+	if _, ok := resp.Header["Set-Cookie"]; ok {
+		// The cookie is dropped below, but a response that set one is
+		// about one client's session: never store it for others.
+		cache.DoNotStore(resp.Request.Context())
+	}
 	g.filterHeaders(resp.Header)
 	// Trailer names are announced with the headers; their values arrive
 	// after the body, so they are filtered again when it is closed.

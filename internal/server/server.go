@@ -14,6 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/internal/cache"
+	cacheredis "github.com/keyward/keyward/internal/cache/redis"
+
 	"github.com/keyward/keyward/internal/ratelimit"
 	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
 
@@ -51,7 +54,7 @@ func New(path string, opts gateway.Options) (*Server, error) {
 		return nil, err
 	}
 	if s.opts.LimitStore == nil {
-		if err := s.openStore(f.Config.Store); err != nil {
+		if err := s.openStore(f.Config.Store, f.Config.CacheSize); err != nil {
 			return nil, err
 		}
 	}
@@ -65,15 +68,29 @@ func New(path string, opts gateway.Options) (*Server, error) {
 	return s, nil
 }
 
-// openStore opens the store for limit state. It lives as long as the
-// process, so a reload keeps every count.
-func (s *Server) openStore(url string) error {
+// openStore opens the store for limit state and the response cache. It
+// lives as long as the process, so a reload keeps every count and entry.
+func (s *Server) openStore(url, cacheSize string) error {
 	if url == "" {
 		url = "memory"
 	}
 	s.storeURL = url
+	onFault := func(err error) {
+		if h := s.handler; h != nil {
+			h.Current().StoreFault("cache", err)
+		}
+	}
 	if url == "memory" {
+		size := int64(0) // the cache's default
+		if cacheSize != "" {
+			n, err := config.ParseSize(cacheSize)
+			if err != nil {
+				return fmt.Errorf("cache_size: %w", err)
+			}
+			size = n
+		}
 		s.opts.LimitStore = ratelimit.NewMemory(0)
+		s.opts.Cache = cache.New(cache.NewMemory(size, nil), cache.Options{OnFault: onFault})
 		return nil
 	}
 	client, err := rlredis.NewClient(url)
@@ -82,6 +99,7 @@ func (s *Server) openStore(url string) error {
 	}
 	s.closers = append(s.closers, client)
 	s.opts.LimitStore = rlredis.New(client, rlredis.Options{})
+	s.opts.Cache = cache.New(cacheredis.New(client, cacheredis.Options{}), cache.Options{OnFault: onFault})
 	return nil
 }
 
@@ -202,6 +220,9 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
+	}
+	if s.opts.Cache != nil {
+		s.opts.Cache.Wait() // background refreshes still hold store calls
 	}
 	return errors.Join(err, s.Close())
 }
