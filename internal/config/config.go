@@ -144,6 +144,12 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for in-flight requests.
 	// Default "30s".
 	ShutdownTimeout string `yaml:"shutdown_timeout"`
+	// MaxConnections bounds open client connections; more wait to be
+	// accepted. Default 10000; -1 means unlimited.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxHeaders bounds the header lines of a request (431 above it).
+	// Default 100.
+	MaxHeaders int `yaml:"max_headers"`
 	// ReadBodyTimeout bounds how long a client may take to send a request
 	// body (a slow upload holds a connection and an upstream request).
 	// Default "60s".

@@ -326,6 +326,12 @@ func (c *Config) setDefaults() {
 	if s.ShutdownTimeout == "" {
 		s.ShutdownTimeout = "30s"
 	}
+	if s.MaxConnections == 0 {
+		s.MaxConnections = 10000
+	}
+	if s.MaxHeaders == 0 {
+		s.MaxHeaders = 100
+	}
 	if s.ReadBodyTimeout == "" {
 		s.ReadBodyTimeout = "60s"
 	}

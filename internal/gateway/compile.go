@@ -51,6 +51,8 @@ type Settings struct {
 	ShutdownTimeout     time.Duration
 	ReadBodyTimeout     time.Duration
 	MaxHeaderBytes      int
+	MaxHeaders          int
+	MaxConnections      int
 	AccessLog           bool
 }
 
@@ -198,10 +200,18 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 		ShutdownTimeout:   c.duration("server.shutdown_timeout", cfg.Server.ShutdownTimeout),
 		ReadBodyTimeout:   c.duration("server.read_body_timeout", cfg.Server.ReadBodyTimeout),
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		MaxHeaders:        cfg.Server.MaxHeaders,
+		MaxConnections:    cfg.Server.MaxConnections,
 		AccessLog:         *cfg.Log.Access,
 	}
 	if _, _, err := net.SplitHostPort(s.Listen); err != nil {
 		c.errorf("listen", "bad address %q: want host:port or :port", s.Listen)
+	}
+	if s.MaxHeaders < 0 {
+		c.errorf("server.max_headers", "must not be negative")
+	}
+	if s.MaxConnections < -1 {
+		c.errorf("server.max_connections", "%d: want a positive number, or -1 for unlimited", s.MaxConnections)
 	}
 	if s.MaxHeaderBytes < 4096 {
 		c.errorf("server.max_header_bytes", "%d is too small (minimum 4096)", s.MaxHeaderBytes)

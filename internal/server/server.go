@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/internal/listener"
+
 	"github.com/keyward/keyward/internal/cache"
 	cacheredis "github.com/keyward/keyward/internal/cache/redis"
 
@@ -195,6 +197,13 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	}
 	servers := []*http.Server{srv}
 	errc := make(chan error, 2)
+	// The guard refuses ambiguous request framing (smuggling) before
+	// net/http parses it, and bounds connections and header lines.
+	public = listener.Guard(public, listener.Options{
+		MaxConns:       st.MaxConnections,
+		MaxHeaderBytes: st.MaxHeaderBytes, // the same bound net/http applies
+		MaxHeaders:     st.MaxHeaders,
+	})
 	go func() { errc <- srv.Serve(public) }()
 	if admin != nil {
 		asrv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}

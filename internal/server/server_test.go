@@ -230,3 +230,25 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Errorf("metrics: %d\n%s", code, body)
 	}
 }
+
+// TestPublicListenerRefusesAmbiguousFraming: the served listener is
+// guarded, so a request with both Content-Length and Transfer-Encoding
+// (a smuggling ingredient net/http itself accepts) is refused and the
+// connection closed, and the gateway never sees it.
+func TestPublicListenerRefusesAmbiguousFraming(t *testing.T) {
+	up := newBlockingUpstream(t)
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	writeConfig(t, path, up.srv.URL, "a")
+	_, base, _, _ := start(t, path, io.Discard)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+	all, _ := io.ReadAll(conn) // returns once the guard closes the connection
+	got := string(all)
+	if !strings.HasPrefix(got, "HTTP/1.1 400 ") || !strings.Contains(got, `"code":"bad_framing"`) || strings.Count(got, "HTTP/1.1") != 1 {
+		t.Errorf("response:\n%s", got)
+	}
+}
