@@ -143,8 +143,17 @@ func compile(path string, stderr io.Writer) (*gateway.Gateway, error) {
 	return g, err
 }
 
-func check(args []string, stdout, stderr io.Writer) error {
-	fs, path := newFlags("check", stderr)
+// compileArgs parses a verb that takes only -c and compiles the config.
+func compileArgs(verb string, args []string, stderr io.Writer) (*gateway.Gateway, error) {
+	fs, path := newFlags(verb, stderr)
+	if err := parseNone(fs, args); err != nil {
+		return nil, err
+	}
+	return compile(*path, stderr)
+}
+
+// parseNone parses flags and refuses positional arguments.
+func parseNone(fs *flag.FlagSet, args []string) error {
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -152,7 +161,11 @@ func check(args []string, stdout, stderr io.Writer) error {
 	if len(pos) > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", pos[0])}
 	}
-	g, err := compile(*path, stderr)
+	return nil
+}
+
+func check(args []string, stdout, stderr io.Writer) error {
+	g, err := compileArgs("check", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -169,15 +182,7 @@ func check(args []string, stdout, stderr io.Writer) error {
 }
 
 func routes(args []string, stdout, stderr io.Writer) error {
-	fs, path := newFlags("routes", stderr)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", pos[0])}
-	}
-	g, err := compile(*path, stderr)
+	g, err := compileArgs("routes", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -223,12 +228,8 @@ func table(w io.Writer, rows [][]string) {
 
 func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs, path := newFlags("serve", stderr)
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", pos[0])}
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	srv, err := server.New(*path, gateway.Options{Logger: logger})
@@ -266,12 +267,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:8080", "gateway address")
 	page := fs.String("page", "127.0.0.1:8081", "address of the demo page (another origin)")
-	pos, err := parse(fs, args)
-	if err != nil {
+	if err := parseNone(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", pos[0])}
 	}
 	return demo.Run(ctx, demo.Options{Listen: *listen, Page: *page, Out: stdout, Log: stderr})
 }
