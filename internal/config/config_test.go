@@ -46,8 +46,9 @@ func TestParseDefaults(t *testing.T) {
 	on := true
 	want := Config{
 		Listen: ":9000",
-		Server: Server{ReadHeaderTimeout: "10s", IdleTimeout: "120s", MaxHeaderBytes: 64 << 10, ShutdownTimeout: "30s"},
-		Log:    Log{Access: &on},
+		Server: Server{ReadHeaderTimeout: "10s", IdleTimeout: "120s", MaxHeaderBytes: 64 << 10, ShutdownTimeout: "30s",
+			ReadBodyTimeout: "60s", MaxConnections: 10000, MaxHeaders: 100},
+		Log: Log{Access: &on},
 		Secrets: map[string]SecretSource{
 			"github": {Env: "GITHUB_TOKEN"},
 		},
@@ -57,13 +58,13 @@ func TestParseDefaults(t *testing.T) {
 				Name: "my-repos", Path: "/my-repos", Methods: []string{"GET"},
 				Upstream: "https://api.github.com/user/repos",
 				Headers:  Headers{Set: map[string]string{"Authorization": "Bearer {secret.github}"}},
-				Timeout:  "30s", MaxBody: "1MiB",
+				Timeout:  "30s", IdleTimeout: "2m", MaxBody: "1MiB",
 			},
 			{
 				Name: "issues", Path: "/repos/{owner}/{repo}/issues", Methods: []string{"GET", "POST"},
 				Params:   map[string]string{"owner": "[a-z]+"},
 				Upstream: "https://api.github.com/repos/{owner}/{repo}/issues",
-				Timeout:  "5s", MaxBody: "64KB",
+				Timeout:  "5s", IdleTimeout: "2m", MaxBody: "64KB",
 			},
 		},
 	}

@@ -162,10 +162,10 @@ func TestFramingPlainNetHTTP(t *testing.T) {
 	})
 }
 
-// TestFramingOptionsAsterisk: "OPTIONS *" never reaches an upstream.
-// net/http answers it itself (200, empty) before any handler runs, unless
-// the server sets DisableGeneralOptionsHandler; see
-// TestKnownBug_OptionsAsteriskServed for the 400 the README promises.
+// TestFramingOptionsAsterisk: "OPTIONS *" never reaches an upstream, even
+// on a plain net/http server, which answers it itself (200, empty) unless
+// DisableGeneralOptionsHandler is set; keyward serve sets it (see
+// TestOptionsAsteriskRefusedByKeyward).
 func TestFramingOptionsAsterisk(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
 	l := serveLive(t, h)
@@ -227,11 +227,9 @@ func TestFramingServedByKeyward(t *testing.T) {
 	ok(t, h, h.Get("/my-repos", nil)) // a metric for the scan
 }
 
-// TestKnownBug_OptionsAsteriskServed: README promises 400 for "OPTIONS *",
-// but the http.Server in internal/server answers it itself (200, empty)
-// before the gateway runs, unless it sets DisableGeneralOptionsHandler.
-// Nothing reaches an upstream either way (TestFramingOptionsAsterisk).
-func TestKnownBug_OptionsAsteriskServed(t *testing.T) {
+// TestOptionsAsteriskRefusedByKeyward: as served by keyward, "OPTIONS *"
+// gets the JSON 400 the README promises, not net/http's own empty 200.
+func TestOptionsAsteriskRefusedByKeyward(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
 	addr := serveKeyward(t, h)
 	res := rawAt(t, h, addr, "OPTIONS", "OPTIONS * HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
