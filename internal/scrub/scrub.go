@@ -71,9 +71,10 @@ func New(secrets []secret.Value) *Scrubber {
 	s.replacer = strings.NewReplacer(pairs...)
 	s.masker = strings.NewReplacer(masks...)
 	for _, n := range s.needles { // longest first, so groups are too
-		i := slices.IndexFunc(s.groups, func(g group) bool { return g.first == n[0] })
+		p := n[:min(len(n), groupPrefix)]
+		i := slices.IndexFunc(s.groups, func(g group) bool { return bytes.Equal(g.prefix, p) })
 		if i < 0 {
-			s.groups = append(s.groups, group{first: n[0]})
+			s.groups = append(s.groups, group{prefix: p})
 			i = len(s.groups) - 1
 		}
 		s.groups[i].needles = append(s.groups[i].needles, n)
@@ -81,13 +82,19 @@ func New(secrets []secret.Value) *Scrubber {
 	return s
 }
 
-// group holds the needles that start with one byte. The forms of one
-// secret almost always share their first byte, so a body is scanned once
-// per secret with IndexByte (vectorised) instead of once per form.
+// group holds the needles that share a prefix (up to groupPrefix bytes).
+// The forms of one secret differ only from its first escaped character
+// on, so a body is scanned about once per secret with bytes.Index, which
+// is vectorised, and only the rare positions that match the prefix are
+// compared with each form.
 type group struct {
-	first   byte
+	prefix  []byte
 	needles [][]byte
 }
+
+// groupPrefix is long enough that ordinary text rarely matches it, and
+// short enough that a secret's escaped forms usually share it.
+const groupPrefix = 8
 
 // forms are the spellings of raw an upstream may echo, or the gateway may
 // log (an upstream URL with the secret in its path). JSON escaping is
@@ -198,7 +205,7 @@ func (s *Scrubber) containsFold(text string) bool {
 func (s *Scrubber) maskInPlace(b []byte) {
 	for _, g := range s.groups {
 		for off := 0; off < len(b); {
-			i := bytes.IndexByte(b[off:], g.first)
+			i := bytes.Index(b[off:], g.prefix)
 			if i < 0 {
 				break
 			}
