@@ -16,8 +16,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
+
+	"github.com/keyward/keyward/internal/breaker"
+	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -32,13 +34,10 @@ const DefaultPrefix = "keyward:cache:"
 // when Options does not say.
 const DefaultCooldown = 500 * time.Millisecond
 
-// faultThreshold is how many consecutive faults open the breaker: one slow
-// reply should not disable the cache, a dead server should.
-const faultThreshold = 3
-
 // ErrUnavailable is returned, wrapped with the last fault, while a Store
-// fails fast after Redis stopped answering.
-var ErrUnavailable = errors.New("redis cache store unavailable, failing fast")
+// fails fast after Redis stopped answering (breaker.Threshold faults in a
+// row).
+var ErrUnavailable = breaker.ErrOpen
 
 // Options configures a Store.
 type Options struct {
@@ -64,14 +63,10 @@ type Client interface {
 
 // Store is a cache.Store on Redis. It is safe for concurrent use.
 type Store struct {
-	client   Client
-	prefix   string
-	cooldown time.Duration
-	now      func() time.Time
-
-	faults    atomic.Int64 // consecutive faults
-	openUntil atomic.Int64 // unix ns until which calls fail fast
-	lastFault atomic.Pointer[error]
+	client  Client
+	prefix  string
+	now     func() time.Time
+	breaker *breaker.Breaker
 }
 
 var _ cache.Store = (*Store)(nil)
@@ -81,13 +76,14 @@ var _ cache.Store = (*Store)(nil)
 // honours only with ContextTimeoutEnabled, as ratelimit/redis.NewClient
 // sets.
 func New(client Client, o Options) *Store {
-	s := &Store{client: client, prefix: o.Prefix, cooldown: o.Cooldown, now: o.Now}
+	s := &Store{client: client, prefix: o.Prefix, now: o.Now}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
 	}
-	if s.cooldown == 0 {
-		s.cooldown = DefaultCooldown
+	if o.Cooldown == 0 {
+		o.Cooldown = DefaultCooldown
 	}
+	s.breaker = breaker.New(o.Cooldown)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -136,32 +132,12 @@ func (s *Store) Set(ctx context.Context, key cache.Key, e *cache.Entry, ttl time
 }
 
 // open returns ErrUnavailable while the breaker is open.
-func (s *Store) open() error {
-	if s.cooldown <= 0 || s.now().UnixNano() >= s.openUntil.Load() {
-		return nil
-	}
-	if p := s.lastFault.Load(); p != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, *p)
-	}
-	return ErrUnavailable
-}
+func (s *Store) open() error { return s.breaker.Allow(s.now()) }
 
-func (s *Store) ok() { s.faults.Store(0) }
+func (s *Store) ok() { s.breaker.Done(context.Background(), s.now(), nil, true) }
 
 // account keeps the breaker's books for a call's outcome and returns err.
 func (s *Store) account(ctx context.Context, err error) error {
-	var reply goredis.Error
-	switch {
-	case err == nil || errors.As(err, &reply):
-		// An error reply means Redis is up and answering.
-		s.ok()
-	case errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled:
-		// The caller gave up (the client went away); not Redis's fault.
-	default:
-		s.lastFault.Store(&err)
-		if s.faults.Add(1) >= faultThreshold && s.cooldown > 0 {
-			s.openUntil.Store(s.now().Add(s.cooldown).UnixNano())
-		}
-	}
+	s.breaker.Done(ctx, s.now(), err, rlredis.Answered(err))
 	return err
 }

@@ -18,8 +18,9 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/keyward/keyward/internal/breaker"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -45,14 +46,10 @@ const gcraGrace = 10 * time.Second
 // when Options does not say.
 const DefaultCooldown = 500 * time.Millisecond
 
-// faultThreshold is how many consecutive faults open the breaker: one slow
-// reply (a GC pause, a failover) should not make fail_closed routes deny
-// everything for a cooldown, a dead server should.
-const faultThreshold = 3
-
 // ErrUnavailable is returned, wrapped with the last fault, while a Store
-// fails fast after Redis stopped answering.
-var ErrUnavailable = errors.New("redis store unavailable, failing fast")
+// fails fast after Redis stopped answering (breaker.Threshold faults in a
+// row).
+var ErrUnavailable = breaker.ErrOpen
 
 // Options configures a Store.
 type Options struct {
@@ -69,13 +66,9 @@ type Options struct {
 
 // Store is a ratelimit.Store on Redis. It is safe for concurrent use.
 type Store struct {
-	client   goredis.Scripter
-	prefix   string
-	cooldown time.Duration
-
-	faults    atomic.Int64 // consecutive faults
-	openUntil atomic.Int64 // unix ns until which calls fail fast
-	lastFault atomic.Pointer[error]
+	client  goredis.Scripter
+	prefix  string
+	breaker *breaker.Breaker
 }
 
 var _ ratelimit.Store = (*Store)(nil)
@@ -88,44 +81,36 @@ var _ ratelimit.Store = (*Store)(nil)
 // call with a context deadline, which go-redis honours only with
 // ContextTimeoutEnabled, as NewClient sets.
 func New(client goredis.Scripter, o Options) *Store {
-	s := &Store{client: client, prefix: o.Prefix, cooldown: o.Cooldown}
+	s := &Store{client: client, prefix: o.Prefix}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
 	}
-	if s.cooldown == 0 {
-		s.cooldown = DefaultCooldown
+	if o.Cooldown == 0 {
+		o.Cooldown = DefaultCooldown
 	}
+	s.breaker = breaker.New(o.Cooldown)
 	return s
 }
 
 // run runs one script unless the breaker is open, and keeps the breaker's
 // books. Time is the caller's now, like everything else in the Store.
 func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, key string, args ...any) *goredis.Cmd {
-	if s.cooldown > 0 && now.UnixNano() < s.openUntil.Load() {
+	if err := s.breaker.Allow(now); err != nil {
 		cmd := goredis.NewCmd(ctx)
-		last := ErrUnavailable
-		if p := s.lastFault.Load(); p != nil {
-			last = fmt.Errorf("%w: %w", ErrUnavailable, *p)
-		}
-		cmd.SetErr(last)
+		cmd.SetErr(err)
 		return cmd
 	}
 	cmd := script.Run(ctx, s.client, []string{key}, args...)
 	err := cmd.Err()
-	var reply goredis.Error
-	switch {
-	case err == nil || errors.As(err, &reply):
-		// An error reply means Redis is up and answering.
-		s.faults.Store(0)
-	case errors.Is(err, context.Canceled) && ctx.Err() == context.Canceled:
-		// The caller gave up (the client went away); not Redis's fault.
-	default:
-		s.lastFault.Store(&err)
-		if s.faults.Add(1) >= faultThreshold && s.cooldown > 0 {
-			s.openUntil.Store(now.Add(s.cooldown).UnixNano())
-		}
-	}
+	s.breaker.Done(ctx, now, err, Answered(err))
 	return cmd
+}
+
+// Answered reports whether err means Redis answered: no error, or an
+// error reply from a live server (which is not an outage).
+func Answered(err error) bool {
+	var reply goredis.Error
+	return err == nil || errors.As(err, &reply)
 }
 
 // NewClient opens a client for a redis:// or rediss:// URL (the `store:`
