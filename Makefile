@@ -17,8 +17,8 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: test deps vet unit fuzz build fmt lint bench clean
 
-## test: install missing tools, vet, run every test with -race, fuzz each target briefly (what CI runs)
-test: deps vet unit fuzz
+## test: install missing tools, vet, lint, run every test with -race, fuzz each target briefly (what CI runs)
+test: deps vet lint unit fuzz
 
 ## deps: install chromium and redis-server when missing (as root, with apt-get)
 deps:

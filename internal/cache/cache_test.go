@@ -101,12 +101,6 @@ func (h *harness) handler(fetch http.HandlerFunc) http.Handler {
 
 func (h *harness) setUpstream(f http.HandlerFunc) { h.serve.Store(&f) }
 
-func (h *harness) faultCount() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.faults)
-}
-
 type response struct {
 	status int
 	header http.Header
