@@ -17,20 +17,19 @@ const Redacted = "[REDACTED]"
 
 // Value is a loaded credential. Its zero value is an empty secret.
 //
-// The raw value sits behind a pointer because fmt prints unexported struct
+// The raw value is held by a closure because fmt prints unexported struct
 // fields by reflection, without calling their methods: a Value inside
-// another struct's unexported field would otherwise print in full with %v.
-// fmt does not follow nested pointers; it prints an address.
+// another struct's unexported field would otherwise print in full, and a
+// pointer to it is followed when fmt reports a bad verb. A func prints as
+// an address, always.
 type Value struct {
 	name string
-	raw  *rawValue
+	raw  func() string
 }
-
-type rawValue struct{ s string }
 
 // New returns a Value named name holding raw. Tests and loaders use it; the
 // name is used only for masking ("[secret:NAME]") and error messages.
-func New(name, value string) Value { return Value{name: name, raw: &rawValue{value}} }
+func New(name, value string) Value { return Value{name: name, raw: func() string { return value }} }
 
 // Name returns the secret's config name, which is not itself secret.
 func (v Value) Name() string { return v.name }
@@ -41,7 +40,7 @@ func (v Value) Reveal() string {
 	if v.raw == nil {
 		return ""
 	}
-	return v.raw.s
+	return v.raw()
 }
 
 // String returns [REDACTED].
