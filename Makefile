@@ -58,9 +58,13 @@ fmt:
 lint:
 	$(GO) run $(STATICCHECK) ./...
 
-## bench: run every benchmark once, with allocations
+## bench: Go micro-benchmarks with allocations (bench/results/micro.txt), then the
+## side-by-side load run against nginx, caddy, haproxy and bare Go (bench/run.sh;
+## its knobs pass through the environment: DURATION=5 ROUNDS=1 make bench)
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./...
+	mkdir -p bench/results
+	$(GO) test -run='^$$' -bench=. -benchmem ./... | tee bench/results/micro.txt
+	./bench/run.sh
 
 clean:
 	rm -rf bin
