@@ -345,7 +345,11 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request, bo
 	}
 
 	b := &bodyReader{c: c, ctx: ctx, stop: stop, wrote: wrote}
-	b.reusable = !resp.Close && !wantsClose && (resp.ContentLength >= 0 || isChunked(resp.TransferEncoding))
+	// Reuse needs the end of this response to be known: a length, chunked
+	// framing, or no body at all (HEAD, 204, 304); a body that runs to
+	// the close of the connection (HTTP/1.0 style) ends it.
+	framed := resp.ContentLength >= 0 || isChunked(resp.TransferEncoding) || resp.Body == http.NoBody
+	b.reusable = !resp.Close && !wantsClose && framed
 	if resp.Body == http.NoBody {
 		b.finish(true, nil)
 		return resp, nil

@@ -423,6 +423,27 @@ func TestHTTP10KeepAlivePooled(t *testing.T) {
 	}
 }
 
+func TestBodilessResponsesPooled(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/204" {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer srv.Close()
+	tr, dials := newTransport(t, Options{})
+	for _, method := range []string{"HEAD", "GET", "HEAD"} {
+		req, _ := http.NewRequest(method, srv.URL+"/204", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if n := dials.n.Load(); n != 1 {
+		t.Errorf("dials = %d, want 1", n)
+	}
+}
+
 func TestChunkedWithTrailers(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Trailer", "X-Checksum")
