@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/gatewaytest"
 )
 
@@ -378,8 +377,14 @@ routes:
 		authorizedOnce(t, ok(t, h, h.Get("/literal", nil)))
 	})
 	t.Run("proxy environment variables are ignored", func(t *testing.T) {
-		if gateway.NewTransport().Proxy != nil {
-			t.Errorf("the upstream transport consults a proxy")
+		// A proxy that does not exist: a client that consulted these would
+		// fail (or send the credential to the proxy) instead of reaching
+		// the upstream directly.
+		dead := "http://" + gatewaytest.ClosedAddr(t)
+		for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"} {
+			t.Setenv(k, dead)
 		}
+		t.Setenv("NO_PROXY", "")
+		authorizedOnce(t, ok(t, h, h.Get("/literal", nil)))
 	})
 }
