@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/keyward/keyward/internal/accesslog"
+
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/demo"
 	"github.com/keyward/keyward/internal/gateway"
@@ -232,7 +234,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
-	srv, err := server.New(*path, gateway.Options{Logger: logger})
+	access := accesslog.New(stderr, true)
+	defer access.Close()
+	srv, err := server.New(*path, gateway.Options{Logger: logger, AccessLog: access})
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,8 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/keyward/keyward/internal/accesslog"
+
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/server"
 )
@@ -82,8 +84,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 
 	logger := slog.New(slog.NewJSONHandler(o.Log, nil))
+	access := accesslog.New(o.Log, true)
+	defer access.Close()
 	srv, err := server.New(cfgPath, gateway.Options{
-		Logger: logger,
+		Logger:    logger,
+		AccessLog: access,
 		Getenv: func(name string) string {
 			if name == KeyEnv {
 				return key

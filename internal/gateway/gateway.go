@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/internal/accesslog"
+
 	"github.com/keyward/keyward/internal/cache"
 
 	"github.com/keyward/keyward/internal/clientip"
@@ -40,8 +42,11 @@ var Version = "dev"
 type Options struct {
 	// Transport sends upstream requests. If nil, NewTransport() is used.
 	Transport http.RoundTripper
-	// Logger receives access-log lines and errors. If nil, nothing is logged.
+	// Logger receives errors and events. If nil, nothing is logged.
 	Logger *slog.Logger
+	// AccessLog receives one line per request (when log.access is on). If
+	// nil, there is no access log.
+	AccessLog *accesslog.Logger
 	// Metrics records Prometheus metrics. If nil, none are recorded.
 	Metrics *metrics.Metrics
 	// Getenv reads secrets from the environment. If nil, os.Getenv is used.

@@ -1,14 +1,14 @@
 package gateway
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"time"
+
+	"github.com/keyward/keyward/internal/accesslog"
 
 	"github.com/keyward/keyward/internal/validate"
 )
@@ -120,22 +120,14 @@ func (g *Gateway) finish(w *recorder, r *http.Request, x *exchange, id string) {
 	if m := g.opts.Metrics; m != nil {
 		m.Request(routeName, r.Method, status, dur, x.upDur)
 	}
-	if !g.settings.AccessLog {
+	if !g.settings.AccessLog || g.opts.AccessLog == nil {
 		return
 	}
-	attrs := [...]slog.Attr{
-		slogString("id", id),
-		slogString("stage", stageName),
-		slogString("route", routeName),
-		slogString("method", r.Method),
-		slogString("path", g.scrub.String(r.URL.EscapedPath())),
-		slog.Int("status", status),
-		slog.Int64("bytes", w.bytes),
-		slog.Float64("ms", float64(dur)/float64(time.Millisecond)),
-		slog.Float64("upstream_ms", float64(x.upDur)/float64(time.Millisecond)),
-		slogString("error", x.errCode),
-	}
-	g.opts.Logger.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs[:]...)
+	g.opts.AccessLog.Log(&accesslog.Entry{
+		Time: x.start, ID: id, Stage: stageName, Route: routeName, Method: r.Method,
+		Path: g.scrub.String(r.URL.EscapedPath()), Status: status, Bytes: w.bytes,
+		Duration: dur, UpstreamDuration: x.upDur, Error: x.errCode,
+	})
 }
 
 func slogString(k, v string) slog.Attr { return slog.String(k, v) }

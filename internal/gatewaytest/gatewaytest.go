@@ -21,6 +21,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/keyward/keyward/internal/accesslog"
+
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/metrics"
@@ -149,7 +151,10 @@ func (h *Harness) Another(opts ...func(*gateway.Options)) (*gateway.Gateway, *ht
 	if err != nil {
 		h.T.Fatalf("parse: %v", err)
 	}
-	o := gateway.Options{Logger: slog.New(slog.NewJSONHandler(h.Logs, nil)), Metrics: h.Metrics, Getenv: Getenv}
+	// The access log is unbuffered here, so a test reads every line as soon
+	// as its response arrived.
+	o := gateway.Options{Logger: slog.New(slog.NewJSONHandler(h.Logs, nil)), AccessLog: accesslog.New(h.Logs, false),
+		Metrics: h.Metrics, Getenv: Getenv}
 	for _, opt := range opts {
 		opt(&o)
 	}
