@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -160,29 +161,43 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.cur.Load().ServeHTTP(w, r)
 }
 
-// exchange is the per-request state the proxy hooks need.
+// exchange is the per-request state the proxy hooks need. It is also the
+// context of the outbound request (it answers Value(exchangeKey{}) with
+// itself), which saves an allocation per request over context.WithValue.
 type exchange struct {
-	g       *Gateway
-	ep      *endpoint
-	params  route.Params
-	start   time.Time
-	upStart time.Time
-	upDur   time.Duration
-	path    string // escaped upstream path
-	rawPath string // decoded upstream path
-	query   string
-	timer   *time.Timer
-	cancel  context.CancelCauseFunc
-	status  int
-	errCode string
-	ctype   string        // Content-Type set by a request transform
-	in      *http.Request // the inbound request as proxied
+	context.Context // set in forward: cancelled by the client or the timer
+	rec             recorder
+	id              [1]string // X-Request-Id header value
+	url             url.URL   // the upstream URL
+	g               *Gateway
+	ep              *endpoint
+	params          route.Params
+	start           time.Time
+	upStart         time.Time
+	upDur           time.Duration
+	path            string // escaped upstream path
+	rawPath         string // decoded upstream path
+	query           string
+	timer           *time.Timer
+	cancel          context.CancelCauseFunc
+	status          int
+	errCode         string
+	ctype           string        // Content-Type set by a request transform
+	in              *http.Request // the inbound request as proxied
 	// streaming is set once the upstream's headers arrived; the timer then
 	// guards the body's idle time instead of the wait for headers.
 	streaming atomic.Bool
 }
 
 type exchangeKey struct{}
+
+// Value returns the exchange for exchangeKey and asks the parent otherwise.
+func (x *exchange) Value(key any) any {
+	if key == (exchangeKey{}) {
+		return x
+	}
+	return x.Context.Value(key)
+}
 
 // Cancel causes of an exchange, so the error handler can tell a timeout
 // from a client that went away.
@@ -197,10 +212,11 @@ var (
 
 // ServeHTTP is the request path.
 func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	x := &exchange{g: g, start: g.opts.Now()}
-	w := &recorder{ResponseWriter: rw}
-	id := requestID(r)
-	w.Header()["X-Request-Id"] = []string{id}
+	x := &exchange{g: g, start: g.opts.Now(), rec: recorder{ResponseWriter: rw}}
+	w := &x.rec
+	x.id[0] = requestID(r)
+	id := x.id[0]
+	w.Header()["X-Request-Id"] = x.id[:]
 	defer func() {
 		// ReverseProxy aborts the response with http.ErrAbortHandler when
 		// the upstream body fails mid-way (reset, stalled past idle_timeout),
@@ -319,7 +335,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 		cancel(nil)
 	}()
 	x.upStart = g.opts.Now()
-	x.in = r.WithContext(context.WithValue(ctx, exchangeKey{}, x))
+	x.Context = ctx
+	x.in = r.WithContext(x)
 	g.proxy.ServeHTTP(w, x.in)
 }
 

@@ -74,7 +74,8 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
 	ep := x.ep
 	out := pr.Out
-	out.URL = &url.URL{Scheme: ep.upstream.Scheme, Host: ep.upstream.Host, Path: x.rawPath, RawPath: x.path, RawQuery: x.query}
+	x.url = url.URL{Scheme: ep.upstream.Scheme, Host: ep.upstream.Host, Path: x.rawPath, RawPath: x.path, RawQuery: x.query}
+	out.URL = &x.url
 	out.Host = ""
 
 	h := make(http.Header, len(ep.headerAllow)+len(ep.headerSet)+1)

@@ -13,10 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
-	"github.com/keyward/keyward/internal/upstream"
 )
 
 // benchConfig is the shared benchmark's job (../shared/bench/README.md):
@@ -74,14 +74,17 @@ func benchGateway(b *testing.B, up string, tr http.RoundTripper) *gateway.Handle
 	return gateway.NewHandler(g)
 }
 
-// benchTransports are the upstream clients compared: the gateway's tuned
-// net/http Transport and internal/upstream.
+// benchTransports are the upstream clients compared: net/http's Transport
+// tuned as the gateway used it before, and the gateway's own client
+// (internal/upstream, what gateway.NewTransport returns).
 var benchTransports = []struct {
 	name string
 	new  func() http.RoundTripper
 }{
-	{"stdlib", func() http.RoundTripper { return gateway.NewTransport() }},
-	{"upstream", func() http.RoundTripper { return upstream.New(upstream.Options{}) }},
+	{"stdlib", func() http.RoundTripper {
+		return &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 512, IdleConnTimeout: 90 * time.Second}
+	}},
+	{"upstream", gateway.NewTransport},
 }
 
 // discardWriter is the least a ResponseWriter can be, so the handler
