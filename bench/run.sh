@@ -8,8 +8,10 @@
 # Every knob of the shared harness passes through (DURATION, WARMUP,
 # CONNS_LIST, ROUNDS, TARGETS, ...), e.g. a short run:
 #   DURATION=5 WARMUP=2 ROUNDS=2 bench/run.sh
-# The environment reaches keyward too, so a variant of keyward can be
-# compared by setting its switch here.
+# SECOND=limits or SECOND=cache adds a second keyward (bench/keyward-limits.yaml:
+# a memory rate limiter deciding every request; bench/keyward-cache.yaml:
+# every request a cache hit) on 127.0.0.1:9106 to the same interleaved run;
+# the harness's table calls it "krakend" (the slot it uses).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,4 +50,7 @@ export KEYWARD_BENCH_SECRET=bench-secret
 # exec: the harness measures RSS over the process group; without bash in it,
 # the number is keyward's own.
 export GATEWAY_CMD="exec '$ROOT/bin/keyward' serve -c '$ROOT/bench/keyward.yaml'"
+if [[ -n ${SECOND:-} ]]; then
+	export KEYWARD_SECOND=$SECOND KRAKEND_BIN=$ROOT/bench/second.sh
+fi
 "$SHARED_BENCH/run.sh"
