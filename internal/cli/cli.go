@@ -15,7 +15,6 @@ import (
 	"syscall"
 
 	"github.com/keyward/keyward/internal/accesslog"
-
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/demo"
 	"github.com/keyward/keyward/internal/gateway"

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/accesslog"
-
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/server"
 )

@@ -14,13 +14,11 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/cache"
-
 	"github.com/keyward/keyward/internal/clientip"
-	"github.com/keyward/keyward/internal/ratelimit"
-
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/placeholder"
+	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/route"
 	"github.com/keyward/keyward/internal/scrub"
 	"github.com/keyward/keyward/internal/secret"

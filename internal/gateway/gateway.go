@@ -1,8 +1,10 @@
 // Package gateway compiles a config into an immutable Gateway and serves
 // requests through it. The request path reads top to bottom in
-// Gateway.ServeHTTP: path check → match → CORS → method → params → body
-// limit → upstream request (secrets last, into the outbound request only)
-// → response filters → access log.
+// Gateway.ServeHTTP: path check → match → CORS → method → limits → params
+// → query and upstream path → body limit → validation and request
+// transform → cache (or forward) → upstream request (secrets last, into
+// the outbound request only; the route budget on the way out) → response
+// filters (headers, scrubbing, response transform) → access log.
 package gateway
 
 import (
@@ -19,15 +21,12 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/accesslog"
-
 	"github.com/keyward/keyward/internal/cache"
-
 	"github.com/keyward/keyward/internal/clientip"
-	"github.com/keyward/keyward/internal/ratelimit"
-
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/placeholder"
+	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/route"
 	"github.com/keyward/keyward/internal/scrub"
 	"github.com/keyward/keyward/internal/secret"

@@ -17,11 +17,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keyward/keyward/internal/upstream"
-
 	"github.com/keyward/keyward/internal/cache"
-
 	"github.com/keyward/keyward/internal/transform"
+	"github.com/keyward/keyward/internal/upstream"
 )
 
 // NewTransport returns the upstream client: internal/upstream, an

@@ -9,7 +9,6 @@ import (
 	"strconv"
 
 	"github.com/keyward/keyward/internal/accesslog"
-
 	"github.com/keyward/keyward/internal/validate"
 )
 

@@ -22,7 +22,6 @@ import (
 	"testing"
 
 	"github.com/keyward/keyward/internal/accesslog"
-
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/metrics"

@@ -14,17 +14,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/keyward/keyward/internal/listener"
-
 	"github.com/keyward/keyward/internal/cache"
 	cacheredis "github.com/keyward/keyward/internal/cache/redis"
-
-	"github.com/keyward/keyward/internal/ratelimit"
-	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
-
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/listener"
 	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/ratelimit"
+	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
 )
 
 // Server is one running keyward.

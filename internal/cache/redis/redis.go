@@ -18,12 +18,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/keyward/keyward/internal/breaker"
-	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
-
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/keyward/keyward/internal/breaker"
 	"github.com/keyward/keyward/internal/cache"
+	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
 )
 
 // DefaultPrefix is prepended to every key when none is given, so that the

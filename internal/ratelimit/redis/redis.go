@@ -20,10 +20,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/keyward/keyward/internal/breaker"
-
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/keyward/keyward/internal/breaker"
 	"github.com/keyward/keyward/internal/ratelimit"
 )
 
