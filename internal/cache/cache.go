@@ -329,7 +329,7 @@ func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.Handl
 	ctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(r.Context()), revalidationKey{}, true), c.refreshTimeout)
 	bg := r.Clone(ctx)
 	bg.Method = http.MethodGet
-	bg.Body = http.NoBody
+	bg.Body, bg.ContentLength, bg.GetBody = http.NoBody, 0, nil
 	// The client's conditions or range would get a 304 or 206, not the
 	// full response to store.
 	for _, h := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {

@@ -50,8 +50,9 @@ func (e *Entry) size() int64 {
 }
 
 // unstored are response fields never stored: hop-by-hop ones (RFC 9110
-// section 7.6.1), those regenerated on every response, and the gateway's
-// per-request id.
+// section 7.6.1), those regenerated on every response, the gateway's
+// per-request id, and the limit headers, which describe the request that
+// fetched the entry (a replayed budget count would be frozen and wrong).
 var unstored = map[string]bool{
 	"Connection":          true,
 	"Keep-Alive":          true,
@@ -66,6 +67,9 @@ var unstored = map[string]bool{
 	"Age":                 true,
 	"Content-Length":      true,
 	"X-Request-Id":        true,
+	"Ratelimit":           true,
+	"Ratelimit-Policy":    true,
+	"Retry-After":         true,
 	"Set-Cookie":          true,
 	"Set-Cookie2":         true,
 }

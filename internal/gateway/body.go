@@ -99,6 +99,11 @@ func (g *Gateway) transformResponse(resp *http.Response, x *exchange) error {
 	if t == nil || t.Response == nil || !isJSON(resp.Header.Get("Content-Type")) {
 		return nil
 	}
+	if resp.Request.Method == http.MethodHead {
+		// No body to transform: the length of the GET's answer is unknown.
+		delete(resp.Header, "Content-Length")
+		return nil
+	}
 	body, tooLarge, err := validate.ReadBody(resp.Body, t.Response.MaxBytes())
 	resp.Body.Close()
 	if err != nil {
@@ -112,6 +117,9 @@ func (g *Gateway) transformResponse(resp *http.Response, x *exchange) error {
 	if err != nil {
 		return err
 	}
+	// jq decodes escapes the scrubber could not know (\u0041, \/): what it
+	// outputs is searched again, in its own encoding.
+	x.g.scrub.MaskBytes(res.Body)
 	resp.Body = io.NopCloser(bytes.NewReader(res.Body))
 	resp.ContentLength = int64(len(res.Body))
 	resp.Header["Content-Length"] = []string{strconv.Itoa(len(res.Body))}

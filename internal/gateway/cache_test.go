@@ -12,6 +12,7 @@ import (
 
 	"github.com/keyward/keyward/internal/cache"
 	cacheredis "github.com/keyward/keyward/internal/cache/redis"
+	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/gatewaytest"
 	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
@@ -189,5 +190,26 @@ func TestCacheCoalescesAcrossInstancesOnRedis(t *testing.T) {
 	coalesce(t, 200, h.Up, h.Gateway, second)
 	if got := len(h.Up.Take()); got < 1 || got > 2 {
 		t.Errorf("200 concurrent misses on two instances made %d upstream calls, want 1 or 2", got)
+	}
+}
+
+// TestCachedRouteCannotTransformItsRequest: the cache keys on the
+// client's GET; a request transform (or another upstream method) would
+// build a request the key does not describe.
+func TestCachedRouteCannotTransformItsRequest(t *testing.T) {
+	f, err := config.Parse("keyward.yaml", []byte(`
+routes:
+  - name: search
+    path: /search
+    upstream: "https://api.example.com/search"
+    cache: { ttl: 1m }
+    transform: { request: '{q: $query.q}', method: POST }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = gateway.Compile(f, gateway.Options{})
+	if err == nil || !strings.Contains(err.Error(), "keyward.yaml:3: routes[0]: a cached route cannot have a request transform") {
+		t.Errorf("compile error: %v", err)
 	}
 }

@@ -332,6 +332,12 @@ func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 		}
 		o.MaxEntry = n
 	}
+	if rc.Transform != nil && (rc.Transform.Request != "" || rc.Transform.Method != "") {
+		// The cache keys on the client's GET (path, allowed query, vary);
+		// a request transform builds another request, maybe with another
+		// method, that the key does not describe.
+		c.errorf(path, "a cached route cannot have a request transform or transform.method; cache the upstream's GET instead")
+	}
 	for _, h := range []string{"Authorization", "Cookie"} {
 		// A credential the client sends decides whose data comes back;
 		// without it in the key, one user's response is served to another.

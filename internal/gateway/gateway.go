@@ -164,7 +164,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // context of the outbound request (it answers Value(exchangeKey{}) with
 // itself), which saves an allocation per request over context.WithValue.
 type exchange struct {
-	context.Context // set in forward: cancelled by the client or the timer
+	context.Context                 // set in forward: cancelled by the client or the timer
+	parent          context.Context // the inbound request's context
 	rec             recorder
 	id              [1]string // X-Request-Id header value
 	url             url.URL   // the upstream URL
@@ -189,6 +190,10 @@ type exchange struct {
 }
 
 type exchangeKey struct{}
+
+// clientGone reports whether the inbound request's own context ended (the
+// client went away), as opposed to the exchange's timer firing.
+func (x *exchange) clientGone() bool { return x.in != nil && x.parent.Err() != nil }
 
 // Value returns the exchange for exchangeKey and asks the parent otherwise.
 func (x *exchange) Value(key any) any {
@@ -232,11 +237,14 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	// Refuse what a gateway never forwards: absolute-form targets that
 	// name another host, CONNECT, TRACE and "OPTIONS *".
 	if r.URL.IsAbs() || r.RequestURI == "*" || r.Method == http.MethodConnect || r.Method == http.MethodTrace {
+		g.cors.Actual(w.Header(), r.Header.Get("Origin"))
 		g.fail(w, x, http.StatusBadRequest, "bad_request", "request target or method not supported")
 		return
 	}
 	escaped := r.URL.EscapedPath()
 	if err := route.CheckPath(escaped); err != nil {
+		// No route yet: the global CORS policy lets a page read why.
+		g.cors.Actual(w.Header(), r.Header.Get("Origin"))
 		g.fail(w, x, http.StatusBadRequest, "bad_path", strings.TrimPrefix(err.Error(), route.ErrBadPath.Error()+"\n"))
 		return
 	}
@@ -307,6 +315,11 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 
 	if ep.cache != nil {
 		g.serveCached(w, r, x)
+		// The cache may have answered with a stale entry instead of an
+		// upstream error: log what the client got.
+		if w.status != 0 {
+			x.status = w.status
+		}
 	} else {
 		g.forward(w, r, x)
 	}
@@ -320,7 +333,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	if x.ep.budget != nil && !g.allowed(w, r, x, x.ep.budget) {
 		return
 	}
-	ctx, cancel := context.WithCancelCause(r.Context())
+	x.parent = r.Context()
+	ctx, cancel := context.WithCancelCause(x.parent)
 	x.cancel = cancel
 	x.timer = time.AfterFunc(x.ep.timeout, func() {
 		if x.streaming.Load() {

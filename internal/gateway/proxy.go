@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/keyward/keyward/internal/cache"
 	"github.com/keyward/keyward/internal/transform"
@@ -97,6 +96,9 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 		h["Te"] = te // ReverseProxy keeps "TE: trailers" for gRPC-style upstreams
 	}
 	out.Header = h
+	// Trailers are headers too: a client's must not slip past the
+	// allowlist (some upstreams merge them into the headers).
+	out.Trailer = nil
 }
 
 // blockedResponseHeaders are upstream headers never passed to the client:
@@ -125,7 +127,7 @@ func (g *Gateway) modifyResponse(resp *http.Response) error {
 	// not its length, so a stream may run as long as it keeps talking.
 	x.streaming.Store(true)
 	x.timer.Reset(x.ep.idleTimeout)
-	resp.Body = &idleBody{ReadCloser: resp.Body, timer: x.timer, idle: x.ep.idleTimeout}
+	resp.Body = &upstreamBody{ReadCloser: resp.Body, x: x, resp: resp}
 	x.upDur = g.opts.Now().Sub(x.upStart)
 	if _, ok := resp.Header["Set-Cookie"]; ok {
 		// The cookie is dropped below, but a response that set one is
@@ -141,9 +143,6 @@ func (g *Gateway) modifyResponse(resp *http.Response) error {
 	}
 	if err := g.transformResponse(resp, x); err != nil {
 		return err
-	}
-	if len(resp.Trailer) > 0 {
-		resp.Body = &trailerBody{ReadCloser: resp.Body, g: g, trailer: resp.Trailer}
 	}
 	return nil
 }
@@ -162,21 +161,6 @@ func (g *Gateway) filterHeaders(h http.Header) {
 	g.scrub.Headers(h)
 }
 
-// trailerBody filters the upstream's trailers once its body is closed:
-// ReverseProxy closes the body, which fills in the trailer values, and
-// only then copies them to the client.
-type trailerBody struct {
-	io.ReadCloser
-	g       *Gateway
-	trailer http.Header
-}
-
-func (b *trailerBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.g.filterHeaders(b.trailer)
-	return err
-}
-
 // errEncoding is returned for a response body in an encoding keyward
 // cannot decode, and so cannot scrub.
 var errEncoding = errors.New("upstream response has a content encoding keyward cannot scrub")
@@ -190,7 +174,7 @@ func (g *Gateway) scrubBody(resp *http.Response) error {
 		return nil
 	}
 	var dec io.ReadCloser
-	switch ce := strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))); ce {
+	switch ce := contentEncoding(resp.Header); ce {
 	case "", "identity":
 		resp.Body = g.scrub.Reader(resp.Body)
 		return nil
@@ -214,6 +198,26 @@ func (g *Gateway) scrubBody(resp *http.Response) error {
 	delete(resp.Header, "Content-Length")
 	resp.ContentLength = -1
 	return nil
+}
+
+// contentEncoding returns the response's single content coding, or
+// "stacked" when there are several (over one or more header lines): only
+// a single known coding can be decoded and scrubbed.
+func contentEncoding(h http.Header) string {
+	var coding string
+	n := 0
+	for _, line := range h.Values("Content-Encoding") {
+		for c := range strings.SplitSeq(line, ",") {
+			if c = strings.ToLower(strings.TrimSpace(c)); c != "" {
+				coding = c
+				n++
+			}
+		}
+	}
+	if n > 1 {
+		return "stacked"
+	}
+	return coding
 }
 
 // decoded reads through a decompressor and closes the body under it.
@@ -245,9 +249,13 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
 	case context.Cause(r.Context()) == errUpstreamTimeout:
 		g.fail(w, x, http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time")
+	case context.Cause(r.Context()) == errUpstreamStalled:
+		// The body stalled while the gateway still read it whole (a
+		// response transform, a gzip header) and nothing was sent yet.
+		g.fail(w, x, http.StatusGatewayTimeout, "upstream_stalled", "the upstream stopped sending its response")
 	case errors.As(err, new(*deniedError)):
 		g.fail(w, x, http.StatusBadGateway, "upstream_address_denied", "the upstream address is not allowed by the outbound policy")
-	case r.Context().Err() != nil:
+	case x.clientGone():
 		// The client went away; nobody reads an answer. 499 is nginx's
 		// code for this, and operators know it.
 		x.status = 499
@@ -267,18 +275,28 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 }
 
-// idleBody restarts the exchange's timer on every read of the upstream's
-// body: silence longer than the route's idle_timeout cancels the exchange.
-type idleBody struct {
+// upstreamBody is the upstream's response body as the gateway reads it.
+// Every read restarts the exchange's timer, so silence longer than the
+// route's idle_timeout cancels the exchange. Close filters the trailers:
+// ReverseProxy closes the body, which fills in their values (and creates
+// the map for trailers the upstream never announced), and only then
+// copies them to the client.
+type upstreamBody struct {
 	io.ReadCloser
-	timer *time.Timer
-	idle  time.Duration
+	x    *exchange
+	resp *http.Response
 }
 
-func (b *idleBody) Read(p []byte) (int, error) {
+func (b *upstreamBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.timer.Reset(b.idle)
+	b.x.timer.Reset(b.x.ep.idleTimeout)
 	return n, err
+}
+
+func (b *upstreamBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.x.g.filterHeaders(b.resp.Trailer)
+	return err
 }
 
 // logWriter routes ReverseProxy's own error log through the scrubber.

@@ -104,7 +104,12 @@ func forms(raw string) []string {
 	jsonForm, plainForm := jsonEscape(raw)
 	json2, _ := jsonEscape(jsonForm)
 	_, plain2 := jsonEscape(plainForm)
-	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), pathSegments(raw), jsonForm, plainForm, json2, plain2}
+	// PHP's json_encode (and others) also escape "/" as "\/", a valid
+	// JSON escape Go's encoder never writes.
+	slashed := strings.ReplaceAll(jsonForm, "/", `\/`)
+	slashedPlain := strings.ReplaceAll(plainForm, "/", `\/`)
+	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), pathSegments(raw), jsonForm, plainForm, json2, plain2,
+		slashed, slashedPlain}
 }
 
 // pathSegments escapes s as an upstream path template does with a value
@@ -160,6 +165,15 @@ func (s *Scrubber) Mask(text string) string {
 		return text
 	}
 	return s.masker.Replace(text)
+}
+
+// MaskBytes masks every secret in b in place, keeping its length, as the
+// body Reader does: for a body the gateway holds whole (a transform's
+// output).
+func (s *Scrubber) MaskBytes(b []byte) {
+	if s.Active() {
+		s.maskInPlace(b)
+	}
 }
 
 // Headers scrubs every header value in place, and deletes a header whose
