@@ -209,7 +209,7 @@ routes:
 		t.Fatal(err)
 	}
 	_, _, err = gateway.Compile(f, gateway.Options{})
-	if err == nil || !strings.Contains(err.Error(), "keyward.yaml:3: routes[0]: a cached route cannot have a request transform") {
+	if err == nil || !strings.Contains(err.Error(), "keyward.yaml:6: routes[0].cache: a cached route cannot have a request transform") {
 		t.Errorf("compile error: %v", err)
 	}
 }
