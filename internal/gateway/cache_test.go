@@ -176,11 +176,7 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 func TestCacheCoalescesAcrossInstancesOnRedis(t *testing.T) {
 	rs := redistest.Start(t)
 	shared := func(o *gateway.Options) {
-		c, err := rlredis.NewClient(rs.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
+		c := redistest.Client(t, rs.URL())
 		o.LimitStore = rlredis.New(c, rlredis.Options{})
 		o.Cache = cache.New(cacheredis.New(c, cacheredis.Options{}), cache.Options{Timeout: 5 * time.Second})
 	}

@@ -77,12 +77,7 @@ func TestSpoofedForwardedForFromUntrustedPeerChangesNothing(t *testing.T) {
 
 func redisStore(t *testing.T, url string) ratelimit.Store {
 	t.Helper()
-	c, err := rlredis.NewClient(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return rlredis.New(c, rlredis.Options{})
+	return rlredis.New(redistest.Client(t, url), rlredis.Options{})
 }
 
 // TestBudgetAcrossInstances: 50 goroutines as 20 clients behind a trusted

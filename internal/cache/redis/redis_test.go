@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,42 +17,17 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/keyward/keyward/internal/cache"
 	"github.com/keyward/keyward/internal/cache/redis"
-	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
 	"github.com/keyward/keyward/internal/ratelimit/redis/redistest"
 )
-
-// TestMain silences go-redis's own logging: the fault tests make it print a
-// line for every failed dial.
-func TestMain(m *testing.M) {
-	goredis.SetLogger(quietLogger{})
-	os.Exit(m.Run())
-}
-
-type quietLogger struct{}
-
-func (quietLogger) Printf(context.Context, string, ...any) {}
-
-// newClient opens a client the way the gateway does and closes it when the
-// test ends.
-func newClient(t testing.TB, url string) *goredis.Client {
-	t.Helper()
-	c, err := rlredis.NewClient(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
 
 var epoch = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 
 func TestStore(t *testing.T) {
 	srv := redistest.Start(t)
-	c := newClient(t, srv.URL())
+	c := redistest.Client(t, srv.URL())
 	s := redis.New(c, redis.Options{})
 	ctx := context.Background()
 	p, err := cache.NewPolicy(cache.PolicyOptions{TTL: time.Minute})
@@ -129,7 +103,7 @@ func newInstance(t *testing.T, redisURL string, p *cache.Policy, upstream string
 		Rewrite:  func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
-	c := cache.New(redis.New(newClient(t, redisURL), so), o)
+	c := cache.New(redis.New(redistest.Client(t, redisURL), so), o)
 	t.Cleanup(c.Wait)
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := p.Key("prod", "route", r.URL.EscapedPath(), r.URL.Query(), r.Header)
@@ -296,7 +270,7 @@ func TestRedisKilled(t *testing.T) {
 // BenchmarkServeHit in package cache.
 func BenchmarkServeHit(b *testing.B) {
 	srv := redistest.Start(b)
-	c := cache.New(redis.New(newClient(b, srv.URL()), redis.Options{}), cache.Options{})
+	c := cache.New(redis.New(redistest.Client(b, srv.URL()), redis.Options{}), cache.Options{})
 	p, _ := cache.NewPolicy(cache.PolicyOptions{TTL: time.Hour})
 	body := strings.Repeat(`{"id":12345,"name":"keyward","full_name":"keyward/keyward"},`, 30)
 	fetch := func(w http.ResponseWriter, r *http.Request) {

@@ -5,44 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/ratelimit/redis"
 	"github.com/keyward/keyward/internal/ratelimit/redis/redistest"
 	"github.com/keyward/keyward/internal/ratelimit/storetest"
 )
-
-// TestMain silences go-redis's own logging: the fault tests make it print a
-// line for every failed dial, which would bury the test output. The
-// gateway decides for itself how to log store faults.
-func TestMain(m *testing.M) {
-	goredis.SetLogger(quietLogger{})
-	os.Exit(m.Run())
-}
-
-type quietLogger struct{}
-
-func (quietLogger) Printf(context.Context, string, ...any) {}
-
-// newClient opens a client the way the gateway does and closes it when the
-// test ends.
-func newClient(t testing.TB, url string) *goredis.Client {
-	t.Helper()
-	c, err := redis.NewClient(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
 
 var prefixes atomic.Int64
 
@@ -55,14 +28,14 @@ func TestStore(t *testing.T) {
 	srv := redistest.Start(t)
 	storetest.Run(t, func(t *testing.T) (a, b ratelimit.Store) {
 		prefix := uniquePrefix()
-		return redis.New(newClient(t, srv.URL()), redis.Options{Prefix: prefix}), redis.New(newClient(t, srv.URL()), redis.Options{Prefix: prefix})
+		return redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: prefix}), redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: prefix})
 	})
 }
 
 // TestKeysExpire checks that nothing the store writes lives forever.
 func TestKeysExpire(t *testing.T) {
 	srv := redistest.Start(t)
-	c := newClient(t, srv.URL())
+	c := redistest.Client(t, srv.URL())
 	s := redis.New(c, redis.Options{})
 	ctx := context.Background()
 	now := time.Now()
@@ -101,7 +74,7 @@ func TestKeysExpire(t *testing.T) {
 func TestStoreFaults(t *testing.T) {
 	const timeout = 50 * time.Millisecond
 	srv := redistest.Start(t)
-	store := redis.New(newClient(t, srv.URL()), redis.Options{Prefix: uniquePrefix()})
+	store := redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: uniquePrefix()})
 	var faults atomic.Int64
 	limiters := map[ratelimit.FaultPolicy]*ratelimit.Limiter{}
 	for _, p := range []ratelimit.FaultPolicy{ratelimit.FailOpen, ratelimit.FailClosed} {
@@ -219,7 +192,7 @@ func TestHungStore(t *testing.T) {
 	for _, p := range []ratelimit.FaultPolicy{ratelimit.FailOpen, ratelimit.FailClosed} {
 		t.Run(p.String(), func(t *testing.T) {
 			l, err := ratelimit.New(ratelimit.Options{
-				Name: "hung", Store: redis.New(newClient(t, "redis://"+ln.Addr().String()), redis.Options{}),
+				Name: "hung", Store: redis.New(redistest.Client(t, "redis://"+ln.Addr().String()), redis.Options{}),
 				Timeout: timeout, OnStoreError: p, Rate: ratelimit.Rate{Count: 10, Per: time.Second},
 			})
 			if err != nil {
@@ -260,7 +233,7 @@ func TestRealTimeAccuracy(t *testing.T) {
 	var ls [2]*ratelimit.Limiter
 	for i := range ls {
 		l, err := ratelimit.New(ratelimit.Options{
-			Name: "realtime", Store: redis.New(newClient(t, srv.URL()), redis.Options{Prefix: prefix}),
+			Name: "realtime", Store: redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: prefix}),
 			Rate: ratelimit.Rate{Count: perSec, Per: time.Second}, Burst: burst, Timeout: time.Second,
 		})
 		if err != nil {
@@ -327,7 +300,7 @@ func TestBreaker(t *testing.T) {
 		}
 	}()
 	clock := storetest.NewClock(time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC))
-	s := redis.New(newClient(t, "redis://"+ln.Addr().String()), redis.Options{Cooldown: time.Second})
+	s := redis.New(redistest.Client(t, "redis://"+ln.Addr().String()), redis.Options{Cooldown: time.Second})
 	call := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
@@ -374,7 +347,7 @@ func BenchmarkRedisLimiter(b *testing.B) {
 	for _, bm := range benchmarks {
 		b.Run(bm.name, func(b *testing.B) {
 			bm.o.Name = "bench"
-			bm.o.Store = redis.New(newClient(b, srv.URL()), redis.Options{Prefix: uniquePrefix()})
+			bm.o.Store = redis.New(redistest.Client(b, srv.URL()), redis.Options{Prefix: uniquePrefix()})
 			bm.o.Timeout = time.Second
 			l, err := ratelimit.New(bm.o)
 			if err != nil {

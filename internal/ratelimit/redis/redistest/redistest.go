@@ -19,6 +19,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // Binary is the redis-server executable looked up in PATH.
@@ -190,4 +193,16 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Client opens a client for url the way the gateway does
+// (ratelimit/redis.NewClient) and closes it when the test ends.
+func Client(t testing.TB, url string) *goredis.Client {
+	t.Helper()
+	c, err := rlredis.NewClient(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
