@@ -8,27 +8,11 @@
 #   DURATION=6 CONNS_LIST="50 256" ROUNDS=2
 # Needs wrk. Prints one line per measurement.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 CONFIGS=${CONFIGS:-keyward}
 DURATION=${DURATION:-6}
 CONNS_LIST=${CONNS_LIST:-"50 256"}
 ROUNDS=${ROUNDS:-2}
-WORK=$(mktemp -d /tmp/kwcpu.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-make -C "$ROOT" --no-print-directory build >/dev/null
-(cd "$SHARED_BENCH/upstream" && go build -buildvcs=false -o "$WORK/upstream" .)
-setsid "$WORK/upstream" -addr 127.0.0.1:9001 >/dev/null 2>&1 &
-PIDS+=($!)
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-wait_port 9001
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
@@ -48,7 +32,7 @@ for round in $(seq "$ROUNDS"); do
 			reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 			rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
 			p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-			rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$kw/status")
+			rss=$(rss_mb $kw)
 			cpu=$(awk -v t=$((t1 - t0)) -v n="$reqs" -v hz="$hz" 'BEGIN {printf "%.0f", t * 1e6 / hz / n}')
 			echo "round=$round config=$cfg conns=$c req/s=$rps p99=$p99 rss_MB=$rss cpu_us_per_req=$cpu"
 		done
