@@ -25,6 +25,7 @@ import (
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/server"
 )
 
 // Canary secrets the harness hands out through Getenv and files. They have
@@ -117,7 +118,7 @@ type Harness struct {
 	yaml    string // with {{UP}} and {{DOWN}} replaced
 	dir     string
 	Up      *Upstream
-	GW      *httptest.Server
+	GW      *Server
 	Gateway *gateway.Gateway
 	Logs    *SyncBuffer
 	Metrics *metrics.Metrics
@@ -144,7 +145,7 @@ func New(t testing.TB, yaml string, upstream http.HandlerFunc, opts ...func(*gat
 // Another compiles the harness's config again, with its own options, in
 // front of the same upstream: a second instance, as behind a load
 // balancer. Its log and metrics go to the harness's.
-func (h *Harness) Another(opts ...func(*gateway.Options)) (*gateway.Gateway, *httptest.Server) {
+func (h *Harness) Another(opts ...func(*gateway.Options)) (*gateway.Gateway, *Server) {
 	h.T.Helper()
 	f, err := config.Parse(filepath.Join(h.dir, "keyward.yaml"), []byte(h.yaml))
 	if err != nil {
@@ -161,9 +162,35 @@ func (h *Harness) Another(opts ...func(*gateway.Options)) (*gateway.Gateway, *ht
 	if err != nil {
 		h.T.Fatalf("compile: %v", err)
 	}
-	srv := httptest.NewServer(gateway.NewHandler(g))
-	h.T.Cleanup(srv.Close)
-	return g, srv
+	return g, Serve(h.T, gateway.NewHandler(g), g.Settings(), o.Logger)
+}
+
+// Server is a gateway served on 127.0.0.1 the way keyward serves its
+// public listener (server.Public: the framing guard and internal/http1).
+type Server struct {
+	URL  string // http://127.0.0.1:port
+	Addr string // 127.0.0.1:port
+}
+
+// Serve serves h with st's limits until the test ends; the server's own
+// log lines (handler panics) go to log.
+func Serve(t testing.TB, h http.Handler, st gateway.Settings, log *slog.Logger) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, guarded := server.Public(ln, h, st, log)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(guarded)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return &Server{URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String()}
 }
 
 // ClosedAddr returns a loopback address nothing listens on.
@@ -205,7 +232,7 @@ func (h *Harness) Raw(method, target string, header http.Header, body string) Re
 // RawBytes writes request bytes as they are and records the response.
 func (h *Harness) RawBytes(method, request string) Response {
 	h.T.Helper()
-	conn, err := net.Dial("tcp", h.GW.Listener.Addr().String())
+	conn, err := net.Dial("tcp", h.GW.Addr)
 	if err != nil {
 		h.T.Fatal(err)
 	}

@@ -649,7 +649,7 @@ func TestUnlimitedConns(t *testing.T) {
 
 func TestResponse(t *testing.T) {
 	got := string(response(errCLAndTE))
-	want := "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: 87\r\n\r\n" +
+	want := "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nContent-Length: 87\r\n\r\n" +
 		`{"error":{"code":"bad_framing","message":"both Content-Length and Transfer-Encoding"}}` + "\n"
 	if got != want {
 		t.Errorf("response:\n%q\nwant\n%q", got, want)

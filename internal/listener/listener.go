@@ -25,15 +25,16 @@
 package listener
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/keyward/keyward/internal/httperror"
 )
 
 // Options configures Guard. The zero value is ready to use.
@@ -158,6 +159,11 @@ type conn struct {
 	buf        []byte
 	r, pass, w int
 	readErr    error // socket error to report once the passable bytes are read
+	undrained  bool  // the last socket read filled its buffer: input may remain
+	raw        syscall.RawConn
+	waited     bool
+	peek       [1]byte
+	readyFn    func(uintptr) bool
 	rejected   bool
 	reply      atomic.Pointer[violation] // refusal to send on Close
 	closeOnce  sync.Once
@@ -195,6 +201,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		if c.r == c.w {
 			// Nothing held: read into p and hand back what checks out.
 			n, err := c.Conn.Read(p)
+			c.undrained = n == len(p)
 			if n > 0 {
 				k := c.scan(p[:n])
 				if k < n && !c.rejected {
@@ -212,6 +219,30 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 		c.fill()
 	}
+}
+
+// WaitRead blocks until Read has something to return (input, an error, or
+// the read deadline passing) without reading, so that a server can leave an
+// idle connection without a read buffer. It returns at once when the guard
+// holds checked bytes or when its last socket read filled its buffer
+// (input may remain that no new readiness event will announce).
+func (c *conn) WaitRead() error {
+	if c.r < c.pass || c.readErr != nil || c.rejected || c.undrained {
+		return nil
+	}
+	if c.raw == nil {
+		sc, ok := c.Conn.(syscall.Conn)
+		if !ok {
+			return nil
+		}
+		raw, err := sc.SyscallConn()
+		if err != nil {
+			return nil
+		}
+		c.raw, c.readyFn = raw, c.ready
+	}
+	c.waited = false
+	return c.raw.Read(c.readyFn)
 }
 
 // fill reads more of a held, incomplete section into buf and scans it.
@@ -232,6 +263,7 @@ func (c *conn) fill() {
 		}
 	}
 	n, err := c.Conn.Read(c.buf[c.w:])
+	c.undrained = n == len(c.buf)-c.w
 	if n > 0 {
 		c.w += n
 		c.pass += c.scan(c.buf[c.pass:c.w])
@@ -380,16 +412,4 @@ func (c *conn) answer(v *violation) {
 
 // response is the complete HTTP/1.1 refusal for v, in the gateway's JSON
 // error shape.
-func response(v *violation) []byte {
-	body, _ := json.Marshal(map[string]any{"error": map[string]string{"code": v.code, "message": v.msg}})
-	body = append(body, '\n')
-	b := make([]byte, 0, 160+len(body))
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(v.status), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(v.status)...)
-	b = append(b, "\r\nConnection: close\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, int64(len(body)), 10)
-	b = append(b, "\r\n\r\n"...)
-	return append(b, body...)
-}
+func response(v *violation) []byte { return httperror.Response(v.status, v.code, v.msg) }

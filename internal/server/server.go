@@ -18,6 +18,7 @@ import (
 	cacheredis "github.com/keyward/keyward/internal/cache/redis"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/http1"
 	"github.com/keyward/keyward/internal/listener"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/ratelimit"
@@ -185,26 +186,10 @@ func (s *Server) Listen() (public, admin net.Listener, err error) {
 func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	st := s.Settings()
 	errLog := log.New(errorLogWriter{s.log}, "", 0)
-	srv := &http.Server{
-		Handler: s.handler,
-		// net/http answers "OPTIONS *" itself with an empty 200; the
-		// gateway refuses it with a JSON 400 like every other target it
-		// never forwards.
-		DisableGeneralOptionsHandler: true,
-		ReadHeaderTimeout:            st.ReadHeaderTimeout,
-		IdleTimeout:                  st.IdleTimeout,
-		MaxHeaderBytes:               st.MaxHeaderBytes,
-		ErrorLog:                     errLog,
-	}
-	servers := []*http.Server{srv}
+	srv, public := Public(public, s.handler, st, s.log)
+	type server interface{ Shutdown(context.Context) error }
+	servers := []server{srv}
 	errc := make(chan error, 2)
-	// The guard refuses ambiguous request framing (smuggling) before
-	// net/http parses it, and bounds connections and header lines.
-	public = listener.Guard(public, listener.Options{
-		MaxConns:       st.MaxConnections,
-		MaxHeaderBytes: st.MaxHeaderBytes, // the same bound net/http applies
-		MaxHeaders:     st.MaxHeaders,
-	})
 	go func() { errc <- srv.Serve(public) }()
 	if admin != nil {
 		asrv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
@@ -254,6 +239,28 @@ func (s *Server) adminHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", s.opts.Metrics.Handler())
 	return mux
+}
+
+// Public returns the server for keyward's public listener and the listener
+// it serves: the framing guard in front (it refuses ambiguous request
+// framing, smuggling, before anything parses it, and bounds connections and
+// header lines), keyward's HTTP/1.1 server behind it (internal/http1,
+// faster and leaner than net/http's; the guard's checks and
+// http.ReadRequest keep its parsing strict), with st's limits. Tests serve
+// the gateway the same way.
+func Public(ln net.Listener, h http.Handler, st gateway.Settings, log *slog.Logger) (*http1.Server, net.Listener) {
+	srv := &http1.Server{
+		Handler:           h,
+		ReadHeaderTimeout: st.ReadHeaderTimeout,
+		IdleTimeout:       st.IdleTimeout,
+		MaxHeaderBytes:    st.MaxHeaderBytes,
+		Logger:            log,
+	}
+	return srv, listener.Guard(ln, listener.Options{
+		MaxConns:       st.MaxConnections,
+		MaxHeaderBytes: st.MaxHeaderBytes,
+		MaxHeaders:     st.MaxHeaders,
+	})
 }
 
 // errorLogWriter sends net/http's own error log (TLS handshakes, bad

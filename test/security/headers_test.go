@@ -51,7 +51,6 @@ func TestHeadersClientCredentialsDropped(t *testing.T) {
 		{"Cookie and Proxy-Authorization", http.Header{"Cookie": {"session=victim"}, "Proxy-Authorization": {"Basic YTpi"}}},
 		{"forwarding headers spoof the client", http.Header{"X-Forwarded-For": {"127.0.0.1"}, "X-Forwarded-Host": {"evil.test"},
 			"X-Forwarded-Proto": {"http"}, "X-Real-Ip": {"127.0.0.1"}, "Forwarded": {"for=127.0.0.1;host=evil.test"}}},
-		{"underscore spelling of a forwarding header", http.Header{"X_Forwarded_For": {"127.0.0.1"}}},
 		{"Connection names the set header to strip it", http.Header{"Connection": {"Authorization"}}},
 		{"Connection names the set Accept", http.Header{"Connection": {"Accept, Authorization"}, "Accept": {"text/evil"}}},
 		{"X-Original-URL and X-Rewrite-URL ask for another path", http.Header{"X-Original-Url": {"/admin"}, "X-Rewrite-Url": {"/admin"}}},
@@ -74,6 +73,12 @@ func TestHeadersClientCredentialsDropped(t *testing.T) {
 			}
 		})
 	}
+	// Some servers read X_Forwarded_For as X-Forwarded-For; the framing
+	// guard refuses underscores in header names before anything parses them.
+	t.Run("underscore spelling of a forwarding header is refused", func(t *testing.T) {
+		res := h.Get("/my-repos", http.Header{"X_Forwarded_For": {"127.0.0.1"}})
+		refused(t, h, res, http.StatusBadRequest, "bad_framing")
+	})
 }
 
 // TestHeadersHostTricks: the Host a client names, or an absolute-form

@@ -1,0 +1,455 @@
+package http1
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/keyward/keyward/internal/httperror"
+)
+
+// Connection states, for Shutdown: only an idle connection is closed under
+// a client's feet, and only before it has started reading a request.
+const (
+	stateIdle int32 = iota
+	stateActive
+	stateClosing
+)
+
+// watchDelay is how long a request runs before the server starts watching
+// its connection for a client that hung up. Below it, the watch would cost
+// more than the work it could save: the upstream call finishes anyway, and
+// the hang-up is noticed when the response is written.
+const watchDelay = 50 * time.Millisecond
+
+// maxDrainBytes is how much of a request body the handler left unread the
+// server reads and discards to keep the connection; beyond it, it closes
+// (net/http's maxPostHandlerReadBytes).
+const maxDrainBytes = 256 << 10
+
+// rstAvoidance bounds how long a connection closed with unread input is
+// drained first: closing a socket with unread input makes the kernel send
+// RST, which can destroy the response in flight.
+const rstAvoidance = 500 * time.Millisecond
+
+var (
+	errTooManyFiles = syscall.EMFILE
+	readerPool      = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	aLongTimeAgo    = time.Unix(1, 0)
+)
+
+// readWaiter is a connection that can wait for input without reading it:
+// the framing guard's connections (listener.Guard).
+type readWaiter interface{ WaitRead() error }
+
+// conn is one client connection. Its goroutine reads each request, runs
+// the handler and writes the response; only the watcher (and Close from
+// Shutdown) touch it from elsewhere.
+type conn struct {
+	s      *Server
+	rw     net.Conn
+	remote string
+	state  atomic.Int32
+	cr     connReader
+	br     *bufio.Reader // nil while idle
+	res    response      // reused by each request; handlers must not keep it
+	body   body
+
+	// The watcher (see watch).
+	wmu      sync.Mutex
+	wstate   int
+	wtimer   *time.Timer
+	wdone    chan struct{}
+	aborting bool
+	cancel   context.CancelFunc // the running request's
+}
+
+// Watcher states.
+const (
+	watchOff = iota
+	watchArmed
+	watchReading
+	watchDone
+)
+
+// connReader is what the read buffer reads from: the connection, with a
+// byte the watcher may have read first, and a bound on the head's size.
+type connReader struct {
+	c       *conn
+	hasByte bool
+	byteBuf [1]byte
+	err     error // the watcher's read error: the client is gone
+	limited bool
+	remain  int
+}
+
+func (cr *connReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if cr.limited {
+		if cr.remain <= 0 {
+			return 0, errHeadTooLarge
+		}
+		p = p[:min(len(p), cr.remain)]
+	}
+	var n int
+	var err error
+	switch {
+	case cr.hasByte:
+		p[0], cr.hasByte, n = cr.byteBuf[0], false, 1
+	case cr.err != nil:
+		err = cr.err
+	default:
+		n, err = cr.c.rw.Read(p)
+	}
+	cr.remain -= n
+	return n, err
+}
+
+var errHeadTooLarge = errors.New("http1: request head too large")
+
+func (c *conn) serve() {
+	defer c.close()
+	s := c.s
+	timeout := s.readHeaderTimeout() // a new connection gets no idle allowance
+	for {
+		if c.br == nil || (c.br.Buffered() == 0 && !c.cr.hasByte) {
+			if c.cr.err != nil {
+				return // the watcher saw the client leave
+			}
+			c.releaseReader()
+			_ = c.rw.SetReadDeadline(time.Now().Add(timeout))
+			if w, ok := c.rw.(readWaiter); ok {
+				if err := w.WaitRead(); err != nil {
+					return
+				}
+			}
+			c.br = readerPool.Get().(*bufio.Reader)
+			c.br.Reset(&c.cr)
+			if _, err := c.br.Peek(1); err != nil {
+				return // closed, timed out, or refused by the guard (see refuse)
+			}
+		}
+		if !c.state.CompareAndSwap(stateIdle, stateActive) {
+			return // Shutdown closed it
+		}
+		_ = c.rw.SetReadDeadline(time.Now().Add(s.readHeaderTimeout()))
+		c.cr.limited, c.cr.remain = true, s.maxHeaderBytes()+4096
+		req, err := http.ReadRequest(c.br)
+		c.cr.limited = false
+		if err != nil {
+			c.refuse(err)
+			return
+		}
+		if !c.serveRequest(req) || s.shutdown.Load() {
+			return
+		}
+		c.state.Store(stateIdle)
+		timeout = s.idleTimeout()
+	}
+}
+
+// refuse answers a request that could not be read. A connection that
+// ended, timed out, or was refused by the guard (whose Close sends the
+// refusal) is closed without a word, as net/http does.
+func (c *conn) refuse(err error) {
+	var ne net.Error
+	var oe *net.OpError
+	switch {
+	case err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne) && ne.Timeout() ||
+		errors.As(err, &oe) && oe.Op == "read":
+		return
+	case errors.Is(err, errHeadTooLarge):
+		c.reply(http.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "request line and headers too large")
+	default:
+		c.reply(http.StatusBadRequest, "bad_request", "malformed HTTP request")
+	}
+}
+
+// reply writes a whole refusal and marks the connection for closing.
+func (c *conn) reply(status int, code, msg string) {
+	_ = c.rw.SetWriteDeadline(time.Now().Add(rstAvoidance))
+	_, _ = c.rw.Write(httperror.Response(status, code, msg))
+	_ = c.rw.SetWriteDeadline(time.Time{})
+	c.res.lingering = true
+}
+
+// check applies the rules net/http's server adds to http.ReadRequest's
+// parsing (the guard applies them first on keyward's public listener).
+func check(req *http.Request) (status int, code, msg string) {
+	if req.ProtoMajor != 1 {
+		return http.StatusHTTPVersionNotSupported, "unsupported_version", "unsupported HTTP version; this listener speaks HTTP/1.0 and HTTP/1.1"
+	}
+	// http.ReadRequest refused repeated Host headers and moved the one
+	// left to req.Host.
+	if req.ProtoAtLeast(1, 1) && req.Host == "" {
+		return http.StatusBadRequest, "bad_request", "missing Host header"
+	}
+	if !validHost(req.Host) {
+		return http.StatusBadRequest, "bad_request", "malformed Host header"
+	}
+	for name, vs := range req.Header {
+		if !validName(name) {
+			return http.StatusBadRequest, "bad_request", "malformed header name"
+		}
+		for _, v := range vs {
+			if !validValue(v) {
+				return http.StatusBadRequest, "bad_request", "header value contains a control character"
+			}
+		}
+	}
+	return 0, "", ""
+}
+
+// serveRequest runs the handler for req and finishes its response. It
+// reports whether the connection may carry another request.
+func (c *conn) serveRequest(req *http.Request) bool {
+	w := &c.res
+	w.reset(c, req)
+	if status, code, msg := check(req); status != 0 {
+		c.reply(status, code, msg)
+		return false
+	}
+	if ex, ok := req.Header["Expect"]; ok {
+		if len(ex) != 1 || !strings.EqualFold(ex[0], "100-continue") || !req.ProtoAtLeast(1, 1) {
+			c.reply(http.StatusExpectationFailed, "expectation_failed", "the only expectation supported is 100-continue")
+			return false
+		}
+		delete(req.Header, "Expect")
+		w.sendContinue = req.Body != http.NoBody
+	}
+	ctx, cancel := context.WithCancel(c.s.baseContext())
+	req = req.WithContext(ctx)
+	req.RemoteAddr = c.remote
+	c.setCancel(cancel)
+	_ = c.rw.SetReadDeadline(time.Time{})
+	if req.Body == http.NoBody || req.Body == nil {
+		c.body.reset(c, nil)
+		c.armWatch()
+	} else {
+		c.body.reset(c, req.Body)
+		req.Body = &c.body
+	}
+
+	ok := c.runHandler(w, req)
+	c.stopWatch()
+	cancel()
+	c.setCancel(nil)
+	if !ok {
+		return false
+	}
+	w.finish()
+	if !c.body.close() {
+		w.closeAfter = true
+		w.lingering = true
+	}
+	return !w.closeAfter && w.err == nil
+}
+
+// runHandler calls the handler. A panic closes the connection: net/http's
+// http.ErrAbortHandler (a response cut off mid-stream) silently, anything
+// else logged and, if nothing was sent yet, answered with a 500.
+func (c *conn) runHandler(w *response, req *http.Request) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			ok = false
+			if v != http.ErrAbortHandler {
+				c.s.logger().Error("http1: handler panic", "panic", v)
+				if !w.committed {
+					w.buf = w.buf[:0]
+					c.reply(http.StatusInternalServerError, "internal_error", "internal error")
+				}
+			}
+			w.release()
+		}
+	}()
+	c.s.Handler.ServeHTTP(w, req)
+	return true
+}
+
+func (c *conn) releaseReader() {
+	if c.br != nil {
+		c.br.Reset(nil)
+		readerPool.Put(c.br)
+		c.br = nil
+	}
+}
+
+func (c *conn) close() {
+	c.stopWatch()
+	c.res.release()
+	if c.res.lingering {
+		// Unread input would turn the close into a RST that can destroy
+		// the response: stop sending, drain a little, then close.
+		if cw, ok := c.rw.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			_ = c.rw.SetReadDeadline(time.Now().Add(rstAvoidance))
+			_, _ = io.CopyN(io.Discard, c.rw, maxDrainBytes)
+		}
+	}
+	c.rw.Close()
+	c.releaseReader()
+	c.s.forget(c)
+}
+
+func (c *conn) setCancel(f context.CancelFunc) {
+	c.wmu.Lock()
+	c.cancel = f
+	c.wmu.Unlock()
+}
+
+// armWatch schedules the watcher once the request's body is read: from
+// then on any input is either the next pipelined request or the client
+// leaving.
+func (c *conn) armWatch() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wstate != watchOff {
+		return
+	}
+	c.wstate = watchArmed
+	if c.wtimer == nil {
+		c.wdone = make(chan struct{}, 1)
+		c.wtimer = time.AfterFunc(watchDelay, c.watch)
+		return
+	}
+	c.wtimer.Reset(watchDelay)
+}
+
+// watch reads one byte from a connection whose request is running. A byte
+// is kept for the next request; an error means the client is gone, and
+// the request's context is cancelled so the upstream call stops.
+func (c *conn) watch() {
+	c.wmu.Lock()
+	if c.wstate != watchArmed {
+		c.wmu.Unlock()
+		return
+	}
+	c.wstate = watchReading
+	c.wmu.Unlock()
+	n, err := c.rw.Read(c.cr.byteBuf[:])
+	c.wmu.Lock()
+	if n == 1 {
+		c.cr.hasByte = true
+	}
+	if err != nil && !c.aborting {
+		c.cr.err = err
+		if c.cancel != nil {
+			c.cancel()
+		}
+	}
+	c.wstate = watchDone
+	c.wmu.Unlock()
+	c.wdone <- struct{}{}
+}
+
+// stopWatch ends the watch when the request is done. A read in progress is
+// cut short with a past deadline, and its timeout is not taken for a
+// hang-up.
+func (c *conn) stopWatch() {
+	c.wmu.Lock()
+	switch c.wstate {
+	case watchOff:
+		c.wmu.Unlock()
+		return
+	case watchArmed:
+		if c.wtimer.Stop() {
+			c.wstate = watchOff
+			c.wmu.Unlock()
+			return
+		}
+		// The timer fired: watch is starting, and will find the state
+		// changed.
+		c.wstate = watchOff
+		c.wmu.Unlock()
+		return
+	case watchReading:
+		c.aborting = true
+		c.wmu.Unlock()
+		_ = c.rw.SetReadDeadline(aLongTimeAgo)
+		<-c.wdone
+	case watchDone:
+		c.wmu.Unlock()
+		<-c.wdone
+	}
+	c.wmu.Lock()
+	c.aborting = false
+	c.wstate = watchOff
+	c.wmu.Unlock()
+}
+
+// body is the request body the handler reads. It sends 100 Continue on the
+// first read when the client asked for it, arms the watcher at the end,
+// and refuses reads once the handler returned.
+type body struct {
+	mu     sync.Mutex
+	c      *conn
+	r      io.ReadCloser
+	eof    bool
+	closed bool
+}
+
+func (b *body) reset(c *conn, r io.ReadCloser) {
+	b.c, b.r, b.eof, b.closed = c, r, r == nil, false
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	if b.eof {
+		return 0, io.EOF
+	}
+	if w := &b.c.res; w.sendContinue {
+		w.sendContinue = false
+		if !w.committed {
+			if _, err := b.c.rw.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+				return 0, err
+			}
+		}
+	}
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.eof = true
+		b.c.armWatch()
+	}
+	return n, err
+}
+
+// Close marks the body closed for the handler; the server reads what is
+// left of it (see close).
+func (b *body) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return nil
+}
+
+// close ends the body after the handler returned and reports whether the
+// connection can carry another request: the rest of the body, if any, was
+// read and discarded within maxDrainBytes and the head timeout.
+func (b *body) close() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.eof {
+		return true
+	}
+	if b.c.res.sendContinue {
+		return false // the client is waiting for our word before sending it
+	}
+	_ = b.c.rw.SetReadDeadline(time.Now().Add(b.c.s.readHeaderTimeout()))
+	n, err := io.CopyN(io.Discard, b.r, maxDrainBytes+1)
+	b.eof = err == io.EOF
+	return b.eof && n <= maxDrainBytes
+}

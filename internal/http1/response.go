@@ -1,0 +1,451 @@
+package http1
+
+import (
+	"fmt"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// bufSize is the size of a response's output buffer: the header block and
+// a typical JSON body leave in one write.
+const bufSize = 8 << 10
+
+// holdMax is how much body a response of unknown length holds back before
+// it commits to chunked encoding: a handler that writes less and returns
+// gets a Content-Length instead (net/http holds 2 KB).
+const holdMax = 4 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufSize); return &b }}
+
+func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
+
+func putBuf(b []byte) {
+	if cap(b) == bufSize {
+		bufPool.Put(&b)
+	}
+}
+
+// response is the http.ResponseWriter of one request. It implements
+// http.Flusher and the deadline methods of http.ResponseController.
+type response struct {
+	c            *conn
+	req          *http.Request
+	header       http.Header
+	status       int
+	wroteHeader  bool
+	committed    bool  // the header block is in buf or sent
+	chunked      bool  // the body is sent in chunks
+	bodyAllowed  bool  // the status allows a body
+	discard      bool  // HEAD: body bytes are counted, never sent
+	declared     int64 // the handler's Content-Length; -1: none
+	written      int64
+	buf          []byte   // pooled: bytes not yet sent (before commit: held body)
+	trailers     []string // names announced in the Trailer header
+	closeAfter   bool     // close the connection after this response
+	lingering    bool     // close with unread input: drain first
+	sendContinue bool     // the client waits for 100 Continue
+	err          error    // the first write error; the connection is lost
+}
+
+func (w *response) reset(c *conn, req *http.Request) {
+	h := w.header
+	if h == nil {
+		h = make(http.Header)
+	} else {
+		clear(h)
+	}
+	*w = response{c: c, req: req, header: h, declared: -1}
+}
+
+// Header returns the response's header map; after the header is sent,
+// changes to it only matter for announced trailers.
+func (w *response) Header() http.Header { return w.header }
+
+// WriteHeader records the status. The header block is built at the first
+// body write that cannot be held, at Flush, or when the handler returns.
+// 1xx statuses are ignored: keyward never forwards interim responses.
+func (w *response) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("http1: invalid WriteHeader code %v", code))
+	}
+	if w.wroteHeader || code < 200 {
+		return
+	}
+	w.wroteHeader, w.status = true, code
+	w.bodyAllowed = code != http.StatusNoContent && code != http.StatusNotModified
+	w.discard = w.req.Method == http.MethodHead
+	if cl, ok := w.header["Content-Length"]; ok {
+		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 && len(cl) == 1 {
+			w.declared = n
+		} else {
+			delete(w.header, "Content-Length")
+		}
+	}
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if !w.bodyAllowed {
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.declared >= 0 && w.written+int64(len(p)) > w.declared {
+		w.closeAfter = true
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if w.discard {
+		return len(p), nil
+	}
+	if !w.committed {
+		if w.declared < 0 && len(w.buf)+len(p) <= holdMax {
+			if w.buf == nil {
+				w.buf = getBuf()
+			}
+			w.buf = append(w.buf, p...)
+			return len(p), nil
+		}
+		w.commit(false)
+	}
+	w.body(p)
+	if w.err != nil {
+		return 0, w.err
+	}
+	return len(p), nil
+}
+
+// Flush sends the header and everything written so far.
+func (w *response) Flush() { _ = w.FlushError() }
+
+// FlushError is Flush reporting a write error (http.ResponseController).
+func (w *response) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(false)
+	}
+	w.send()
+	return w.err
+}
+
+// SetReadDeadline bounds the reading of the request body
+// (http.ResponseController).
+func (w *response) SetReadDeadline(t time.Time) error { return w.c.rw.SetReadDeadline(t) }
+
+// SetWriteDeadline bounds the writing of the response
+// (http.ResponseController).
+func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rw.SetWriteDeadline(t) }
+
+// finish completes the response once the handler returned.
+func (w *response) finish() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.committed {
+		w.commit(true)
+	}
+	switch {
+	case w.chunked:
+		w.room(64)
+		w.buf = append(w.buf, "0\r\n"...)
+		w.appendTrailers()
+		w.room(2)
+		w.buf = append(w.buf, "\r\n"...)
+	case w.declared >= 0 && w.bodyAllowed && !w.discard && w.written != w.declared:
+		// The body fell short of its Content-Length: only closing the
+		// connection tells the client it is incomplete.
+		w.closeAfter = true
+	}
+	w.send()
+	w.release()
+}
+
+// release returns the output buffer to the pool.
+func (w *response) release() {
+	if w.buf != nil {
+		putBuf(w.buf)
+		w.buf = nil
+	}
+}
+
+// commit builds the header block into the output buffer, ahead of any body
+// held back. final says the handler has returned, so the body's length is
+// known.
+func (w *response) commit(final bool) {
+	w.committed = true
+	held := w.buf
+	b := getBuf()
+	b = w.appendHead(b, final)
+	w.buf = b
+	if len(held) > 0 {
+		w.body(held)
+	}
+	if held != nil {
+		putBuf(held)
+	}
+}
+
+func (w *response) appendHead(b []byte, final bool) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(w.status), 10)
+	b = append(b, ' ')
+	if text := http.StatusText(w.status); text != "" {
+		b = append(b, text...)
+	} else {
+		b = append(b, "status code "...)
+		b = strconv.AppendInt(b, int64(w.status), 10)
+	}
+	b = append(b, "\r\n"...)
+	h := w.header
+	for name, vs := range h {
+		switch name {
+		case "Content-Length", "Transfer-Encoding", "Connection", "Trailer", "Keep-Alive":
+			continue // framing: written below from what the response does
+		}
+		if strings.HasPrefix(name, http.TrailerPrefix) || !validName(name) {
+			continue
+		}
+		for _, v := range vs {
+			b = appendField(b, name, v)
+		}
+	}
+	if _, ok := h["Date"]; !ok {
+		b = append(b, "Date: "...)
+		b = appendDate(b)
+		b = append(b, "\r\n"...)
+	}
+	length := int64(-1)
+	switch {
+	case !w.bodyAllowed:
+		if w.status == http.StatusNotModified {
+			length = w.declared
+		}
+	case w.declared >= 0:
+		length = w.declared
+	case final && (!w.discard || w.written > 0):
+		length = w.written // all of it held, or counted for HEAD
+	case w.discard:
+	case w.req.ProtoAtLeast(1, 1):
+		w.chunked = true
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+		if tr, ok := h["Trailer"]; ok {
+			w.trailers = trailerNames(tr)
+			if len(w.trailers) > 0 {
+				b = appendField(b, "Trailer", strings.Join(w.trailers, ", "))
+			}
+		}
+	default:
+		w.closeAfter = true // HTTP/1.0: the end of the body is the close
+	}
+	if length >= 0 {
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, length, 10)
+		b = append(b, "\r\n"...)
+	}
+	if w.req.Close || w.c.s.shutdown.Load() || hasToken(h["Connection"], "close") {
+		w.closeAfter = true
+	}
+	switch {
+	case w.closeAfter:
+		b = append(b, "Connection: close\r\n"...)
+	case !w.req.ProtoAtLeast(1, 1):
+		b = append(b, "Connection: keep-alive\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// body queues body bytes, framed as a chunk when chunked.
+func (w *response) body(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if w.chunked {
+		w.room(20)
+		w.buf = strconv.AppendInt(w.buf, int64(len(p)), 16)
+		w.buf = append(w.buf, "\r\n"...)
+		w.out(p)
+		w.room(2)
+		w.buf = append(w.buf, "\r\n"...)
+		return
+	}
+	w.out(p)
+}
+
+// out queues p, sending the buffer first when p does not fit, and sending
+// a large p straight from the caller's slice.
+func (w *response) out(p []byte) {
+	if len(w.buf)+len(p) <= cap(w.buf) {
+		w.buf = append(w.buf, p...)
+		return
+	}
+	w.send()
+	if len(p) >= cap(w.buf)/2 {
+		w.write(p)
+		return
+	}
+	w.buf = append(w.buf, p...)
+}
+
+// room makes sure n more bytes fit in the buffer without growing it.
+func (w *response) room(n int) {
+	if len(w.buf)+n > cap(w.buf) {
+		w.send()
+	}
+}
+
+// send writes the buffered bytes to the connection.
+func (w *response) send() {
+	if len(w.buf) > 0 {
+		w.write(w.buf)
+		w.buf = w.buf[:0]
+	}
+}
+
+func (w *response) write(p []byte) {
+	if w.err != nil {
+		return
+	}
+	if _, err := w.c.rw.Write(p); err != nil {
+		w.err = err
+		w.closeAfter = true
+	}
+}
+
+// appendTrailers writes the announced trailers and any header set under
+// http.TrailerPrefix, after the last chunk.
+func (w *response) appendTrailers() {
+	for _, name := range w.trailers {
+		for _, v := range w.header[name] {
+			w.room(len(name) + len(v) + 4)
+			w.buf = appendField(w.buf, name, v)
+		}
+	}
+	for key, vs := range w.header {
+		name, ok := strings.CutPrefix(key, http.TrailerPrefix)
+		if !ok || !validName(name) {
+			continue
+		}
+		for _, v := range vs {
+			w.room(len(name) + len(v) + 4)
+			w.buf = appendField(w.buf, name, v)
+		}
+	}
+}
+
+// trailerNames lists the valid names a Trailer header announces, leaving
+// out the framing fields a trailer may not carry.
+func trailerNames(vs []string) []string {
+	var names []string
+	for _, v := range vs {
+		for f := range strings.SplitSeq(v, ",") {
+			f = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(f))
+			switch f {
+			case "", "Content-Length", "Transfer-Encoding", "Trailer", "Connection", "Host":
+				continue
+			}
+			if validName(f) {
+				names = append(names, f)
+			}
+		}
+	}
+	return names
+}
+
+// appendField writes "name: value\r\n". A CR, LF or NUL in the value
+// becomes a space, so no value can end the header block early (response
+// splitting), as net/http does.
+func appendField(b []byte, name, v string) []byte {
+	b = append(b, name...)
+	b = append(b, ": "...)
+	start := len(b)
+	b = append(b, v...)
+	for i := start; i < len(b); i++ {
+		if c := b[i]; c == '\r' || c == '\n' || c == 0 {
+			b[i] = ' '
+		}
+	}
+	return append(b, "\r\n"...)
+}
+
+func hasToken(vs []string, token string) bool {
+	for _, v := range vs {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// The Date header, formatted once a second.
+type dateLine struct {
+	sec int64
+	b   []byte
+}
+
+var date atomic.Pointer[dateLine]
+
+func appendDate(b []byte) []byte {
+	now := time.Now()
+	d := date.Load()
+	if d == nil || d.sec != now.Unix() {
+		d = &dateLine{sec: now.Unix(), b: now.UTC().AppendFormat(nil, http.TimeFormat)}
+		date.Store(d)
+	}
+	return append(b, d.b...)
+}
+
+// validName reports whether s is an RFC 9110 token.
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenByte[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// validValue reports whether s has no control bytes but tab.
+func validValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost reports whether s uses only the bytes a Host header may
+// (net/http's httpguts.ValidHostHeader).
+func validHost(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !isHostByte[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var isTokenByte, isHostByte [256]bool
+
+func init() {
+	for c := 0; c < 256; c++ {
+		alnum := c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		isTokenByte[c] = alnum || c < 0x80 && strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c))
+		isHostByte[c] = alnum || c < 0x80 && strings.ContainsRune("!$%&'()*+,-.:;=[]_~", rune(c))
+	}
+}

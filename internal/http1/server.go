@@ -1,0 +1,235 @@
+// Package http1 serves HTTP/1.x to keyward's clients. It replaces net/http's
+// server on the public listener, for speed and memory (docs/PERFORMANCE.md
+// has the profiles and the before/after numbers), and keeps what made that
+// server safe to use:
+//
+//   - Requests are parsed by the standard library (http.ReadRequest), behind
+//     the framing guard (internal/listener) that refuses ambiguous framing
+//     first. Bodies are read by the standard library's body readers.
+//   - Responses stream: Flush sends what was written (SSE), a response of
+//     unknown length is chunked, trailers are sent after the last chunk.
+//   - A request's context is cancelled when its client goes away.
+//
+// What it does differently, and why:
+//
+//   - No background read per request. net/http starts a goroutine and a
+//     socket read for every request, to notice a client that hangs up;
+//     that was a tenth of the syscalls and a goroutine hand-off per
+//     request. Here a watcher starts only once a request has run for
+//     watchDelay: a client that hangs up on a quick request is noticed when
+//     its response is written, one on a slow request within watchDelay.
+//   - An idle connection holds no buffer: the server waits for input
+//     without reading (the guard's WaitRead) and takes a pooled read buffer
+//     only when a request arrives. Responses are assembled in one pooled
+//     buffer and written with one syscall when they fit.
+//   - Requests it cannot parse get the gateway's JSON error shape.
+//
+// It speaks HTTP/1.0 and 1.1 on plaintext connections only, does not
+// support protocol upgrades, ignores 1xx responses from handlers, and does
+// not sniff a Content-Type the handler did not set (the gateway sends
+// X-Content-Type-Options: nosniff on its own answers; an upstream's
+// response keeps the type the upstream gave it).
+package http1
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server serves HTTP/1.x requests on the listeners given to Serve.
+type Server struct {
+	Handler http.Handler
+	// ReadHeaderTimeout bounds the time from a connection's first byte
+	// (or a keep-alive request's first byte) to the end of the request
+	// head, and how long a new connection may stay silent. Zero: 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection silent this long. Zero:
+	// 120s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request head when no guard does. Zero:
+	// http.DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// Logger receives handler panics. Nil: slog.Default().
+	Logger *slog.Logger
+
+	ctxOnce   sync.Once
+	ctx       context.Context
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	shutdown  atomic.Bool
+}
+
+// Serve accepts connections on ln and serves each on its own goroutine
+// until ln fails or the server shuts down; then it returns
+// http.ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.track(ln, true) {
+		return http.ErrServerClosed
+	}
+	defer s.track(ln, false)
+	var backoff time.Duration
+	for {
+		rw, err := ln.Accept()
+		if err != nil {
+			if s.shutdown.Load() {
+				return http.ErrServerClosed
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				// Out of file descriptors or a transient accept error:
+				// wait a moment instead of spinning, as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		c := s.newConn(rw)
+		if c == nil {
+			rw.Close()
+			return http.ErrServerClosed
+		}
+		go c.serve()
+	}
+}
+
+// Shutdown stops accepting, closes idle connections, and waits for the
+// others to finish their requests, or for ctx to end (then it closes them
+// and returns ctx.Err()).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdown.Store(true)
+	s.closeListeners()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.closeIdle() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	s.shutdown.Store(true)
+	s.closeListeners()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.rw.Close()
+	}
+	return nil
+}
+
+func (s *Server) track(ln net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !add {
+		delete(s.listeners, ln)
+		return true
+	}
+	if s.shutdown.Load() {
+		return false
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]struct{})
+	}
+	s.listeners[ln] = struct{}{}
+	return true
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+// closeIdle closes the connections waiting for a request and reports
+// whether none are left.
+func (s *Server) closeIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.state.CompareAndSwap(stateIdle, stateClosing) {
+			c.rw.Close()
+		}
+	}
+	return len(s.conns) == 0
+}
+
+func (s *Server) newConn(rw net.Conn) *conn {
+	c := &conn{s: s, rw: rw, remote: rw.RemoteAddr().String()}
+	c.cr.c = c
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown.Load() {
+		return nil
+	}
+	if s.conns == nil {
+		s.conns = make(map[*conn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	return c
+}
+
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// baseContext is the parent of every request's context. It carries
+// http.ServerContextKey, as net/http's does, because httputil.ReverseProxy
+// only aborts a response whose body failed mid-copy (panicking with
+// http.ErrAbortHandler, so the client sees the stream cut) when it finds a
+// server there; otherwise it returns as if the response were complete and
+// a truncated body would end cleanly. The value is an idle *http.Server,
+// so code that type-asserts it does not panic.
+func (s *Server) baseContext() context.Context {
+	s.ctxOnce.Do(func() {
+		s.ctx = context.WithValue(context.Background(), http.ServerContextKey, &http.Server{})
+	})
+	return s.ctx
+}
+
+func (s *Server) readHeaderTimeout() time.Duration {
+	if s.ReadHeaderTimeout > 0 {
+		return s.ReadHeaderTimeout
+	}
+	return 10 * time.Second
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	if s.IdleTimeout > 0 {
+		return s.IdleTimeout
+	}
+	return 120 * time.Second
+}
+
+func (s *Server) maxHeaderBytes() int {
+	if s.MaxHeaderBytes > 0 {
+		return s.MaxHeaderBytes
+	}
+	return http.DefaultMaxHeaderBytes
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
