@@ -34,17 +34,25 @@ func NewTransport() http.RoundTripper {
 	return upstream.New(upstream.Options{DialContext: dial, MaxResponseHeaderBytes: 64 << 10})
 }
 
-// bufferPool shares copy buffers across every request and reload.
+// bufferPool shares copy buffers across every request and reload. It
+// pools arrays, not slices: putting a slice into a sync.Pool allocates a
+// slice header each time.
 type bufferPool struct{ p sync.Pool }
 
+const copyBufSize = 32 << 10
+
 func (b *bufferPool) Get() []byte {
-	if v, ok := b.p.Get().(*[]byte); ok {
-		return *v
+	if v, ok := b.p.Get().(*[copyBufSize]byte); ok {
+		return v[:]
 	}
-	return make([]byte, 32<<10)
+	return new([copyBufSize]byte)[:]
 }
 
-func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) == copyBufSize {
+		b.p.Put((*[copyBufSize]byte)(buf[:copyBufSize]))
+	}
+}
 
 var buffers = &bufferPool{}
 

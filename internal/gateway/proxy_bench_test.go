@@ -17,6 +17,7 @@ import (
 
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/gatewaytest"
 )
 
 // benchConfig is the shared benchmark's job (../shared/bench/README.md):
@@ -110,9 +111,11 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 //   - handler: Handler.ServeHTTP called directly; the upstream is a real
 //     loopback server. allocs/op = the gateway's request path plus the
 //     upstream client plus the upstream's net/http server.
-//   - listener: a keep-alive client on a raw connection to the gateway
-//     served by net/http (httptest): the whole request path, both servers
-//     and the client's response parsing included.
+//   - server/http1, server/nethttp: a keep-alive client on a raw
+//     connection to the gateway served as keyward serves it (the guard and
+//     internal/http1), or by net/http's server as it was before: the whole
+//     request path, both servers and the client's response parsing
+//     included.
 func BenchmarkProxy(b *testing.B) {
 	up := benchUpstream(b)
 	for _, tt := range benchTransports {
@@ -121,7 +124,14 @@ func BenchmarkProxy(b *testing.B) {
 			defer tr.(interface{ CloseIdleConnections() }).CloseIdleConnections()
 			h := benchGateway(b, up.URL, tr)
 			b.Run("handler", func(b *testing.B) { benchHandler(b, h) })
-			b.Run("listener", func(b *testing.B) { benchListener(b, h) })
+			b.Run("server/http1", func(b *testing.B) {
+				benchServer(b, gatewaytest.Serve(b, h, h.Current().Settings(), slog.New(slog.DiscardHandler)).Addr)
+			})
+			b.Run("server/nethttp", func(b *testing.B) {
+				gw := httptest.NewServer(h)
+				defer gw.Close()
+				benchServer(b, gw.Listener.Addr().String())
+			})
 		})
 	}
 }
@@ -148,10 +158,8 @@ func benchHandler(b *testing.B, h http.Handler) {
 	}
 }
 
-func benchListener(b *testing.B, h http.Handler) {
-	gw := httptest.NewServer(h)
-	defer gw.Close()
-	c, err := net.Dial("tcp", gw.Listener.Addr().String())
+func benchServer(b *testing.B, addr string) {
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		b.Fatal(err)
 	}

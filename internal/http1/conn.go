@@ -247,8 +247,19 @@ func (c *conn) serveRequest(req *http.Request) bool {
 	if !ok {
 		return false
 	}
+	// While the head is unsent, what is left of the body is read first, so
+	// that a response on a connection about to close says Connection:
+	// close (RFC 9112 section 9.6; net/http does the same). Otherwise the
+	// client may send its next request on a connection already closing.
+	keep := w.committed || c.body.close()
+	if !keep {
+		w.closeAfter = true
+	}
 	w.finish()
-	if !c.body.close() {
+	if keep {
+		keep = c.body.close() // drains only if the head went out earlier
+	}
+	if !keep {
 		w.closeAfter = true
 		w.lingering = true
 	}

@@ -232,7 +232,10 @@ func (w *response) appendHead(b []byte, final bool) []byte {
 		}
 	case w.declared >= 0:
 		length = w.declared
-	case final && (!w.discard || w.written > 0):
+	case final && (!w.discard || w.written > 0) && !(w.req.ProtoAtLeast(1, 1) && hasTrailers(h)):
+		// A handler that announced trailers gets chunks even for a short
+		// body: a Content-Length would leave no place to send them (as
+		// net/http does).
 		length = w.written // all of it held, or counted for HEAD
 	case w.discard:
 	case w.req.ProtoAtLeast(1, 1):
@@ -340,6 +343,20 @@ func (w *response) appendTrailers() {
 			w.buf = appendField(w.buf, name, v)
 		}
 	}
+}
+
+// hasTrailers reports whether h announces trailers or holds one under
+// http.TrailerPrefix.
+func hasTrailers(h http.Header) bool {
+	if len(h["Trailer"]) > 0 {
+		return true
+	}
+	for name := range h {
+		if strings.HasPrefix(name, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // trailerNames lists the valid names a Trailer header announces, leaving

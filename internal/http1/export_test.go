@@ -1,0 +1,16 @@
+package http1
+
+// ReadBuffers reports how many of s's connections hold a read buffer. The
+// caller must know that no connection goroutine is changing its buffer
+// (TestIdleConnHoldsNoReadBuffer learns it from the WaitRead calls).
+func ReadBuffers(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.conns {
+		if c.br != nil {
+			n++
+		}
+	}
+	return n
+}
