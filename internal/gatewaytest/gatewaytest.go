@@ -176,15 +176,29 @@ type Server struct {
 // log lines (handler panics) go to log.
 func Serve(t testing.TB, h http.Handler, st gateway.Settings, log *slog.Logger) *Server {
 	t.Helper()
+	return serve(t, h, st, log, true)
+}
+
+// ServeUnguarded is Serve without the framing guard in front of
+// internal/http1, for tests that show which defences depend on the guard.
+func ServeUnguarded(t testing.TB, h http.Handler, st gateway.Settings, log *slog.Logger) *Server {
+	t.Helper()
+	return serve(t, h, st, log, false)
+}
+
+func serve(t testing.TB, h http.Handler, st gateway.Settings, log *slog.Logger, guard bool) *Server {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv, guarded := server.Public(ln, h, st, log)
+	if guard {
+		ln = guarded
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = srv.Serve(guarded)
+		_ = srv.Serve(ln)
 	}()
 	t.Cleanup(func() {
 		srv.Close()

@@ -308,7 +308,7 @@ func TestFaultsClientDisconnect(t *testing.T) {
 	f := newFaults()
 	h := newHarness(t, faultsConfig, f.serve)
 	l := serveLive(t, h)
-	conn, err := net.Dial("tcp", l.srv.Listener.Addr().String())
+	conn, err := net.Dial("tcp", l.addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package security_test
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/gatewaytest"
-	"github.com/keyward/keyward/internal/listener"
 	"github.com/keyward/keyward/internal/server"
 )
 
@@ -104,10 +102,7 @@ var framingCases = []framingCase{
 // after the ambiguity is read as another request.
 func TestFramingGuarded(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
-	st := h.Gateway.Settings()
-	l := serveLiveOn(t, h, func(ln net.Listener) net.Listener {
-		return listener.Guard(ln, listener.Options{MaxHeaderBytes: st.MaxHeaderBytes})
-	})
+	l := serveLiveOn(t, h, true)
 	for _, tt := range framingCases {
 		t.Run(tt.name, func(t *testing.T) {
 			res := l.raw(t, tt.method, tt.request)
@@ -131,10 +126,12 @@ func TestFramingGuarded(t *testing.T) {
 	})
 }
 
-// TestFramingPlainNetHTTP runs the cases net/http refuses by itself
-// against an unguarded listener, so it is clear which defences depend on
-// listener.Guard being wired in (those marked guardOnly).
-func TestFramingPlainNetHTTP(t *testing.T) {
+// TestFramingUnguarded runs the cases the HTTP/1.1 server refuses by
+// itself (internal/http1: http.ReadRequest and the checks net/http's
+// server adds) against an unguarded listener, so it is clear which
+// defences depend on listener.Guard being wired in (those marked
+// guardOnly).
+func TestFramingUnguarded(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
 	l := serveLive(t, h)
 	for _, tt := range framingCases {
@@ -144,12 +141,12 @@ func TestFramingPlainNetHTTP(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			res := l.raw(t, tt.method, tt.request)
 			if tt.code == "bad_framing" {
-				tt.code = "" // net/http's own plain-text 400
+				tt.code = "" // the server's own 400 (bad_request), not the guard's
 			}
 			checkFraming(t, h, res, tt)
 		})
 	}
-	t.Run("CL.TE without the guard: net/http frames by Transfer-Encoding, the smuggled request is routed like any other", func(t *testing.T) {
+	t.Run("CL.TE without the guard: http.ReadRequest frames by Transfer-Encoding, the smuggled request is routed like any other", func(t *testing.T) {
 		res := l.raw(t, "POST", framingCases[0].request)
 		if res.Status != 200 {
 			t.Errorf("status %d", res.Status)
@@ -163,9 +160,9 @@ func TestFramingPlainNetHTTP(t *testing.T) {
 }
 
 // TestFramingOptionsAsterisk: "OPTIONS *" never reaches an upstream, even
-// on a plain net/http server, which answers it itself (200, empty) unless
-// DisableGeneralOptionsHandler is set; keyward serve sets it (see
-// TestOptionsAsteriskRefusedByKeyward).
+// without the guard (net/http's server would answer it itself, 200 and
+// empty, unless told not to; internal/http1 passes it to the gateway,
+// which refuses it).
 func TestFramingOptionsAsterisk(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
 	l := serveLive(t, h)
@@ -228,7 +225,7 @@ func TestFramingServedByKeyward(t *testing.T) {
 }
 
 // TestOptionsAsteriskRefusedByKeyward: as served by keyward, "OPTIONS *"
-// gets the JSON 400 the README promises, not net/http's own empty 200.
+// gets the JSON 400 the README promises.
 func TestOptionsAsteriskRefusedByKeyward(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
 	addr := serveKeyward(t, h)

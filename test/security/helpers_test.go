@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -147,31 +147,30 @@ func redact(vs []string) []string {
 // can wait for the access-log line instead of sleeping.
 type live struct {
 	h    *gatewaytest.Harness
-	srv  *httptest.Server
+	addr string
 	done chan struct{}
 }
 
+// serveLive serves the harness's gateway without the framing guard
+// (internal/http1 alone), noting each finished request.
 func serveLive(t *testing.T, h *gatewaytest.Harness) *live {
 	t.Helper()
-	return serveLiveOn(t, h, nil)
+	return serveLiveOn(t, h, false)
 }
 
-// serveLiveOn is serveLive with the listener wrapped by wrap (nil: plain).
-func serveLiveOn(t *testing.T, h *gatewaytest.Harness, wrap func(net.Listener) net.Listener) *live {
+// serveLiveOn is serveLive, behind the guard when guarded.
+func serveLiveOn(t *testing.T, h *gatewaytest.Harness, guarded bool) *live {
 	t.Helper()
 	l := &live{h: h, done: make(chan struct{}, 64)}
-	st := h.Gateway.Settings()
-	l.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() { l.done <- struct{}{} }()
 		h.Gateway.ServeHTTP(w, r)
-	}))
-	l.srv.Config.ReadHeaderTimeout = st.ReadHeaderTimeout
-	l.srv.Config.MaxHeaderBytes = st.MaxHeaderBytes
-	if wrap != nil {
-		l.srv.Listener = wrap(l.srv.Listener)
+	})
+	serve := gatewaytest.ServeUnguarded
+	if guarded {
+		serve = gatewaytest.Serve
 	}
-	l.srv.Start()
-	t.Cleanup(l.srv.Close)
+	l.addr = serve(t, handler, h.Gateway.Settings(), slog.New(slog.NewJSONHandler(h.Logs, nil))).Addr
 	return l
 }
 
@@ -200,7 +199,7 @@ type rawResult struct {
 // then whatever else the server sends until it closes or goes quiet.
 func (l *live) raw(t *testing.T, method, request string) rawResult {
 	t.Helper()
-	return rawAt(t, l.h, l.srv.Listener.Addr().String(), method, request)
+	return rawAt(t, l.h, l.addr, method, request)
 }
 
 // rawAt is live.raw against any address, recording into h.
