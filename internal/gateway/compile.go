@@ -143,7 +143,6 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	if c.usesCache {
 		g.cache = c.opts.Cache
 	}
-	g.build()
 	return g, dedupeWarn(c.warns), nil
 }
 

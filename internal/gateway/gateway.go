@@ -12,7 +12,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -91,7 +90,6 @@ type Gateway struct {
 	clients   *clientip.Resolver
 	cache     *cache.Cache // nil when no route caches
 	faultLog  atomic.Int64 // unix ns of the last logged store fault
-	proxy     *httputil.ReverseProxy
 }
 
 // endpoint is one route mounted in one stage, compiled.
@@ -183,7 +181,7 @@ type exchange struct {
 	status          int
 	errCode         string
 	ctype           string        // Content-Type set by a request transform
-	in              *http.Request // the inbound request as proxied
+	in              *http.Request // the inbound request, once forwarding started
 	// streaming is set once the upstream's headers arrived; the timer then
 	// guards the body's idle time instead of the wait for headers.
 	streaming atomic.Bool
@@ -222,10 +220,10 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	id := x.id[0]
 	w.Header()["X-Request-Id"] = x.id[:]
 	defer func() {
-		// ReverseProxy aborts the response with http.ErrAbortHandler when
-		// the upstream body fails mid-way (reset, stalled past idle_timeout),
+		// proxy aborts the response with http.ErrAbortHandler when the
+		// upstream body fails mid-way (reset, stalled past idle_timeout),
 		// so the client sees a broken response, never a clean truncated one.
-		// Log it as such, then let net/http abort the connection.
+		// Log it as such, then let the server abort the connection.
 		if p := recover(); p != nil {
 			x.errCode = "response_aborted"
 			g.finish(w, r, x, id)
@@ -349,8 +347,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
 	}()
 	x.upStart = g.opts.Now()
 	x.Context = ctx
-	x.in = r.WithContext(x)
-	g.proxy.ServeHTTP(w, x.in)
+	x.in = r
+	g.proxy(w, r, x)
 }
 
 // serveCached answers from the cache or forwards, coalescing concurrent

@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"log/slog"
 	"net/http"
-	"net/http/httptrace"
-	"net/http/httputil"
+	"net/textproto"
 	"net/url"
 	"strings"
 	"sync"
@@ -56,36 +54,102 @@ func (b *bufferPool) Put(buf []byte) {
 
 var buffers = &bufferPool{}
 
-// build assembles the reverse proxy once per compiled config.
-func (g *Gateway) build() {
-	g.proxy = &httputil.ReverseProxy{
-		Rewrite: g.rewrite,
-		// A Transport, unlike an http.Client, never follows redirects: a
-		// 3xx goes back to the client (Location scrubbed), so credentials
-		// are never resent to wherever an upstream points.
-		Transport:      noInformational{g.opts.Transport},
-		BufferPool:     buffers,
-		ModifyResponse: g.modifyResponse,
-		ErrorHandler:   g.proxyError,
-		ErrorLog:       log.New(logWriter{g}, "", 0),
+// proxy sends the outbound request and streams the upstream's answer to
+// w. It does for keyward what httputil.ReverseProxy did, minus the request
+// and header clones (the outbound request is built fresh, see outbound):
+// hop-by-hop headers dropped both ways, ModifyResponse-style filtering and
+// scrubbing, trailers announced and forwarded, streams flushed as they
+// arrive, and a body that fails mid-copy aborts the response (panic with
+// http.ErrAbortHandler under a server), so the client sees it cut rather
+// than cleanly truncated. A Transport, unlike an http.Client, never
+// follows redirects: a 3xx goes back to the client (Location scrubbed), so
+// credentials are never resent to wherever an upstream points. 1xx
+// responses are read and dropped by the transport.
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, x *exchange) {
+	out := g.outboundRequest(r, x)
+	if out.Body != nil {
+		defer out.Body.Close()
+	}
+	res, err := g.opts.Transport.RoundTrip(out)
+	if err != nil {
+		g.proxyError(w, x, err)
+		return
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		// keyward never asks for an upgrade (Upgrade is hop-by-hop).
+		res.Body.Close()
+		g.proxyError(w, x, errSwitchedProtocols)
+		return
+	}
+	removeHopByHop(res.Header)
+	if err := g.modifyResponse(res, x); err != nil {
+		res.Body.Close()
+		g.proxyError(w, x, err)
+		return
+	}
+	h := w.Header()
+	for k, vs := range res.Header {
+		h[k] = append(h[k], vs...)
+	}
+	announced := len(res.Trailer)
+	if announced > 0 {
+		names := make([]string, 0, announced)
+		for k := range res.Trailer {
+			names = append(names, k)
+		}
+		h.Add("Trailer", strings.Join(names, ", "))
+	}
+	w.WriteHeader(res.StatusCode)
+	if err := g.copyBody(w, res); err != nil {
+		res.Body.Close()
+		if r.Context().Value(http.ServerContextKey) != nil {
+			panic(http.ErrAbortHandler)
+		}
+		return
+	}
+	res.Body.Close() // fills in the trailers' values, filtered by upstreamBody
+	if len(res.Trailer) > 0 {
+		// Chunked encoding is the only way to send trailers: flush so a
+		// short body does not get a Content-Length instead.
+		_ = http.NewResponseController(w).Flush()
+		prefix := ""
+		if len(res.Trailer) != announced {
+			prefix = http.TrailerPrefix // trailers the upstream never announced
+		}
+		for k, vs := range res.Trailer {
+			h[prefix+k] = append(h[prefix+k], vs...)
+		}
 	}
 }
 
-// rewrite builds the outbound request. Out arrives with hop-by-hop headers
-// (and any header the client named in Connection) already removed; its
-// header map is replaced wholesale, so only what the route allows or sets
-// goes out. Secrets are written here and nowhere else.
-func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
-	x := pr.In.Context().Value(exchangeKey{}).(*exchange)
+// blockedResponseHeaders are upstream headers never passed to the client:
+// cookies belong to the upstream's site, the gateway answers CORS itself,
+// and Alt-Svc would advertise the upstream's endpoints as ours.
+var blockedResponseHeaders = []string{"Set-Cookie", "Set-Cookie2", "Alt-Svc"}
+
+var errSwitchedProtocols = errors.New("upstream switched protocols unasked")
+
+// outboundRequest builds the request sent upstream: the route's URL, and a fresh
+// header map of the headers the route allows (minus any the client named
+// in Connection) and the ones it sets. Secrets are written here and
+// nowhere else. The client's trailers, forwarding headers and everything
+// else stay behind.
+func (g *Gateway) outboundRequest(r *http.Request, x *exchange) *http.Request {
 	ep := x.ep
-	out := pr.Out
+	out := r.WithContext(x)
 	x.url = url.URL{Scheme: ep.upstream.Scheme, Host: ep.upstream.Host, Path: x.rawPath, RawPath: x.path, RawQuery: x.query}
 	out.URL = &x.url
 	out.Host = ""
-
+	out.RequestURI = ""
+	out.Close = false
+	out.Trailer = nil // some upstreams merge trailers into the headers
+	if out.ContentLength == 0 {
+		out.Body = nil
+	}
+	in := r.Header
 	h := make(http.Header, len(ep.headerAllow)+len(ep.headerSet)+1)
 	for _, name := range ep.headerAllow {
-		if v, ok := out.Header[name]; ok {
+		if v, ok := in[name]; ok && !namedInConnection(in, name) {
 			h[name] = v
 		}
 	}
@@ -100,37 +164,103 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	if x.ctype != "" {
 		h["Content-Type"] = []string{x.ctype}
 	}
-	if te, ok := out.Header["Te"]; ok {
-		h["Te"] = te // ReverseProxy keeps "TE: trailers" for gRPC-style upstreams
+	if hasToken(in["Te"], "trailers") {
+		h["Te"] = teTrailers // for gRPC-style upstreams, as ReverseProxy did
 	}
 	out.Header = h
-	// Trailers are headers too: a client's must not slip past the
-	// allowlist (some upstreams merge them into the headers).
-	out.Trailer = nil
+	return out
 }
 
-// blockedResponseHeaders are upstream headers never passed to the client:
-// cookies belong to the upstream's site, the gateway answers CORS itself,
-// and Alt-Svc would advertise the upstream's endpoints as ours.
-var blockedResponseHeaders = []string{"Set-Cookie", "Set-Cookie2", "Alt-Svc"}
+var teTrailers = []string{"trailers"}
 
-// noInformational keeps 1xx responses (103 Early Hints) from being
-// passed on. ReverseProxy forwards them from a client trace, past
-// ModifyResponse, so their headers would skip the filters and the
-// scrubber, and it clears the response's header map after each one,
-// which drops the gateway's own headers (X-Request-Id, CORS). Without
-// the hook the transport reads and discards them.
-type noInformational struct{ http.RoundTripper }
+// hopHeaders describe one connection, not the message (RFC 9110 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
-func (t noInformational) RoundTrip(r *http.Request) (*http.Response, error) {
-	if tr := httptrace.ContextClientTrace(r.Context()); tr != nil {
-		tr.Got1xxResponse = nil
+// removeHopByHop drops the connection headers of an upstream response and
+// any header its Connection header names.
+func removeHopByHop(h http.Header) {
+	for _, line := range h["Connection"] {
+		for name := range strings.SplitSeq(line, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				delete(h, http.CanonicalHeaderKey(name))
+			}
+		}
 	}
-	return t.RoundTripper.RoundTrip(r)
+	for _, name := range hopHeaders {
+		delete(h, name)
+	}
 }
 
-func (g *Gateway) modifyResponse(resp *http.Response) error {
-	x := resp.Request.Context().Value(exchangeKey{}).(*exchange)
+// namedInConnection reports whether the client's Connection header names
+// the header: it was meant for the gateway, not the upstream.
+func namedInConnection(h http.Header, name string) bool {
+	for _, line := range h["Connection"] {
+		for f := range strings.SplitSeq(line, ",") {
+			if strings.EqualFold(textproto.TrimString(f), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasToken(vs []string, token string) bool {
+	for _, v := range vs {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(f), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// copyBody streams the response body to the client. A stream (an event
+// stream, or a body of unknown length) is flushed after every read, so
+// each piece reaches the client as it arrives.
+func (g *Gateway) copyBody(w http.ResponseWriter, res *http.Response) error {
+	var rc *http.ResponseController
+	if res.ContentLength < 0 || isEventStream(res.Header["Content-Type"]) {
+		rc = http.NewResponseController(w)
+	}
+	buf := buffers.Get()
+	defer buffers.Put(buf)
+	for {
+		n, rerr := res.Body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+			if rc != nil {
+				_ = rc.Flush()
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return nil
+		case rerr != nil:
+			if !errors.Is(rerr, context.Canceled) {
+				g.opts.Logger.Error("proxy", slogString("error", g.scrub.String("reading the upstream body: "+rerr.Error())))
+			}
+			return rerr
+		}
+	}
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream,
+// whatever its parameters.
+func isEventStream(ct []string) bool {
+	if len(ct) == 0 {
+		return false
+	}
+	mt, _, _ := strings.Cut(ct[0], ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/event-stream")
+}
+
+// modifyResponse filters and scrubs the upstream's response before any of
+// it is sent.
+func (g *Gateway) modifyResponse(resp *http.Response, x *exchange) error {
 	// Headers arrived: from now on the timer bounds the body's silence,
 	// not its length, so a stream may run as long as it keeps talking.
 	x.streaming.Store(true)
@@ -242,8 +372,7 @@ func (d decoded) Close() error {
 // proxyError answers a failed upstream exchange. The error text may hold
 // the upstream URL, query secrets included, so it is scrubbed before it is
 // logged and never sent to the client.
-func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	x := r.Context().Value(exchangeKey{}).(*exchange)
+func (g *Gateway) proxyError(w http.ResponseWriter, x *exchange, err error) {
 	x.upDur = g.opts.Now().Sub(x.upStart)
 	var maxErr *http.MaxBytesError
 	var runErr *transform.RunError
@@ -255,9 +384,9 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		g.fail(w, x, http.StatusBadGateway, "upstream_encoding", "the upstream response uses an encoding keyward cannot inspect")
 	case errors.As(err, &maxErr):
 		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body too large")
-	case context.Cause(r.Context()) == errUpstreamTimeout:
+	case context.Cause(x) == errUpstreamTimeout:
 		g.fail(w, x, http.StatusGatewayTimeout, "upstream_timeout", "the upstream did not answer in time")
-	case context.Cause(r.Context()) == errUpstreamStalled:
+	case context.Cause(x) == errUpstreamStalled:
 		// The body stalled while the gateway still read it whole (a
 		// response transform, a gzip header) and nothing was sent yet.
 		g.fail(w, x, http.StatusGatewayTimeout, "upstream_stalled", "the upstream stopped sending its response")
@@ -275,7 +404,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		// The path can hold a secret (some APIs put the key there), so the
 		// logged target is scrubbed like the error text.
 		target := x.ep.upstream.Scheme + "://" + x.ep.upstream.Host + x.path
-		g.opts.Logger.LogAttrs(r.Context(), slog.LevelError, "upstream error", slogString("route", x.ep.name),
+		g.opts.Logger.LogAttrs(x, slog.LevelError, "upstream error", slogString("route", x.ep.name),
 			slogString("upstream", g.scrub.String(target)), slogString("error", g.scrub.String(err.Error())))
 	}
 	if g.opts.Metrics != nil {
@@ -286,9 +415,9 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 // upstreamBody is the upstream's response body as the gateway reads it.
 // Every read restarts the exchange's timer, so silence longer than the
 // route's idle_timeout cancels the exchange. Close filters the trailers:
-// ReverseProxy closes the body, which fills in their values (and creates
-// the map for trailers the upstream never announced), and only then
-// copies them to the client.
+// closing the body fills in their values (and creates the map for
+// trailers the upstream never announced), and proxy copies them to the
+// client only after that.
 type upstreamBody struct {
 	io.ReadCloser
 	x    *exchange
@@ -305,12 +434,4 @@ func (b *upstreamBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.x.g.filterHeaders(b.resp.Trailer)
 	return err
-}
-
-// logWriter routes ReverseProxy's own error log through the scrubber.
-type logWriter struct{ g *Gateway }
-
-func (l logWriter) Write(p []byte) (int, error) {
-	l.g.opts.Logger.Error("proxy", slogString("error", l.g.scrub.String(strings.TrimSpace(string(p)))))
-	return len(p), nil
 }

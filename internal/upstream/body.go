@@ -53,7 +53,7 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		return n, io.EOF
 	}
 	if b.ctx.Err() != nil {
-		// Exactly the cause, as net/http returns it: ReverseProxy compares
+		// Exactly the cause, as net/http returns it: a forwarder compares
 		// the copy error with context.Canceled to stay quiet when the
 		// client went away.
 		err = context.Cause(b.ctx)

@@ -1,5 +1,6 @@
 // Package upstream is the gateway's HTTP/1.1 client: an http.RoundTripper
-// built for forwarding, so it plugs into httputil.ReverseProxy unchanged.
+// built for forwarding (it plugs into httputil.ReverseProxy unchanged, and
+// keyward's own forwarding uses it the same way).
 //
 // net/http's Transport runs two goroutines per connection (a reader and a
 // writer) and hands every exchange between them over channels; on a 2-core
@@ -35,8 +36,8 @@
 //   - Protocol upgrades (101 Switching Protocols), CONNECT and proxies.
 //   - User info in the URL (it is not turned into an Authorization
 //     header; the gateway sets credentials explicitly), and the
-//     net/http/httptrace hooks other than Got1xxResponse, which
-//     ReverseProxy uses to forward 103 Early Hints.
+//     net/http/httptrace hooks other than Got1xxResponse (which
+//     ReverseProxy uses to forward 103 Early Hints; keyward does not).
 package upstream
 
 import (
