@@ -26,12 +26,15 @@ const (
 
 // watchTick is the period of the server's watch loop (see watchLoop): a
 // request is watched for a client that hung up once it has run two to
-// three ticks. Below that, watching would cost more than the work it could
-// save: the upstream call finishes anyway, and the hang-up is noticed when
-// the response is written. One loop per server, not a timer per request:
-// a timer due sooner than any other wakes the runtime's network poller,
-// which measured 20 us per request (BenchmarkProxy/upstream/server).
-const watchTick = 25 * time.Millisecond
+// three ticks (200-300 ms). Below that, watching would cost more than the
+// work it could save: the upstream call finishes anyway, and the hang-up
+// is noticed when the response is written. Under overload, when queueing
+// stretches every request, a shorter delay would add a goroutine and a
+// read to many of them exactly when the server can least afford it. One
+// loop per server, not a timer per request: a timer due sooner than any
+// other wakes the runtime's network poller, which measured 20 us per
+// request (BenchmarkProxy/upstream/server).
+const watchTick = 100 * time.Millisecond
 
 // maxDrainBytes is how much of a request body the handler left unread the
 // server reads and discards to keep the connection; beyond it, it closes

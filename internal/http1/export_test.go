@@ -14,3 +14,6 @@ func ReadBuffers(s *Server) int {
 	}
 	return n
 }
+
+// Watches reports how many watchers s's watch loop has started.
+func Watches(s *Server) int64 { return s.watches.Load() }

@@ -16,9 +16,9 @@
 //     socket read for every request, to notice a client that hangs up;
 //     that was a tenth of the syscalls and a goroutine hand-off per
 //     request. Here one loop per server starts a watcher on requests that
-//     have run 50-75 ms: a client that hangs up on a quick request is
+//     have run 200-300 ms: a client that hangs up on a quick request is
 //     noticed when its response is written, one on a slow request within
-//     75 ms, and its upstream call is cancelled.
+//     300 ms, and its upstream call is cancelled.
 //   - An idle connection holds no buffer: the server waits for input
 //     without reading (the guard's WaitRead) and takes a pooled read buffer
 //     only when a request arrives. Responses are assembled in one pooled
@@ -62,6 +62,7 @@ type Server struct {
 	ctxOnce   sync.Once
 	ctx       context.Context
 	tick      atomic.Int64 // watch loop ticks, from 1
+	watches   atomic.Int64 // watchers started
 	loopOnce  sync.Once
 	done      chan struct{} // closed by Close and Shutdown: stops the loop
 	mu        sync.Mutex
@@ -153,6 +154,7 @@ func (s *Server) watchLoop() {
 		s.mu.Lock()
 		for c := range s.conns {
 			if c.watchDue(tick) {
+				s.watches.Add(1)
 				go c.watch()
 			}
 		}

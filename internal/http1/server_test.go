@@ -382,20 +382,30 @@ func TestHangUpCancelsContext(t *testing.T) {
 }
 
 // TestPipelinedDuringSlowRequest sends a second request while the first
-// one's handler runs past watchDelay, so that the watcher reads the
+// one's handler runs long enough to be watched, so that the watcher reads the
 // second request's first byte: it must be kept, and not be taken for a
 // hang-up.
 func TestPipelinedDuringSlowRequest(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			watching := make(chan struct{})
-			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			srv := &http1.Server{}
+			watching, sent := make(chan struct{}), make(chan struct{})
+			srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/slow" {
-					// Simulated work, long enough for the watcher to
-					// start (after 50ms) before the next request arrives.
-					time.Sleep(100 * time.Millisecond)
+					// Run until the watch loop has started watching this
+					// connection, then let the next request arrive while
+					// the watcher reads.
+					deadline := time.Now().Add(5 * time.Second)
+					for http1.Watches(srv) == 0 {
+						if time.Now().After(deadline) {
+							t.Error("the watcher never started")
+							break
+						}
+						time.Sleep(5 * time.Millisecond)
+					}
 					close(watching)
-					time.Sleep(100 * time.Millisecond)
+					<-sent
+					time.Sleep(50 * time.Millisecond) // the watcher, blocked in a read, takes the first byte
 					if err := r.Context().Err(); err != nil {
 						t.Errorf("context of the slow request: %v; want it live", err)
 					}
@@ -403,11 +413,12 @@ func TestPipelinedDuringSlowRequest(t *testing.T) {
 				// The method shows a lost first byte ("ET" is a valid one).
 				_, _ = io.WriteString(w, r.Method+" "+r.URL.Path)
 			})
-			ts := start(t, &http1.Server{Handler: h}, m.wrap)
+			ts := start(t, srv, m.wrap)
 			c := dial(t, ts.addr)
 			c.send(get("/slow"))
 			<-watching
 			c.send(get("/next"))
+			close(sent)
 			for _, want := range []string{"GET /slow", "GET /next"} {
 				if res, body := c.roundTrip("GET"); res.StatusCode != 200 || body != want {
 					t.Fatalf("status %d, body %q; want 200, %q", res.StatusCode, body, want)

@@ -263,6 +263,12 @@ func (c *conn) fill() {
 		}
 	}
 	n, err := c.Conn.Read(c.buf[c.w:])
+	c.took(n, err)
+}
+
+// took accounts for a socket read of n bytes into buf[w:]: it scans them,
+// passing what checks out, and keeps the error for after them.
+func (c *conn) took(n int, err error) {
 	c.undrained = n == len(c.buf)-c.w
 	if n > 0 {
 		c.w += n
