@@ -359,7 +359,11 @@ func (g *Gateway) serveCached(w http.ResponseWriter, r *http.Request, x *exchang
 	if ep.vary != "" {
 		w.Header().Add("Vary", ep.vary)
 	}
-	key := ep.cache.Key(ep.stage, ep.cacheRoute, x.path, ep.allowedQuery(r), r.Header)
+	var query url.Values // nil without a query: parsing "" still allocates
+	if r.URL.RawQuery != "" {
+		query = ep.allowedQuery(r)
+	}
+	key := ep.cache.Key(ep.stage, ep.cacheRoute, x.path, query, r.Header)
 	g.cache.Serve(w, r, key, ep.cache, func(cw http.ResponseWriter, cr *http.Request) {
 		if cache.IsRevalidation(cr.Context()) {
 			// A background refresh runs after this request has ended: it

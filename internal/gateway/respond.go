@@ -90,8 +90,10 @@ func requestID(r *http.Request) string {
 		return v
 	}
 	var b [8]byte
+	var s [16]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	hex.Encode(s[:], b[:])
+	return string(s[:])
 }
 
 func plainID(s string) bool {

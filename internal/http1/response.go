@@ -20,13 +20,15 @@ const bufSize = 8 << 10
 // gets a Content-Length instead (net/http holds 2 KB).
 const holdMax = 4 << 10
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, bufSize); return &b }}
+// bufPool holds arrays, not slices: putting a slice into a sync.Pool
+// allocates a slice header each time.
+var bufPool = sync.Pool{New: func() any { return new([bufSize]byte) }}
 
-func getBuf() []byte { return (*bufPool.Get().(*[]byte))[:0] }
+func getBuf() []byte { return bufPool.Get().(*[bufSize]byte)[:0] }
 
 func putBuf(b []byte) {
 	if cap(b) == bufSize {
-		bufPool.Put(&b)
+		bufPool.Put((*[bufSize]byte)(b[:bufSize]))
 	}
 }
 
