@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keyward/keyward/internal/httpsyntax"
 )
 
 // DefaultMaxEntry is the largest response body a route stores when its
@@ -95,7 +97,7 @@ func NewPolicy(o PolicyOptions) (*Policy, error) {
 		p.maxEntry = DefaultMaxEntry
 	}
 	for i, name := range o.Vary {
-		if !validHeaderName(name) {
+		if !httpsyntax.IsToken(name) {
 			errs = append(errs, fmt.Errorf("vary[%d]: %q is not a header name", i, name))
 			continue
 		}
@@ -132,19 +134,6 @@ func storableStatus(s int) bool {
 		return true
 	}
 	return s == http.StatusNotFound || s == http.StatusGone
-}
-
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // staleWindow is how long past its freshness an entry can still be used,

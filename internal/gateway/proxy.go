@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/keyward/keyward/internal/cache"
+	"github.com/keyward/keyward/internal/httpsyntax"
 	"github.com/keyward/keyward/internal/transform"
 	"github.com/keyward/keyward/internal/upstream"
 )
@@ -149,7 +150,9 @@ func (g *Gateway) outboundRequest(r *http.Request, x *exchange) *http.Request {
 	in := r.Header
 	h := make(http.Header, len(ep.headerAllow)+len(ep.headerSet)+1)
 	for _, name := range ep.headerAllow {
-		if v, ok := in[name]; ok && !namedInConnection(in, name) {
+		// A header the client's Connection names was meant for the
+		// gateway, not the upstream.
+		if v, ok := in[name]; ok && !httpsyntax.HasToken(in["Connection"], name) {
 			h[name] = v
 		}
 	}
@@ -164,7 +167,7 @@ func (g *Gateway) outboundRequest(r *http.Request, x *exchange) *http.Request {
 	if x.ctype != "" {
 		h["Content-Type"] = []string{x.ctype}
 	}
-	if hasToken(in["Te"], "trailers") {
+	if httpsyntax.HasToken(in["Te"], "trailers") {
 		h["Te"] = teTrailers // for gRPC-style upstreams, as ReverseProxy did
 	}
 	out.Header = h
@@ -190,30 +193,6 @@ func removeHopByHop(h http.Header) {
 	for _, name := range hopHeaders {
 		delete(h, name)
 	}
-}
-
-// namedInConnection reports whether the client's Connection header names
-// the header: it was meant for the gateway, not the upstream.
-func namedInConnection(h http.Header, name string) bool {
-	for _, line := range h["Connection"] {
-		for f := range strings.SplitSeq(line, ",") {
-			if strings.EqualFold(textproto.TrimString(f), name) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func hasToken(vs []string, token string) bool {
-	for _, v := range vs {
-		for f := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(f), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // copyBody streams the response body to the client. A stream (an event

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/httperror"
+	"github.com/keyward/keyward/internal/httpsyntax"
 )
 
 // Connection states, for Shutdown: only an idle connection is closed under
@@ -204,7 +205,7 @@ func check(req *http.Request) (status int, code, msg string) {
 		return http.StatusBadRequest, "bad_request", "malformed Host header"
 	}
 	for name, vs := range req.Header {
-		if !validName(name) {
+		if !httpsyntax.IsToken(name) {
 			return http.StatusBadRequest, "bad_request", "malformed header name"
 		}
 		for _, v := range vs {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keyward/keyward/internal/httpsyntax"
 )
 
 // bufSize is the size of a response's output buffer: the header block and
@@ -214,7 +216,7 @@ func (w *response) appendHead(b []byte, final bool) []byte {
 		case "Content-Length", "Transfer-Encoding", "Connection", "Trailer", "Keep-Alive":
 			continue // framing: written below from what the response does
 		}
-		if strings.HasPrefix(name, http.TrailerPrefix) || !validName(name) {
+		if strings.HasPrefix(name, http.TrailerPrefix) || !httpsyntax.IsToken(name) {
 			continue
 		}
 		for _, v := range vs {
@@ -257,7 +259,7 @@ func (w *response) appendHead(b []byte, final bool) []byte {
 		b = strconv.AppendInt(b, length, 10)
 		b = append(b, "\r\n"...)
 	}
-	if w.req.Close || w.c.s.shutdown.Load() || hasToken(h["Connection"], "close") {
+	if w.req.Close || w.c.s.shutdown.Load() || httpsyntax.HasToken(h["Connection"], "close") {
 		w.closeAfter = true
 	}
 	switch {
@@ -337,7 +339,7 @@ func (w *response) appendTrailers() {
 	}
 	for key, vs := range w.header {
 		name, ok := strings.CutPrefix(key, http.TrailerPrefix)
-		if !ok || !validName(name) {
+		if !ok || !httpsyntax.IsToken(name) {
 			continue
 		}
 		for _, v := range vs {
@@ -372,7 +374,7 @@ func trailerNames(vs []string) []string {
 			case "", "Content-Length", "Transfer-Encoding", "Trailer", "Connection", "Host":
 				continue
 			}
-			if validName(f) {
+			if httpsyntax.IsToken(f) {
 				names = append(names, f)
 			}
 		}
@@ -396,17 +398,6 @@ func appendField(b []byte, name, v string) []byte {
 	return append(b, "\r\n"...)
 }
 
-func hasToken(vs []string, token string) bool {
-	for _, v := range vs {
-		for f := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(f), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // The Date header, formatted once a second.
 type dateLine struct {
 	sec int64
@@ -423,19 +414,6 @@ func appendDate(b []byte) []byte {
 		date.Store(d)
 	}
 	return append(b, d.b...)
-}
-
-// validName reports whether s is an RFC 9110 token.
-func validName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !isTokenByte[s[i]] {
-			return false
-		}
-	}
-	return true
 }
 
 // validValue reports whether s has no control bytes but tab.
@@ -459,12 +437,11 @@ func validHost(s string) bool {
 	return true
 }
 
-var isTokenByte, isHostByte [256]bool
+var isHostByte [256]bool
 
 func init() {
 	for c := 0; c < 256; c++ {
 		alnum := c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-		isTokenByte[c] = alnum || c < 0x80 && strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c))
 		isHostByte[c] = alnum || c < 0x80 && strings.ContainsRune("!$%&'()*+,-.:;=[]_~", rune(c))
 	}
 }

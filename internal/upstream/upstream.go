@@ -52,6 +52,8 @@ import (
 	"net/textproto"
 	"sync"
 	"time"
+
+	"github.com/keyward/keyward/internal/httpsyntax"
 )
 
 // Options configure a Transport. The zero value is usable: every field
@@ -372,7 +374,7 @@ func (t *Transport) readResponse(ctx context.Context, c *conn, req *http.Request
 			return nil, err
 		}
 		for name := range resp.Header {
-			if !isToken(name) {
+			if !httpsyntax.IsToken(name) {
 				// textproto accepts a space in a response header name
 				// (golang/go#5022, for old servers); passed on, it would
 				// reach clients as a header they may split differently.

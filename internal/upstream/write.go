@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/keyward/keyward/internal/httpsyntax"
 )
 
 // defaultUserAgent is what net/http sends when a request has no
@@ -32,7 +34,7 @@ func writeHead(w *bufio.Writer, req *http.Request, body io.Reader, wantsClose bo
 	method := req.Method
 	if method == "" {
 		method = http.MethodGet
-	} else if !isToken(method) {
+	} else if !httpsyntax.IsToken(method) {
 		return fmt.Errorf("upstream: invalid method %q", method)
 	}
 	u := req.URL
@@ -82,7 +84,7 @@ func writeHead(w *bufio.Writer, req *http.Request, body io.Reader, wantsClose bo
 			// Request.Write does, so a header cannot contradict the framing.
 			continue
 		}
-		if !isToken(name) {
+		if !httpsyntax.IsToken(name) {
 			return fmt.Errorf("upstream: invalid header name %q", name)
 		}
 		for _, v := range vs {
@@ -108,7 +110,7 @@ func writeHead(w *bufio.Writer, req *http.Request, body io.Reader, wantsClose bo
 		if len(req.Trailer) > 0 {
 			names := make([]string, 0, len(req.Trailer))
 			for name := range req.Trailer {
-				if !isToken(name) {
+				if !httpsyntax.IsToken(name) {
 					return fmt.Errorf("upstream: invalid trailer name %q", name)
 				}
 				names = append(names, name)
@@ -240,34 +242,6 @@ func headerHasToken(vs []string, token string) bool {
 	}
 	return false
 }
-
-// isToken reports whether s is an RFC 9110 §5.6.2 token: what a method
-// and a header name must be.
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !tokenChar[s[i]] {
-			return false
-		}
-	}
-	return true
-}
-
-var tokenChar = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
 
 // validHost refuses what would let a Host value break out of its line or
 // name a different target: controls, spaces and URL delimiters.
