@@ -52,7 +52,7 @@ type testServer struct {
 // start serves srv on a new loopback listener, wrapped by wrap unless it is
 // nil, and closes it when the test ends, waiting for Serve to return. A
 // nil srv.Logger is set to discard.
-func start(t *testing.T, srv *http1.Server, wrap func(net.Listener) net.Listener) *testServer {
+func start(t testing.TB, srv *http1.Server, wrap func(net.Listener) net.Listener) *testServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
