@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/keyward/keyward/internal/httperror"
@@ -48,9 +47,8 @@ const maxDrainBytes = 256 << 10
 const rstAvoidance = 500 * time.Millisecond
 
 var (
-	errTooManyFiles = syscall.EMFILE
-	readerPool      = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
-	aLongTimeAgo    = time.Unix(1, 0)
+	readerPool   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	aLongTimeAgo = time.Unix(1, 0)
 )
 
 // readWaiter is a connection that can wait for input without reading it:
