@@ -57,7 +57,8 @@ var buffers = &bufferPool{}
 
 // proxy sends the outbound request and streams the upstream's answer to
 // w. It does for keyward what httputil.ReverseProxy did, minus the request
-// and header clones (the outbound request is built fresh, see outbound):
+// and header clones (the outbound request is built fresh, see
+// outboundRequest):
 // hop-by-hop headers dropped both ways, ModifyResponse-style filtering and
 // scrubbing, trailers announced and forwarded, streams flushed as they
 // arrive, and a body that fails mid-copy aborts the response (panic with
@@ -130,9 +131,9 @@ var blockedResponseHeaders = []string{"Set-Cookie", "Set-Cookie2", "Alt-Svc"}
 
 var errSwitchedProtocols = errors.New("upstream switched protocols unasked")
 
-// outboundRequest builds the request sent upstream: the route's URL, and a fresh
-// header map of the headers the route allows (minus any the client named
-// in Connection) and the ones it sets. Secrets are written here and
+// outboundRequest builds the request sent upstream: the route's URL, and a
+// fresh header map of the headers the route allows (minus any the client
+// named in Connection) and the ones it sets. Secrets are written here and
 // nowhere else. The client's trailers, forwarding headers and everything
 // else stay behind.
 func (g *Gateway) outboundRequest(r *http.Request, x *exchange) *http.Request {
