@@ -75,7 +75,7 @@ func (m *Metrics) Request(route, method string, status int, dur, upstream time.D
 	if route == "" {
 		route = "(none)"
 	}
-	m.requests.WithLabelValues(route, methodLabel(method), strconv.Itoa(status)).Inc()
+	m.requests.WithLabelValues(route, methodLabel(method), statusLabel(status)).Inc()
 	m.duration.WithLabelValues(route).Observe(dur.Seconds())
 	if upstream > 0 {
 		m.upstream.WithLabelValues(route).Observe(upstream.Seconds())
@@ -134,6 +134,22 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // methodLabel keeps the label set bounded: a client can send any method.
+// statusLabels are the label values of the statuses a response can have,
+// made once: strconv.Itoa allocates for every number above 99.
+var statusLabels = func() (t [600]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i)
+	}
+	return t
+}()
+
+func statusLabel(s int) string {
+	if s >= 0 && s < len(statusLabels) {
+		return statusLabels[s]
+	}
+	return strconv.Itoa(s)
+}
+
 func methodLabel(m string) string {
 	switch m {
 	case "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS":
