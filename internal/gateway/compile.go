@@ -31,10 +31,10 @@ import (
 // identifies or authenticates the caller.
 var defaultHeaders = []string{"Accept", "Accept-Language", "Content-Type", "If-None-Match", "If-Modified-Since"}
 
-// hopByHop headers describe one connection, not the request (RFC 9110
-// 7.6.1); a route can neither allow nor set them.
-var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length"}
+// hopByHop are the headers a route can neither allow nor set: those that
+// describe one connection (hopHeaders), and the two the request's own
+// framing and target decide.
+var hopByHop = append(slices.Clip(hopHeaders), "Host", "Content-Length")
 
 // knownMethods are the methods a route may allow. CONNECT and TRACE are
 // not among them: a gateway never tunnels or reflects.

@@ -225,7 +225,9 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		// so the client sees a broken response, never a clean truncated one.
 		// Log it as such, then let the server abort the connection.
 		if p := recover(); p != nil {
-			x.errCode = "response_aborted"
+			if x.status != 499 {
+				x.errCode = "response_aborted"
+			}
 			g.finish(w, r, x, id)
 			panic(p)
 		}

@@ -390,6 +390,12 @@ func (g *Gateway) proxyError(w http.ResponseWriter, x *exchange, err error) {
 	if g.opts.Metrics != nil {
 		g.opts.Metrics.UpstreamError(x.ep.name, x.errCode)
 	}
+	if x.status == 499 && x.parent.Value(http.ServerContextKey) != nil {
+		// Nothing was written. A client that only half-closed is still
+		// reading: ending the handler would send it an empty 200, so the
+		// connection is aborted instead.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // upstreamBody is the upstream's response body as the gateway reads it.

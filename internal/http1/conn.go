@@ -19,10 +19,16 @@ import (
 // Connection states, for Shutdown: only an idle connection is closed under
 // a client's feet, and only before it has started reading a request.
 const (
-	stateIdle int32 = iota
+	stateNew int32 = iota // no request yet: closed by Shutdown after newGrace
+	stateIdle
 	stateActive
 	stateClosing
 )
+
+// newGrace is how long Shutdown lets a new connection send its first
+// request before closing it (net/http waits 5 s too): its client may have
+// sent a request that is still on its way.
+const newGrace = 5 * time.Second
 
 // watchTick is the period of the server's watch loop (see watchLoop): a
 // request is watched for a client that hung up once it has run two to
@@ -66,7 +72,8 @@ type conn struct {
 	cr     connReader
 	br     *bufio.Reader // nil while idle
 	res    response      // reused by each request; handlers must not keep it
-	body   body
+	body   *body         // the running request's, nil without one
+	born   time.Time
 
 	// The watcher (see watch).
 	armedAt  atomic.Int64 // 1 + the watch loop's tick when armed; 0: not armed
@@ -144,7 +151,7 @@ func (c *conn) serve() {
 				return // closed, timed out, or refused by the guard (see refuse)
 			}
 		}
-		if !c.state.CompareAndSwap(stateIdle, stateActive) {
+		if !c.state.CompareAndSwap(stateIdle, stateActive) && !c.state.CompareAndSwap(stateNew, stateActive) {
 			return // Shutdown closed it
 		}
 		_ = c.rw.SetReadDeadline(time.Now().Add(s.readHeaderTimeout()))
@@ -224,25 +231,29 @@ func (c *conn) serveRequest(req *http.Request) bool {
 		c.reply(status, code, msg)
 		return false
 	}
+	expectContinue := false
 	if ex, ok := req.Header["Expect"]; ok {
 		if len(ex) != 1 || !strings.EqualFold(ex[0], "100-continue") || !req.ProtoAtLeast(1, 1) {
 			c.reply(http.StatusExpectationFailed, "expectation_failed", "the only expectation supported is 100-continue")
 			return false
 		}
 		delete(req.Header, "Expect")
-		w.sendContinue = req.Body != http.NoBody
+		expectContinue = true
 	}
 	ctx, cancel := context.WithCancel(c.s.baseContext())
 	req = req.WithContext(ctx)
 	req.RemoteAddr = c.remote
 	c.setCancel(cancel)
 	_ = c.rw.SetReadDeadline(time.Time{})
+	c.body = nil
 	if req.Body == http.NoBody || req.Body == nil {
-		c.body.reset(c, nil)
 		c.armWatch()
 	} else {
-		c.body.reset(c, req.Body)
-		req.Body = &c.body
+		// A body of its own per request: a transport goroutine still
+		// reading the last one must find it closed, not this one.
+		c.body = &body{c: c, r: req.Body, cont: expectContinue}
+		req.Body = c.body
+		w.reqBody = c.body
 	}
 
 	ok := c.runHandler(w, req)
@@ -264,6 +275,7 @@ func (c *conn) serveRequest(req *http.Request) bool {
 	if keep {
 		keep = c.body.close() // drains only if the head went out earlier
 	}
+	c.body = nil
 	if !keep {
 		w.closeAfter = true
 		w.lingering = true
@@ -337,9 +349,10 @@ func (c *conn) armWatch() {
 }
 
 // watchDue reports, to the watch loop at tick, whether the connection's
-// request has been armed for two ticks, and if so claims the watch.
+// request has been armed for two full ticks (200-300 ms), and if so claims
+// the watch.
 func (c *conn) watchDue(tick int64) bool {
-	if at := c.armedAt.Load(); at == 0 || tick-(at-1) < 2 {
+	if at := c.armedAt.Load(); at == 0 || tick-(at-1) < 3 {
 		return false
 	}
 	c.wmu.Lock()
@@ -402,18 +415,20 @@ func (c *conn) stopWatch() {
 }
 
 // body is the request body the handler reads. It sends 100 Continue on the
-// first read when the client asked for it, arms the watcher at the end,
-// and refuses reads once the handler returned.
+// first read when the client asked for it and nothing of the response has
+// been committed, arms the watcher at the end, and refuses reads once the
+// handler returned.
 type body struct {
-	mu     sync.Mutex
+	mu     sync.Mutex // serialises reads and the server's close
 	c      *conn
 	r      io.ReadCloser
 	eof    bool
 	closed bool
-}
-
-func (b *body) reset(c *conn, r io.ReadCloser) {
-	b.c, b.r, b.eof, b.closed = c, r, r == nil, false
+	// cont says the client waits for 100 Continue. The upstream client may
+	// read the body on its own goroutine while the handler commits the
+	// response: cmu orders the interim answer before the head, or drops it.
+	cmu  sync.Mutex
+	cont bool
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -425,20 +440,36 @@ func (b *body) Read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
 	}
-	if w := &b.c.res; w.sendContinue {
-		w.sendContinue = false
-		if !w.committed {
-			if _, err := b.c.rw.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
-				return 0, err
-			}
+	b.cmu.Lock()
+	if b.cont {
+		b.cont = false
+		if _, err := b.c.rw.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+			b.cmu.Unlock()
+			return 0, err
 		}
 	}
+	b.cmu.Unlock()
 	n, err := b.r.Read(p)
 	if err == io.EOF {
 		b.eof = true
 		b.c.armWatch()
 	}
 	return n, err
+}
+
+// noContinue is called when the response's head is committed: from then
+// on a 100 Continue would land after it.
+func (b *body) noContinue() {
+	b.cmu.Lock()
+	b.cont = false
+	b.cmu.Unlock()
+}
+
+// waiting reports whether the client still waits for 100 Continue.
+func (b *body) waiting() bool {
+	b.cmu.Lock()
+	defer b.cmu.Unlock()
+	return b.cont
 }
 
 // Close marks the body closed for the handler; the server reads what is
@@ -451,16 +482,19 @@ func (b *body) Close() error {
 }
 
 // close ends the body after the handler returned and reports whether the
-// connection can carry another request: the rest of the body, if any, was
-// read and discarded within maxDrainBytes and the head timeout.
+// connection can carry another request: there was no body, or the rest of
+// it was read and discarded within maxDrainBytes and the head timeout.
 func (b *body) close() bool {
+	if b == nil {
+		return true
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
 	if b.eof {
 		return true
 	}
-	if b.c.res.sendContinue {
+	if b.waiting() {
 		return false // the client is waiting for our word before sending it
 	}
 	_ = b.c.rw.SetReadDeadline(time.Now().Add(b.c.s.readHeaderTimeout()))

@@ -17,9 +17,10 @@ import (
 // a typical JSON body leave in one write.
 const bufSize = 8 << 10
 
-// holdMax is how much body a response of unknown length holds back before
-// it commits to chunked encoding: a handler that writes less and returns
-// gets a Content-Length instead (net/http holds 2 KB).
+// holdMax is how much body a response holds back before it sends its head:
+// a handler of unknown length that writes less and returns gets a
+// Content-Length instead of chunks (net/http holds 2 KB), and the head can
+// still say Connection: close when the request body cannot be drained.
 const holdMax = 4 << 10
 
 // bufPool holds arrays, not slices: putting a slice into a sync.Pool
@@ -37,23 +38,23 @@ func putBuf(b []byte) {
 // response is the http.ResponseWriter of one request. It implements
 // http.Flusher and the deadline methods of http.ResponseController.
 type response struct {
-	c            *conn
-	req          *http.Request
-	header       http.Header
-	status       int
-	wroteHeader  bool
-	committed    bool  // the header block is in buf or sent
-	chunked      bool  // the body is sent in chunks
-	bodyAllowed  bool  // the status allows a body
-	discard      bool  // HEAD: body bytes are counted, never sent
-	declared     int64 // the handler's Content-Length; -1: none
-	written      int64
-	buf          []byte   // pooled: bytes not yet sent (before commit: held body)
-	trailers     []string // names announced in the Trailer header
-	closeAfter   bool     // close the connection after this response
-	lingering    bool     // close with unread input: drain first
-	sendContinue bool     // the client waits for 100 Continue
-	err          error    // the first write error; the connection is lost
+	c           *conn
+	req         *http.Request
+	header      http.Header
+	status      int
+	wroteHeader bool
+	committed   bool  // the header block is in buf or sent
+	chunked     bool  // the body is sent in chunks
+	bodyAllowed bool  // the status allows a body
+	discard     bool  // HEAD: body bytes are counted, never sent
+	declared    int64 // the handler's Content-Length; -1: none
+	written     int64
+	buf         []byte   // pooled: bytes not yet sent (before commit: held body)
+	trailers    []string // names announced in the Trailer header
+	closeAfter  bool     // close the connection after this response
+	lingering   bool     // close with unread input: drain first
+	reqBody     *body    // the request's, if it has one (100 Continue)
+	err         error    // the first write error; the connection is lost
 }
 
 func (w *response) reset(c *conn, req *http.Request) {
@@ -84,7 +85,9 @@ func (w *response) WriteHeader(code int) {
 	w.bodyAllowed = code != http.StatusNoContent && code != http.StatusNotModified
 	w.discard = w.req.Method == http.MethodHead
 	if cl, ok := w.header["Content-Length"]; ok {
-		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 && len(cl) == 1 {
+		if len(cl) != 1 {
+			delete(w.header, "Content-Length")
+		} else if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 {
 			w.declared = n
 		} else {
 			delete(w.header, "Content-Length")
@@ -111,7 +114,10 @@ func (w *response) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if !w.committed {
-		if w.declared < 0 && len(w.buf)+len(p) <= holdMax {
+		// Small bodies are held even when their length is known: while
+		// the head is unsent, the server can still add Connection: close
+		// if the request's body turns out not to be drainable.
+		if len(w.buf)+len(p) <= holdMax {
 			if w.buf == nil {
 				w.buf = getBuf()
 			}
@@ -187,6 +193,9 @@ func (w *response) release() {
 // known.
 func (w *response) commit(final bool) {
 	w.committed = true
+	if w.reqBody != nil {
+		w.reqBody.noContinue()
+	}
 	held := w.buf
 	b := getBuf()
 	b = w.appendHead(b, final)
@@ -339,7 +348,7 @@ func (w *response) appendTrailers() {
 	}
 	for key, vs := range w.header {
 		name, ok := strings.CutPrefix(key, http.TrailerPrefix)
-		if !ok || !httpsyntax.IsToken(name) {
+		if !ok || !trailerAllowed(textproto.CanonicalMIMEHeaderKey(name)) {
 			continue
 		}
 		for _, v := range vs {
@@ -369,17 +378,23 @@ func trailerNames(vs []string) []string {
 	var names []string
 	for _, v := range vs {
 		for f := range strings.SplitSeq(v, ",") {
-			f = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(f))
-			switch f {
-			case "", "Content-Length", "Transfer-Encoding", "Trailer", "Connection", "Host":
-				continue
-			}
-			if httpsyntax.IsToken(f) {
+			if f = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(f)); trailerAllowed(f) {
 				names = append(names, f)
 			}
 		}
 	}
 	return names
+}
+
+// trailerAllowed reports whether a trailer may carry the (canonical)
+// field: a token, and none of the framing fields a trailer must not set
+// (RFC 9110 6.5.1).
+func trailerAllowed(name string) bool {
+	switch name {
+	case "Content-Length", "Transfer-Encoding", "Trailer", "Connection", "Host", "Keep-Alive", "Te", "Upgrade":
+		return false
+	}
+	return httpsyntax.IsToken(name)
 }
 
 // appendField writes "name: value\r\n". A CR, LF or NUL in the value

@@ -46,6 +46,7 @@ import (
 
 // Server serves HTTP/1.x requests on the listeners given to Serve.
 type Server struct {
+	// Handler answers every request; it must not be nil.
 	Handler http.Handler
 	// ReadHeaderTimeout bounds the time from a connection's first byte
 	// (or a keep-alive request's first byte) to the end of the request
@@ -133,8 +134,12 @@ func (s *Server) Close() error {
 	s.shutdown.Store(true)
 	s.closeListeners()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	all := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
+		all = append(all, c)
+	}
+	s.mu.Unlock()
+	for _, c := range all {
 		c.rw.Close()
 	}
 	return nil
@@ -204,21 +209,30 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// closeIdle closes the connections waiting for a request and reports
-// whether none are left.
+// closeIdle closes the connections waiting for a request, and new ones
+// that have sent nothing for newGrace, and reports whether none are left.
+// The closing happens outside the lock: a guarded connection with a
+// refusal to send lingers in Close.
 func (s *Server) closeIdle() bool {
+	now := time.Now()
+	var idle []*conn
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for c := range s.conns {
-		if c.state.CompareAndSwap(stateIdle, stateClosing) {
-			c.rw.Close()
+		if c.state.CompareAndSwap(stateIdle, stateClosing) ||
+			now.Sub(c.born) >= newGrace && c.state.CompareAndSwap(stateNew, stateClosing) {
+			idle = append(idle, c)
 		}
 	}
-	return len(s.conns) == 0
+	left := len(s.conns)
+	s.mu.Unlock()
+	for _, c := range idle {
+		c.rw.Close()
+	}
+	return left == 0
 }
 
 func (s *Server) newConn(rw net.Conn) *conn {
-	c := &conn{s: s, rw: rw, remote: rw.RemoteAddr().String(), wdone: make(chan struct{}, 1)}
+	c := &conn{s: s, rw: rw, remote: rw.RemoteAddr().String(), wdone: make(chan struct{}, 1), born: time.Now()}
 	c.cr.c = c
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -239,12 +253,12 @@ func (s *Server) forget(c *conn) {
 }
 
 // baseContext is the parent of every request's context. It carries
-// http.ServerContextKey, as net/http's does, because httputil.ReverseProxy
-// only aborts a response whose body failed mid-copy (panicking with
-// http.ErrAbortHandler, so the client sees the stream cut) when it finds a
-// server there; otherwise it returns as if the response were complete and
-// a truncated body would end cleanly. The value is an idle *http.Server,
-// so code that type-asserts it does not panic.
+// http.ServerContextKey, as net/http's does: forwarders (keyward's own and
+// httputil.ReverseProxy) abort a response whose body failed mid-copy, by
+// panicking with http.ErrAbortHandler so the client sees the stream cut,
+// only when they find a server there; otherwise a truncated body would
+// end cleanly. The value is an idle *http.Server, so code that
+// type-asserts it does not panic.
 func (s *Server) baseContext() context.Context {
 	s.ctxOnce.Do(func() {
 		s.ctx = context.WithValue(context.Background(), http.ServerContextKey, &http.Server{})

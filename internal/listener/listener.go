@@ -1,8 +1,8 @@
 // Package listener guards keyward's public socket: it bounds how many client
 // connections are open and checks the framing of every HTTP/1.1 request
-// before net/http sees a byte of it.
+// before the HTTP server (internal/http1) sees a byte of it.
 //
-// net/http's server is lenient where a front end may be strict: given both
+// Go's request parser is lenient where a front end may be strict: given both
 // Content-Length and Transfer-Encoding it drops Content-Length and keeps the
 // connection open; it accepts folded header lines and bare LF line endings.
 // When a load balancer in front of keyward frames the same bytes another way,
@@ -143,7 +143,7 @@ func (l *guardListener) Close() error {
 	return l.Listener.Close()
 }
 
-// conn is one guarded client connection. net/http calls Read from one
+// conn is one guarded client connection. The server calls Read from one
 // goroutine at a time; Close may come from another.
 //
 // Bytes read from the socket are either passed to the caller or held in buf:
@@ -172,8 +172,8 @@ type conn struct {
 	onReject   func(*violation) // test hook: each refusal
 }
 
-// errRejected is what net/http reads once a request was refused. As a read
-// *net.OpError it makes net/http close the connection without writing an
+// errRejected is what the server reads once a request was refused. As a read
+// *net.OpError it makes the server close the connection without writing an
 // answer of its own.
 var errRejected = errors.New("listener: request refused by the framing guard")
 
@@ -306,7 +306,7 @@ func (c *conn) scan(d []byte) int {
 			i += n
 			if v != nil {
 				// body counts the offending byte as consumed. The bytes
-				// before it are body bytes net/http may be reading: pass
+				// before it are body bytes the server may be reading: pass
 				// them, then fail the read.
 				c.reject(v, false)
 				return i - 1
@@ -316,7 +316,7 @@ func (c *conn) scan(d []byte) int {
 	return i
 }
 
-// reject stops the stream. A refused head is answered with v when net/http
+// reject stops the stream. A refused head is answered with v when the server
 // closes the connection: by then it has written every response it owes, so
 // the answer cannot land inside one. A fault inside a body is not answered:
 // that request's handler is already running and may have responded.
@@ -331,11 +331,11 @@ func (c *conn) reject(v *violation, answer bool) {
 	}
 }
 
-// readRejected is Read after a refusal. net/http reads a single byte only in
-// its background read, made while a handler runs to notice a client hang-up;
-// that read must block like a quiet socket until net/http aborts it with a
+// readRejected is Read after a refusal. The server reads a single byte only in
+// its hang-up watch, made while a handler runs to notice a client leaving;
+// that read must block like a quiet socket until the server aborts it with a
 // past deadline, or the running handler's context would be cancelled. Any
-// other read means net/http wants the next request: it gets an error that
+// other read means the server wants the next request: it gets an error that
 // makes it close the connection silently, and Close sends the refusal.
 // Input arriving meanwhile is discarded; the connection is ending.
 func (c *conn) readRejected(p []byte) (int, error) {
@@ -395,7 +395,7 @@ func (c *conn) Close() error {
 	return c.closeErr
 }
 
-// CloseWrite shuts down the sending side, for net/http's own lingering close.
+// CloseWrite shuts down the sending side, for the server's lingering close.
 func (c *conn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()

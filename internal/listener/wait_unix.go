@@ -23,10 +23,18 @@ func (c *conn) ready(fd uintptr) bool {
 	c.waited = true
 	if c.buf != nil {
 		_, _, err := syscall.Recvfrom(int(fd), c.peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		for err == syscall.EINTR {
+			_, _, err = syscall.Recvfrom(int(fd), c.peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		}
 		return !wouldBlock(err)
 	}
 	c.getBuf()
 	n, err := syscall.Read(int(fd), c.buf)
+	for err == syscall.EINTR {
+		// Interrupted, not empty: "not ready" would wait for a readiness
+		// event that may already have been consumed.
+		n, err = syscall.Read(int(fd), c.buf)
+	}
 	switch {
 	case wouldBlock(err):
 		c.putBuf()
@@ -47,5 +55,5 @@ func (c *conn) ready(fd uintptr) bool {
 }
 
 func wouldBlock(err error) bool {
-	return err == syscall.EAGAIN || err == syscall.EWOULDBLOCK || err == syscall.EINTR
+	return err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
 }
