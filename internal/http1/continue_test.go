@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/keyward/keyward/internal/http1"
 )
@@ -50,21 +49,19 @@ func TestUnreadBodyDeclaredLength(t *testing.T) {
 	})
 }
 
-// The upstream transport (internal/upstream.writeBody) reads the request
-// body on its own goroutine while the handler writes the response. With
-// Expect: 100-continue, body.Read reads response.committed unsynchronised.
 // TestContinueFromAnotherGoroutine: the body is read on another goroutine
 // (as internal/upstream's writer does) while the handler commits its
 // response; the 100 Continue and the head must not race (found in review,
 // by -race).
 func TestContinueFromAnotherGoroutine(t *testing.T) {
+	continued := make(chan struct{}) // the client has read the 100 Continue
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		done := make(chan struct{})
 		go func() { // like upstream.writeBody
 			defer close(done)
 			_, _ = io.ReadAll(r.Body)
 		}()
-		time.Sleep(20 * time.Millisecond)
+		<-continued
 		w.Header()["Content-Length"] = []string{"2"}
 		w.WriteHeader(200)
 		_, _ = io.WriteString(w, "ok") // commit: writes w.committed
@@ -77,6 +74,7 @@ func TestContinueFromAnotherGoroutine(t *testing.T) {
 	if got := c.line() + c.line(); got != "HTTP/1.1 100 Continue\r\n\r\n" {
 		t.Fatalf("got %q", got)
 	}
+	close(continued)
 	c.send("hello")
 	if res, body := c.roundTrip("POST"); res.StatusCode != http.StatusOK || body != "ok" {
 		t.Errorf("status %d body %q, want 200 ok", res.StatusCode, body)

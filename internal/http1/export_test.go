@@ -17,3 +17,19 @@ func ReadBuffers(s *Server) int {
 
 // Watches reports how many watchers s's watch loop has started.
 func Watches(s *Server) int64 { return s.watches.Load() }
+
+// PendingByte reports whether a watcher of s has read a byte that waits
+// for the next request.
+func PendingByte(s *Server) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.wmu.Lock()
+		has := c.cr.hasByte
+		c.wmu.Unlock()
+		if has {
+			return true
+		}
+	}
+	return false
+}

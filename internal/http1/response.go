@@ -220,12 +220,20 @@ func (w *response) appendHead(b []byte, final bool) []byte {
 	}
 	b = append(b, "\r\n"...)
 	h := w.header
+	hasTrailers := false // announced, or set under http.TrailerPrefix
 	for name, vs := range h {
 		switch name {
-		case "Content-Length", "Transfer-Encoding", "Connection", "Trailer", "Keep-Alive":
+		case "Trailer":
+			hasTrailers = len(vs) > 0 || hasTrailers
+			continue
+		case "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive":
 			continue // framing: written below from what the response does
 		}
-		if strings.HasPrefix(name, http.TrailerPrefix) || !httpsyntax.IsToken(name) {
+		if strings.HasPrefix(name, http.TrailerPrefix) {
+			hasTrailers = true
+			continue
+		}
+		if !httpsyntax.IsToken(name) {
 			continue
 		}
 		for _, v := range vs {
@@ -245,7 +253,7 @@ func (w *response) appendHead(b []byte, final bool) []byte {
 		}
 	case w.declared >= 0:
 		length = w.declared
-	case final && (!w.discard || w.written > 0) && !(w.req.ProtoAtLeast(1, 1) && hasTrailers(h)):
+	case final && (!w.discard || w.written > 0) && !(w.req.ProtoAtLeast(1, 1) && hasTrailers):
 		// A handler that announced trailers gets chunks even for a short
 		// body: a Content-Length would leave no place to send them (as
 		// net/http does).
@@ -356,20 +364,6 @@ func (w *response) appendTrailers() {
 			w.buf = appendField(w.buf, name, v)
 		}
 	}
-}
-
-// hasTrailers reports whether h announces trailers or holds one under
-// http.TrailerPrefix.
-func hasTrailers(h http.Header) bool {
-	if len(h["Trailer"]) > 0 {
-		return true
-	}
-	for name := range h {
-		if strings.HasPrefix(name, http.TrailerPrefix) {
-			return true
-		}
-	}
-	return false
 }
 
 // trailerNames lists the valid names a Trailer header announces, leaving

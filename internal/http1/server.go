@@ -150,9 +150,10 @@ func (s *Server) Close() error {
 func (s *Server) watchLoop() {
 	t := time.NewTicker(watchTick)
 	defer t.Stop()
+	done := s.doneChan()
 	for {
 		select {
-		case <-s.doneChan():
+		case <-done:
 			return
 		case <-t.C:
 		}

@@ -395,17 +395,10 @@ func TestPipelinedDuringSlowRequest(t *testing.T) {
 					// Run until the watch loop has started watching this
 					// connection, then let the next request arrive while
 					// the watcher reads.
-					deadline := time.Now().Add(5 * time.Second)
-					for http1.Watches(srv) == 0 {
-						if time.Now().After(deadline) {
-							t.Error("the watcher never started")
-							break
-						}
-						time.Sleep(5 * time.Millisecond)
-					}
+					waitFor(t, "the watcher to start", func() bool { return http1.Watches(srv) > 0 })
 					close(watching)
 					<-sent
-					time.Sleep(50 * time.Millisecond) // the watcher, blocked in a read, takes the first byte
+					waitFor(t, "the watcher to take the next request's first byte", func() bool { return http1.PendingByte(srv) })
 					if err := r.Context().Err(); err != nil {
 						t.Errorf("context of the slow request: %v; want it live", err)
 					}
@@ -720,5 +713,19 @@ func TestIdleConnHoldsNoReadBuffer(t *testing.T) {
 			t.Fatalf("body %q; want %q", body, path)
 		}
 		idle("after " + path)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after the safety
+// timeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(safety)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Errorf("timed out waiting for %s", what)
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
