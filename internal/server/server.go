@@ -23,6 +23,7 @@ import (
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/ratelimit"
 	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
+	"github.com/keyward/keyward/internal/redisstore"
 )
 
 // Server is one running keyward.
@@ -93,7 +94,7 @@ func (s *Server) openStore(url, cacheSize string) error {
 		s.opts.Cache = cache.New(cache.NewMemory(size, nil), cache.Options{OnFault: onFault})
 		return nil
 	}
-	client, err := rlredis.NewClient(url)
+	client, err := redisstore.NewClient(url)
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}

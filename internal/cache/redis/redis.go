@@ -7,9 +7,9 @@
 // script is needed. Keys are the prefix and the hex SHA-256 cache key, so
 // Redis never holds client text in a key name.
 //
-// Open the client with ratelimit/redis.NewClient, which sets the timeouts
-// that keep an outage from stalling requests; limiter and cache can share
-// one client.
+// Open the client with redisstore.NewClient, which sets the timeouts that
+// keep an outage from stalling requests; limiter and cache share one
+// client.
 package redis
 
 import (
@@ -22,7 +22,7 @@ import (
 
 	"github.com/keyward/keyward/internal/breaker"
 	"github.com/keyward/keyward/internal/cache"
-	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
+	"github.com/keyward/keyward/internal/redisstore"
 )
 
 // DefaultPrefix is prepended to every key when none is given, so that the
@@ -72,8 +72,7 @@ var _ cache.Store = (*Store)(nil)
 
 // New returns a Store on client. The client's own timeouts are a backstop
 // only: the Cache bounds each call with a context deadline, which go-redis
-// honours only with ContextTimeoutEnabled, as ratelimit/redis.NewClient
-// sets.
+// honours only with ContextTimeoutEnabled, as redisstore.NewClient sets.
 func New(client Client, o Options) *Store {
 	s := &Store{client: client, prefix: o.Prefix, now: o.Now}
 	if s.prefix == "" {
@@ -137,6 +136,6 @@ func (s *Store) ok() { s.breaker.Done(context.Background(), s.now(), nil, true) 
 
 // account keeps the breaker's books for a call's outcome and returns err.
 func (s *Store) account(ctx context.Context, err error) error {
-	s.breaker.Done(ctx, s.now(), err, rlredis.Answered(err))
+	s.breaker.Done(ctx, s.now(), err, redisstore.Answered(err))
 	return err
 }

@@ -20,7 +20,7 @@ import (
 
 	"github.com/keyward/keyward/internal/cache"
 	"github.com/keyward/keyward/internal/cache/redis"
-	"github.com/keyward/keyward/internal/ratelimit/redis/redistest"
+	"github.com/keyward/keyward/internal/redisstore/redistest"
 )
 
 var epoch = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)

@@ -14,16 +14,15 @@ package redis
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/keyward/keyward/internal/breaker"
 	"github.com/keyward/keyward/internal/ratelimit"
+	"github.com/keyward/keyward/internal/redisstore"
 )
 
 // DefaultPrefix is prepended to every key when none is given, so that the
@@ -78,7 +77,7 @@ var _ ratelimit.Store = (*Store)(nil)
 //
 // The client's own timeouts are a backstop only: the Limiter bounds each
 // call with a context deadline, which go-redis honours only with
-// ContextTimeoutEnabled, as NewClient sets.
+// ContextTimeoutEnabled, as redisstore.NewClient sets.
 func New(client goredis.Scripter, o Options) *Store {
 	s := &Store{client: client, prefix: o.Prefix}
 	if s.prefix == "" {
@@ -101,51 +100,9 @@ func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, 
 	}
 	cmd := script.Run(ctx, s.client, []string{key}, args...)
 	err := cmd.Err()
-	s.breaker.Done(ctx, now, err, Answered(err))
+	s.breaker.Done(ctx, now, err, redisstore.Answered(err))
 	return cmd
 }
-
-// Answered reports whether err means Redis answered: no error, or an
-// error reply from a live server (which is not an outage).
-func Answered(err error) bool {
-	var reply goredis.Error
-	return err == nil || errors.As(err, &reply)
-}
-
-// NewClient opens a client for a redis:// or rediss:// URL (the `store:`
-// configuration value) with settings that keep a Redis outage from
-// stalling requests: context deadlines are honoured, a refused dial is not
-// retried (the limiter's deadline is shorter than go-redis's dial backoff
-// anyway), and dialling and waiting for a pooled connection give up after
-// a second even without a deadline. Settings given in the URL's query win
-// over these defaults. The caller closes the client.
-func NewClient(rawURL string) (*goredis.Client, error) {
-	quietOnce.Do(func() { goredis.SetLogger(quiet{}) })
-	opts, err := goredis.ParseURL(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("parsing redis URL: %w", err)
-	}
-	opts.ContextTimeoutEnabled = true
-	if opts.DialTimeout == 0 {
-		opts.DialTimeout = time.Second
-	}
-	if opts.PoolTimeout == 0 {
-		opts.PoolTimeout = time.Second
-	}
-	if opts.DialerRetries == 0 {
-		opts.DialerRetries = 1
-	}
-	return goredis.NewClient(opts), nil
-}
-
-// quiet discards go-redis's own log lines (one per failed dial, printed
-// to stderr): the gateway counts store faults in a metric and logs them
-// once per interval itself. go-redis only has a process-wide logger.
-type quiet struct{}
-
-func (quiet) Printf(context.Context, string, ...any) {}
-
-var quietOnce sync.Once
 
 // gcraScript is ratelimit.Memory.GCRA. ARGV: now, emission, limit, all in
 // µs, and the TTL grace in ms. Numbers are formatted with %.0f because Lua's default formatting

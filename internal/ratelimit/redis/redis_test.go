@@ -13,8 +13,8 @@ import (
 
 	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/ratelimit/redis"
-	"github.com/keyward/keyward/internal/ratelimit/redis/redistest"
 	"github.com/keyward/keyward/internal/ratelimit/storetest"
+	"github.com/keyward/keyward/internal/redisstore/redistest"
 )
 
 var prefixes atomic.Int64
