@@ -2,12 +2,11 @@
 // writes, strict decoding with line numbers, and defaults. It does not
 // interpret values beyond their YAML shape; the gateway compiles them and
 // reports semantic problems through Errors, with file, line and field path.
+//
+// It imports no other keyward package: the YAML contract is the leaf the
+// runtime packages (validate, transform, gateway) compile from, so a change
+// in how they run can never change what a file means.
 package config
-
-import (
-	"github.com/keyward/keyward/internal/transform"
-	"github.com/keyward/keyward/internal/validate"
-)
 
 // Config is the whole keyward.yaml file.
 type Config struct {
@@ -244,10 +243,10 @@ type Route struct {
 	Cache *Cache `yaml:"cache"`
 	// Validate checks the request before it is forwarded: query, headers
 	// and a JSON Schema for the body. Default: no checks.
-	Validate *validate.Config `yaml:"validate"`
+	Validate *Validate `yaml:"validate"`
 	// Transform reshapes JSON bodies with jq on the way up and down.
 	// Default: bodies pass unchanged.
-	Transform *transform.Config `yaml:"transform"`
+	Transform *Transform `yaml:"transform"`
 }
 
 // Query controls which client query parameters reach the upstream and

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
 // repos returns a GitHub-like repository list of about size bytes.
@@ -30,7 +32,7 @@ func repos(size int) []byte {
 // BenchmarkResponse measures the README's response transform (trim a repo
 // list to {name, url, stars}) end to end: decode, evaluate, guard, encode.
 func BenchmarkResponse(b *testing.B) {
-	tr, err := Compile(Config{Response: `[.[] | {name, url: .html_url, stars: .stargazers_count}]`})
+	tr, err := Compile(config.Transform{Response: `[.[] | {name, url: .html_url, stars: .stargazers_count}]`})
 	if err != nil {
 		b.Fatal(err)
 	}

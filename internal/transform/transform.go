@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/itchyny/gojq"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
 // Side says which way a Program maps bodies.
@@ -43,12 +45,12 @@ func (s Side) String() string {
 	return "response"
 }
 
-// Transform is a compiled Config. A nil *Transform, and nil Programs within
+// Transform is a compiled [config.Transform]. A nil *Transform, and nil Programs within
 // it, mean "no transform", so the gateway needs no special case.
 type Transform struct {
-	// Request maps the client body; nil when Config.Request is empty.
+	// Request maps the client body; nil when the block's request is empty.
 	Request *Program
-	// Response maps the upstream body; nil when Config.Response is empty.
+	// Response maps the upstream body; nil when the block's response is empty.
 	Response *Program
 	// Method is the upstream method, or "" to keep the client's.
 	Method string
@@ -60,7 +62,7 @@ type Transform struct {
 // its options, reporting every problem at once as Errors with paths relative
 // to the block. A response expression that reads $secret is an error here,
 // not at run time.
-func Compile(cfg Config) (*Transform, error) {
+func Compile(cfg config.Transform) (*Transform, error) {
 	var errs Errors
 	t := &Transform{Method: cfg.Method, ContentType: cfg.ContentType}
 	opts := options{timeout: cfg.Timeout, limit: cfg.MaxBytes}

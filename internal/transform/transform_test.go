@@ -11,11 +11,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
 const canary = "sk_live_CANARY_5f3a9c"
 
-func mustCompile(t testing.TB, cfg Config) *Transform {
+func mustCompile(t testing.TB, cfg config.Transform) *Transform {
 	t.Helper()
 	tr, err := Compile(cfg)
 	if err != nil {
@@ -27,67 +29,67 @@ func mustCompile(t testing.TB, cfg Config) *Transform {
 func TestCompileErrors(t *testing.T) {
 	tests := []struct {
 		name string
-		cfg  Config
+		cfg  config.Transform
 		want Errors
 	}{
 		{
 			name: "syntax error carries offset",
-			cfg:  Config{Request: "{to: .email,, }"},
+			cfg:  config.Transform{Request: "{to: .email,, }"},
 			want: Errors{{Path: "request", Offset: 13, Msg: `syntax error at ","`}},
 		},
 		{
 			name: "unterminated expression",
-			cfg:  Config{Response: "{a: (.b"},
+			cfg:  config.Transform{Response: "{a: (.b"},
 			want: Errors{{Path: "response", Offset: 7, Msg: "syntax error: unexpected end of expression"}},
 		},
 		{
 			name: "response may not read secrets",
-			cfg:  Config{Response: `{sent: true, key: $secret.mailer}`},
+			cfg:  config.Transform{Response: `{sent: true, key: $secret.mailer}`},
 			want: Errors{{Path: "response", Offset: -1, Msg: "a response transform cannot read $secret: its output is sent to the client"}},
 		},
 		{
 			name: "response may not read secrets in object shorthand",
-			cfg:  Config{Response: `{$secret}`},
+			cfg:  config.Transform{Response: `{$secret}`},
 			want: Errors{{Path: "response", Offset: -1, Msg: "a response transform cannot read $secret: its output is sent to the client"}},
 		},
 		{
 			name: "dynamic secret read",
-			cfg:  Config{Request: `$secret[.name]`},
+			cfg:  config.Transform{Request: `$secret[.name]`},
 			want: Errors{{Path: "request", Offset: -1, Msg: "read secrets one at a time as $secret.NAME, so the config can be checked for unknown secrets"}},
 		},
 		{
 			name: "whole secret object",
-			cfg:  Config{Request: `$secret | keys`},
+			cfg:  config.Transform{Request: `$secret | keys`},
 			want: Errors{{Path: "request", Offset: -1, Msg: "read secrets one at a time as $secret.NAME, so the config can be checked for unknown secrets"}},
 		},
 		{
 			name: "binding secret",
-			cfg:  Config{Request: `.k as $secret | $secret.x`},
+			cfg:  config.Transform{Request: `.k as $secret | $secret.x`},
 			want: Errors{{Path: "request", Offset: -1, Msg: "$secret is reserved for secrets and cannot be bound"}},
 		},
 		{
 			name: "reserved guard names",
-			cfg:  Config{Request: `__kw_o_tojson`},
+			cfg:  config.Transform{Request: `__kw_o_tojson`},
 			want: Errors{{Path: "request", Offset: -1, Msg: "the name __kw_o_tojson is reserved"}},
 		},
 		{
 			name: "unknown function",
-			cfg:  Config{Request: `frobnicate`},
+			cfg:  config.Transform{Request: `frobnicate`},
 			want: Errors{{Path: "request", Offset: -1, Msg: "function not defined: frobnicate/0"}},
 		},
 		{
 			name: "unknown variable",
-			cfg:  Config{Response: `$nope`},
+			cfg:  config.Transform{Response: `$nope`},
 			want: Errors{{Path: "response", Offset: -1, Msg: "variable not defined: $nope"}},
 		},
 		{
 			name: "imports",
-			cfg:  Config{Request: `import "x" as x; .`},
+			cfg:  config.Transform{Request: `import "x" as x; .`},
 			want: Errors{{Path: "request", Offset: -1, Msg: "modules and imports are not supported"}},
 		},
 		{
 			name: "options and both expressions together",
-			cfg:  Config{Request: "(", Response: "$secret.a", Method: "post", ContentType: "json", NonJSON: "drop", Timeout: -1, MaxBytes: -1},
+			cfg:  config.Transform{Request: "(", Response: "$secret.a", Method: "post", ContentType: "json", NonJSON: "drop", Timeout: -1, MaxBytes: -1},
 			want: Errors{
 				{Path: "non_json", Offset: -1, Msg: `unknown value "drop": want pass or reject`},
 				{Path: "timeout", Offset: -1, Msg: "must be positive, got -1ns"},
@@ -117,7 +119,7 @@ func TestCompileErrors(t *testing.T) {
 }
 
 func TestCompileDefaults(t *testing.T) {
-	tr := mustCompile(t, Config{Request: `{api_key: $secret.mailer, again: $secret["mailer"], other: $secret.other}`, Method: "POST"})
+	tr := mustCompile(t, config.Transform{Request: `{api_key: $secret.mailer, again: $secret["mailer"], other: $secret.other}`, Method: "POST"})
 	if diff := cmp.Diff([]string{"mailer", "other"}, tr.Request.SecretNames()); diff != "" {
 		t.Errorf("SecretNames mismatch (-want +got):\n%s", diff)
 	}
@@ -135,7 +137,7 @@ func TestRun(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		cfg    Config
+		cfg    config.Transform
 		side   Side
 		body   string
 		ctype  string
@@ -144,57 +146,57 @@ func TestRun(t *testing.T) {
 	}{
 		{
 			name: "contact form gets the key in its body",
-			cfg:  Config{Request: `{to: "team@example.com", from: .email, text: .message, api_key: $secret.mailer}`},
+			cfg:  config.Transform{Request: `{to: "team@example.com", from: .email, text: .message, api_key: $secret.mailer}`},
 			body: `{"email":"a@example.com","message":"hi <there> & you"}`, ctype: "application/json",
 			want: `{"api_key":"` + canary + `","from":"a@example.com","text":"hi <there> & you","to":"team@example.com"}`,
 		},
 		{
 			name: "params, query and stage",
-			cfg:  Config{Request: `{owner: $params.owner, page: ($query.page | tonumber), env: $stage.env}`},
+			cfg:  config.Transform{Request: `{owner: $params.owner, page: ($query.page | tonumber), env: $stage.env}`},
 			body: "", want: `{"env":"dev","owner":"keyward","page":2}`,
 		},
 		{
 			name: "response example from the product brief",
-			cfg:  Config{Response: `{sent: (.status == "queued")}`}, side: Response,
+			cfg:  config.Transform{Response: `{sent: (.status == "queued")}`}, side: Response,
 			body: `{"status":"queued","id":"m_1"}`, ctype: "application/json; charset=utf-8",
 			want: `{"sent":true}`,
 		},
 		{
 			name: "github list trimmed",
-			cfg:  Config{Response: `[.[] | {name, url: .html_url, stars: .stargazers_count}]`}, side: Response,
+			cfg:  config.Transform{Response: `[.[] | {name, url: .html_url, stars: .stargazers_count}]`}, side: Response,
 			body: `[{"name":"a","html_url":"https://x/a","stargazers_count":3,"private":false}]`, ctype: "application/json",
 			want: `[{"name":"a","stars":3,"url":"https://x/a"}]`,
 		},
 		{
 			name: "big integers keep their digits",
-			cfg:  Config{Response: `{id: .id, next: (.n + 1)}`}, side: Response,
+			cfg:  config.Transform{Response: `{id: .id, next: (.n + 1)}`}, side: Response,
 			body: `{"id":12345678901234567890,"n":41}`, ctype: "application/problem+json",
 			want: `{"id":12345678901234567890,"next":42}`,
 		},
 		{
 			name: "guarded operators keep their meaning",
-			cfg:  Config{Response: `{s: ("ab" * 2), n: (3 * 4), m: ({a: {b: 1}} * {a: {c: 2}}), l: ([1] + [2]), t: (.x + "!"), u: (.c += 1 | .c), v: "\(.x)-\([1,2] | join(","))", w: ([3,1,2] | sort)}`}, side: Response,
+			cfg:  config.Transform{Response: `{s: ("ab" * 2), n: (3 * 4), m: ({a: {b: 1}} * {a: {c: 2}}), l: ([1] + [2]), t: (.x + "!"), u: (.c += 1 | .c), v: "\(.x)-\([1,2] | join(","))", w: ([3,1,2] | sort)}`}, side: Response,
 			body: `{"x":"hey","c":1}`, ctype: "application/json",
 			want: `{"l":[1,2],"m":{"a":{"b":1,"c":2}},"n":12,"s":"abab","t":"hey!","u":2,"v":"hey-1,2","w":[1,2,3]}`,
 		},
 		{
 			name: "guarded operators keep jq's output order",
-			cfg:  Config{Response: `[(1,2) + (10,20)]`}, side: Response,
+			cfg:  config.Transform{Response: `[(1,2) + (10,20)]`}, side: Response,
 			body: `{}`, ctype: "application/json", want: `[11,12,21,22]`,
 		},
 		{
 			name: "env is empty",
-			cfg:  Config{Response: `[$ENV, env]`}, side: Response,
+			cfg:  config.Transform{Response: `[$ENV, env]`}, side: Response,
 			body: `{}`, ctype: "application/json", want: `[{},{}]`,
 		},
 		{
 			name: "non-JSON passes through by default",
-			cfg:  Config{Response: `.a`}, side: Response,
+			cfg:  config.Transform{Response: `.a`}, side: Response,
 			body: `<html>`, ctype: "text/html", want: `<html>`, passed: true,
 		},
 		{
 			name: "JSON type with a broken body passes through",
-			cfg:  Config{Response: `.a`}, side: Response,
+			cfg:  config.Transform{Response: `.a`}, side: Response,
 			body: `{"a":`, ctype: "application/json", want: `{"a":`, passed: true,
 		},
 	}
@@ -225,7 +227,7 @@ func TestRunErrors(t *testing.T) {
 	secrets := map[string]string{"mailer": canary}
 	tests := []struct {
 		name       string
-		cfg        Config
+		cfg        config.Transform
 		side       Side
 		body       string
 		ctype      string
@@ -236,49 +238,49 @@ func TestRunErrors(t *testing.T) {
 	}{
 		{
 			name: "request rejects non-JSON with 415",
-			cfg:  Config{Request: `.`, NonJSON: "reject"}, body: "a=b", ctype: "application/x-www-form-urlencoded",
+			cfg:  config.Transform{Request: `.`, NonJSON: "reject"}, body: "a=b", ctype: "application/x-www-form-urlencoded",
 			wantKind: ErrNotJSON, wantCode: CodeMediaType, wantStatus: http.StatusUnsupportedMediaType,
 			wantDetail: `request transform: body is not JSON (Content-Type "application/x-www-form-urlencoded")`,
 		},
 		{
 			name: "response rejects non-JSON with 502",
-			cfg:  Config{Response: `.`, NonJSON: "reject"}, side: Response, body: "<html>", ctype: "text/html",
+			cfg:  config.Transform{Response: `.`, NonJSON: "reject"}, side: Response, body: "<html>", ctype: "text/html",
 			wantKind: ErrNotJSON, wantCode: CodeFailed, wantStatus: http.StatusBadGateway,
 			wantDetail: `response transform: body is not JSON (Content-Type "text/html")`,
 		},
 		{
 			name: "error() quoting the secret is scrubbed",
-			cfg:  Config{Request: `error("key is " + $secret.mailer)`}, body: `{}`, ctype: "application/json",
+			cfg:  config.Transform{Request: `error("key is " + $secret.mailer)`}, body: `{}`, ctype: "application/json",
 			wantKind: ErrRuntime, wantCode: CodeFailed, wantStatus: http.StatusBadGateway,
 			wantDetail: `request transform: error: "key is [REDACTED]"`,
 		},
 		{
 			name: "type error previewing an object with the secret is scrubbed",
-			cfg:  Config{Request: `{k: $secret.mailer} | .k | keys`}, body: `{}`, ctype: "application/json",
+			cfg:  config.Transform{Request: `{k: $secret.mailer} | .k | keys`}, body: `{}`, ctype: "application/json",
 			wantKind: ErrRuntime, wantCode: CodeFailed, wantStatus: http.StatusBadGateway,
 			wantDetail: `request transform: keys cannot be applied to: string ("[REDACTED]")`,
 		},
 		{
 			name: "error() with an object value is previewed",
-			cfg:  Config{Request: `error({key: $secret.mailer, pad: "xxxxxxxxxxxxxxxxxxxx"})`}, body: `{}`, ctype: "application/json",
+			cfg:  config.Transform{Request: `error({key: $secret.mailer, pad: "xxxxxxxxxxxxxxxxxxxx"})`}, body: `{}`, ctype: "application/json",
 			wantKind: ErrRuntime, wantCode: CodeFailed, wantStatus: http.StatusBadGateway,
 			wantDetail: `request transform: error: {"key":"[REDACTED] ...}`,
 		},
 		{
 			name: "no output",
-			cfg:  Config{Response: `empty`}, side: Response, body: `{}`, ctype: "application/json",
+			cfg:  config.Transform{Response: `empty`}, side: Response, body: `{}`, ctype: "application/json",
 			wantKind: ErrRuntime, wantCode: CodeFailed, wantStatus: http.StatusBadGateway,
 			wantDetail: "response transform: expression produced no value",
 		},
 		{
 			name: "several outputs",
-			cfg:  Config{Response: `.[]`}, side: Response, body: `[1,2]`, ctype: "application/json",
+			cfg:  config.Transform{Response: `.[]`}, side: Response, body: `[1,2]`, ctype: "application/json",
 			wantKind: ErrRuntime, wantCode: CodeFailed, wantStatus: http.StatusBadGateway,
 			wantDetail: "response transform: expression produced more than one value",
 		},
 		{
 			name: "missing secret",
-			cfg:  Config{Request: `$secret.other`}, body: `{}`, ctype: "application/json",
+			cfg:  config.Transform{Request: `$secret.other`}, body: `{}`, ctype: "application/json",
 			wantKind: ErrRuntime, wantCode: CodeFailed, wantStatus: http.StatusBadGateway,
 			wantDetail: `request transform: secret "other" was not provided`,
 		},
@@ -319,7 +321,7 @@ func assertNoSecret(t *testing.T, re *RunError) {
 // checks each is stopped quickly by the deadline or the size guard, and that
 // the program serves a normal request afterwards.
 func TestBounds(t *testing.T) {
-	healthy := mustCompile(t, Config{Response: `{ok: .ok}`})
+	healthy := mustCompile(t, config.Transform{Response: `{ok: .ok}`})
 	tests := []struct {
 		name string
 		expr string
@@ -357,7 +359,7 @@ func TestBounds(t *testing.T) {
 			if tt.want == ErrTooLarge {
 				timeout = time.Minute
 			}
-			tr := mustCompile(t, Config{Response: tt.expr, Timeout: timeout})
+			tr := mustCompile(t, config.Transform{Response: tt.expr, Timeout: timeout})
 			body := tt.body
 			if body == "" {
 				body = "{}"
@@ -398,7 +400,7 @@ func TestBoundsTryCannotEscape(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := mustCompile(t, Config{Response: tt.expr, Timeout: 50 * time.Millisecond})
+			tr := mustCompile(t, config.Transform{Response: tt.expr, Timeout: 50 * time.Millisecond})
 			got, err := tr.Response.Run(context.Background(), nil, "", Vars{})
 			if tt.kind != nil {
 				if !errors.Is(err, tt.kind) {
@@ -426,7 +428,7 @@ func TestSmallSizeBound(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := mustCompile(t, Config{Response: tt.expr, MaxBytes: 100})
+			tr := mustCompile(t, config.Transform{Response: tt.expr, MaxBytes: 100})
 			_, err := tr.Response.Run(context.Background(), []byte(tt.body), "application/json", Vars{})
 			if !errors.Is(err, tt.want) {
 				t.Errorf("Run error = %v, want %v", err, tt.want)
@@ -458,7 +460,7 @@ func TestScrub(t *testing.T) {
 }
 
 func TestConcurrentRuns(t *testing.T) {
-	tr := mustCompile(t, Config{Request: `{n: .n, k: $secret.k}`})
+	tr := mustCompile(t, config.Transform{Request: `{n: .n, k: $secret.k}`})
 	errs := make(chan error, 8)
 	for i := range 8 {
 		go func() {

@@ -15,15 +15,17 @@ import (
 	"strings"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
-// Compile turns a route's Config into a Validator. baseDir is the directory
-// of the config file: schema file paths, and relative `$ref`s of inline
-// schemas, resolve against it. Every problem is reported at once as Errors,
+// Compile turns a route's validate block into a Validator. baseDir is the
+// directory of the config file: schema file paths, and relative `$ref`s of
+// inline schemas, resolve against it. Every problem is reported at once as Errors,
 // each with a path relative to the validate block. Only local files are ever
 // read; a `$ref` to an http(s) URL is a compile error, so loading a config
 // never depends on, or leaks requests to, the network.
-func Compile(cfg Config, baseDir string) (*Validator, error) {
+func Compile(cfg config.Validate, baseDir string) (*Validator, error) {
 	var errs Errors
 	v := &Validator{maxBody: cfg.MaxBodyBytes}
 	switch {
@@ -61,7 +63,7 @@ func Compile(cfg Config, baseDir string) (*Validator, error) {
 	return v, nil
 }
 
-func compileParams(errs *Errors, section string, ps map[string]Param, canon func(string) string) []param {
+func compileParams(errs *Errors, section string, ps map[string]config.ParamRule, canon func(string) string) []param {
 	names := make([]string, 0, len(ps))
 	for name := range ps {
 		names = append(names, name)
@@ -82,7 +84,7 @@ func compileParams(errs *Errors, section string, ps map[string]Param, canon func
 	return out
 }
 
-func compileParam(errs *Errors, path string, c Param) (param, bool) {
+func compileParam(errs *Errors, path string, c config.ParamRule) (param, bool) {
 	n := len(*errs)
 	p := param{kind: c.Type, required: c.Required, multiple: c.Multiple, min: math.Inf(-1), max: math.Inf(1)}
 	switch c.Type {

@@ -2,10 +2,10 @@
 // before the gateway forwards it, so a malformed form never reaches (or is
 // billed by) the third-party API.
 //
-// Rules are compiled once from a route's [Config] by [Compile]; the resulting
-// [Validator] is immutable, safe for concurrent use, and reports every
-// problem of a request at once as [Violation] values precise enough to show
-// next to a form field. [Render] turns them into the gateway's JSON error.
+// Rules are compiled once from a route's [config.Validate] by [Compile]; the
+// resulting [Validator] is immutable, safe for concurrent use, and reports
+// every problem of a request at once as [Violation] values precise enough to
+// show next to a form field. [Render] turns them into the gateway's JSON error.
 package validate
 
 import (
@@ -55,7 +55,7 @@ type Violation struct {
 	Code string `json:"-"`
 }
 
-// Validator is a compiled Config. The zero value is not usable; a nil
+// Validator is a compiled [config.Validate]. The zero value is not usable; a nil
 // *Validator accepts every request, so a route without `validate:` needs no
 // special case.
 type Validator struct {
@@ -211,7 +211,7 @@ func pointer(tokens []string) string {
 	return b.String()
 }
 
-// param is a compiled Param.
+// param is a compiled config.ParamRule.
 type param struct {
 	name     string // query name, or canonical header name
 	kind     string

@@ -9,15 +9,17 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
 func num(f float64) *float64 { return &f }
 
-// contactConfig is the validate block of PRODUCT.md's contact route plus
+// contactConfig is a contact form's validate block (testdata/schemas) plus
 // query and header rules, so one config exercises every kind of rule.
-func contactConfig() Config {
-	return Config{
-		Query: map[string]Param{
+func contactConfig() config.Validate {
+	return config.Validate{
+		Query: map[string]config.ParamRule{
 			"page":  {Type: "integer", Min: num(1), Max: num(100)},
 			"ratio": {Type: "number", Max: num(1)},
 			"draft": {Type: "boolean"},
@@ -27,7 +29,7 @@ func contactConfig() Config {
 			"lang":  {Pattern: "^[a-z]{2}$", Required: true},
 			"tag":   {Multiple: true, Max: num(3)},
 		},
-		Headers: map[string]Param{
+		Headers: map[string]config.ParamRule{
 			"x-request-id": {Pattern: "^[0-9a-f]{8}$"},
 		},
 		Body:         "schemas/contact.json",
@@ -240,7 +242,7 @@ func TestCheckSchemas(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v, err := Compile(Config{Body: tt.body}, "testdata")
+			v, err := Compile(config.Validate{Body: tt.body}, "testdata")
 			if err != nil {
 				t.Fatalf("Compile: %v", err)
 			}
@@ -255,19 +257,19 @@ func TestCheckSchemas(t *testing.T) {
 func TestContentTypes(t *testing.T) {
 	tests := []struct {
 		name  string
-		cfg   Config
+		cfg   config.Validate
 		ctype string
 		ok    bool
 	}{
-		{name: "no rule accepts anything", cfg: Config{}, ctype: "text/plain", ok: true},
-		{name: "listed type", cfg: Config{ContentTypes: []string{"text/plain"}}, ctype: "Text/Plain; charset=utf-8", ok: true},
-		{name: "unlisted type", cfg: Config{ContentTypes: []string{"text/plain"}}, ctype: "application/json"},
-		{name: "wildcard", cfg: Config{ContentTypes: []string{"text/*"}}, ctype: "text/csv", ok: true},
-		{name: "wildcard other tree", cfg: Config{ContentTypes: []string{"text/*"}}, ctype: "application/csv"},
-		{name: "schema defaults to json", cfg: Config{Body: map[string]any{}}, ctype: "application/problem+json", ok: true},
-		{name: "schema refuses form", cfg: Config{Body: map[string]any{}}, ctype: "application/x-www-form-urlencoded"},
-		{name: "garbage", cfg: Config{ContentTypes: []string{"text/plain"}}, ctype: "%%%"},
-		{name: "schema skipped for non-json type", cfg: Config{Body: map[string]any{"type": "object"}, ContentTypes: []string{"text/plain", "application/json"}}, ctype: "text/plain", ok: true},
+		{name: "no rule accepts anything", cfg: config.Validate{}, ctype: "text/plain", ok: true},
+		{name: "listed type", cfg: config.Validate{ContentTypes: []string{"text/plain"}}, ctype: "Text/Plain; charset=utf-8", ok: true},
+		{name: "unlisted type", cfg: config.Validate{ContentTypes: []string{"text/plain"}}, ctype: "application/json"},
+		{name: "wildcard", cfg: config.Validate{ContentTypes: []string{"text/*"}}, ctype: "text/csv", ok: true},
+		{name: "wildcard other tree", cfg: config.Validate{ContentTypes: []string{"text/*"}}, ctype: "application/csv"},
+		{name: "schema defaults to json", cfg: config.Validate{Body: map[string]any{}}, ctype: "application/problem+json", ok: true},
+		{name: "schema refuses form", cfg: config.Validate{Body: map[string]any{}}, ctype: "application/x-www-form-urlencoded"},
+		{name: "garbage", cfg: config.Validate{ContentTypes: []string{"text/plain"}}, ctype: "%%%"},
+		{name: "schema skipped for non-json type", cfg: config.Validate{Body: map[string]any{"type": "object"}, ContentTypes: []string{"text/plain", "application/json"}}, ctype: "text/plain", ok: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -289,13 +291,13 @@ func TestContentTypes(t *testing.T) {
 func TestCompileErrors(t *testing.T) {
 	tests := []struct {
 		name string
-		cfg  Config
+		cfg  config.Validate
 		want Errors
 	}{
 		{
 			name: "bad pattern, type and enum together",
-			cfg: Config{
-				Query: map[string]Param{
+			cfg: config.Validate{
+				Query: map[string]config.ParamRule{
 					"a": {Pattern: "("},
 					"b": {Type: "date"},
 					"c": {Type: "integer", Enum: []any{1.5, "x"}},
@@ -303,7 +305,7 @@ func TestCompileErrors(t *testing.T) {
 					"e": {Min: num(5), Max: num(1)},
 					"f": {Type: "boolean", Max: num(1)},
 				},
-				Headers:      map[string]Param{"X": {Type: "boolean", Enum: []any{"yes"}}},
+				Headers:      map[string]config.ParamRule{"X": {Type: "boolean", Enum: []any{"yes"}}},
 				MaxBodyBytes: -1,
 			},
 			want: Errors{
@@ -320,7 +322,7 @@ func TestCompileErrors(t *testing.T) {
 		},
 		{
 			name: "content type",
-			cfg:  Config{ContentTypes: []string{"json", "application/json; charset=utf-8"}},
+			cfg:  config.Validate{ContentTypes: []string{"json", "application/json; charset=utf-8"}},
 			want: Errors{
 				{Path: "content_types[0]", Msg: `invalid media type "json": want type/subtype`},
 				{Path: "content_types[1]", Msg: `media type "application/json; charset=utf-8": parameters are not compared; write "application/json"`},
@@ -328,22 +330,22 @@ func TestCompileErrors(t *testing.T) {
 		},
 		{
 			name: "missing schema file",
-			cfg:  Config{Body: "schemas/nope.json"},
+			cfg:  config.Validate{Body: "schemas/nope.json"},
 			want: Errors{{Path: "body", Msg: "schemas/nope.json: loading " + mustAbs(t, "testdata/schemas/nope.json") + ": no such file or directory"}},
 		},
 		{
 			name: "schema file not json",
-			cfg:  Config{Body: "schemas/notjson.json"},
+			cfg:  config.Validate{Body: "schemas/notjson.json"},
 			want: Errors{{Path: "body", Msg: "schemas/notjson.json: loading " + mustAbs(t, "testdata/schemas/notjson.json") + ": unexpected EOF"}},
 		},
 		{
 			name: "remote ref refused",
-			cfg:  Config{Body: "schemas/remote.json"},
+			cfg:  config.Validate{Body: "schemas/remote.json"},
 			want: Errors{{Path: "body", Msg: "schemas/remote.json: loading https://example.com/schemas/thing.json: https://example.com/schemas/thing.json: only local schema files can be referenced"}},
 		},
 		{
 			name: "empty path",
-			cfg:  Config{Body: ""},
+			cfg:  config.Validate{Body: ""},
 			want: Errors{{Path: "body", Msg: "empty schema path"}},
 		},
 	}
@@ -376,7 +378,7 @@ func TestCompileInvalidSchema(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Compile(Config{Body: tt.body}, "testdata")
+			_, err := Compile(config.Validate{Body: tt.body}, "testdata")
 			var errs Errors
 			if !errors.As(err, &errs) || len(errs) != 1 {
 				t.Fatalf("Compile error = %v, want one error", err)
@@ -427,7 +429,7 @@ func TestNilValidatorAcceptsEverything(t *testing.T) {
 }
 
 func BenchmarkCheckQueryHappyPath(b *testing.B) {
-	v, err := Compile(Config{Query: contactConfig().Query}, "testdata")
+	v, err := Compile(config.Validate{Query: contactConfig().Query}, "testdata")
 	if err != nil {
 		b.Fatal(err)
 	}
