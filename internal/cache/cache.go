@@ -157,10 +157,18 @@ func (c *Cache) Wait() { c.background.Wait() }
 // A HEAD request is answered from a stored GET response; a HEAD miss is
 // fetched but not stored (it has no body). A request with Cache-Control:
 // no-store is answered from the cache if it can, and otherwise fetched
-// alone and not stored.
+// alone and not stored. A GET or HEAD with a body (a Content-Length other
+// than 0, or chunked) bypasses the cache: the body goes upstream but is in
+// no key, so neither a stored response nor one fetched for it would be
+// known to answer the other.
 func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy, fetch http.HandlerFunc) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Add("Cache-Status", "keyward; fwd=method")
+		fetch(w, r)
+		return
+	}
+	if r.ContentLength != 0 {
+		w.Header().Add("Cache-Status", "keyward; fwd=bypass; detail=request-body")
 		fetch(w, r)
 		return
 	}
@@ -184,8 +192,12 @@ func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy
 			stale = e
 		}
 	}
-	if r.Method == http.MethodHead || requestNoStore(r) {
-		c.forward(w, r, p, fwd, stale, fetch)
+	if r.Method == http.MethodHead {
+		c.forward(w, r, p, fwd, "head", stale, fetch)
+		return
+	}
+	if requestNoStore(r) {
+		c.forward(w, r, p, fwd, "request-no-store", stale, fetch)
 		return
 	}
 
@@ -213,12 +225,12 @@ func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy
 	case <-r.Context().Done():
 		// The requester gave up or timed out; fetch answers that as it
 		// answers any cancelled request.
-		c.forward(w, r, p, fwd, nil, fetch)
+		c.forward(w, r, p, fwd, "concurrent", nil, fetch)
 		return
 	}
 	switch {
 	case f.entry == nil:
-		c.forward(w, r, p, fwd, stale, fetch)
+		c.forward(w, r, p, fwd, "concurrent", stale, fetch)
 	case f.stale:
 		c.write(w, r, f.entry, statusStale(f.entry, c.now(), f.fwd, f.fwdStatus, "stale-if-error"))
 	case f.fwd == "":
@@ -291,6 +303,7 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 		f.publish(stale, true, fwd, t.status)
 		return
 	}
+	t.finish()
 	e := t.entry()
 	if e == nil {
 		return
@@ -310,10 +323,12 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 }
 
 // forward calls fetch for one request outside any flight and stores
-// nothing; it still serves stale instead of an upstream failure.
-func (c *Cache) forward(w http.ResponseWriter, r *http.Request, p *Policy, fwd string, stale *Entry, fetch http.HandlerFunc) {
-	t := &tee{w: w, h: make(http.Header), c: c, p: p, fwd: fwd, stale: stale}
+// nothing, for the reason why (a Cache-Status detail); it still serves
+// stale instead of an upstream failure.
+func (c *Cache) forward(w http.ResponseWriter, r *http.Request, p *Policy, fwd, why string, stale *Entry, fetch http.HandlerFunc) {
+	t := &tee{w: w, h: make(http.Header), c: c, p: p, fwd: fwd, why: why, stale: stale}
 	fetch(t, r)
+	t.finish()
 	if t.swallow {
 		c.write(w, r, stale, statusStale(stale, c.now(), fwd, t.status, "stale-if-error"))
 	}
@@ -332,7 +347,7 @@ func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.Handl
 	bg.Body, bg.ContentLength, bg.GetBody = http.NoBody, 0, nil
 	// The client's conditions or range would get a 304 or 206, not the
 	// full response to store.
-	for _, h := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
+	for _, h := range conditionalHeaders {
 		bg.Header.Del(h)
 	}
 	c.background.Add(1)

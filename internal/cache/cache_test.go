@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,7 +95,9 @@ func (h *harness) handler(fetch http.HandlerFunc) http.Handler {
 		w.Header().Set("X-Request-Id", "gateway-id")
 		w.Header().Set("Access-Control-Allow-Origin", "https://app.example")
 		w.Header().Set("Vary", "Origin")
-		key := h.policy.Key("prod", "route", r.URL.EscapedPath(), r.URL.Query(), r.Header)
+		// No header is keyed as forwarded: the tests' upstreams tell
+		// requests apart by headers (X-Leader) that must not split them.
+		key := h.policy.KeyFor("prod", "route", r.URL.EscapedPath(), r.URL.RawQuery, nil, r.Header)
 		h.cache.Serve(w, r, key, h.policy, fetch)
 	})
 }
@@ -220,50 +223,50 @@ func TestNotStored(t *testing.T) {
 		{
 			name:       "set-cookie",
 			upstream:   reply(200, "ok", "Set-Cookie", "s=1"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=set-cookie",
 			wantBody:   "ok",
 		},
 		{
 			name:       "no-store",
 			upstream:   reply(200, "ok", "Cache-Control", "no-store"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=no-store",
 			wantBody:   "ok",
 		},
 		{
 			name:       "private",
 			upstream:   reply(200, "ok", "Cache-Control", "private, max-age=60"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=private",
 			wantBody:   "ok",
 		},
 		{
 			name:       "no-cache",
 			upstream:   reply(200, "ok", "Cache-Control", "no-cache"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=no-cache",
 			wantBody:   "ok",
 		},
 		{
 			name:       "server error",
 			upstream:   reply(500, "boom"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=500",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=500; detail=status",
 			wantBody:   "boom",
 		},
 		{
 			name:       "404 not configured",
 			upstream:   reply(404, "nope"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=404",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=404; detail=status",
 			wantBody:   "nope",
 		},
 		{
 			name:       "event stream",
 			upstream:   reply(200, "data: 1\n\n", "Content-Type", "text/event-stream"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=event-stream",
 			wantBody:   "data: 1\n\n",
 		},
 		{
 			name:       "oversize with length",
 			po:         PolicyOptions{MaxEntry: 1000},
 			upstream:   reply(200, big, "Content-Length", strconv.Itoa(len(big))),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=too-large",
 			wantBody:   big,
 		},
 		{
@@ -280,17 +283,48 @@ func TestNotStored(t *testing.T) {
 			wantBody:   big,
 		},
 		{
+			name:       "vary star",
+			upstream:   reply(200, "ok", "Vary", "*"),
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=vary-star",
+			wantBody:   "ok",
+		},
+		{
+			name:       "announced trailer",
+			upstream:   trailing("ok", true, "X-Checksum", "abc"),
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=trailer",
+			wantBody:   "ok",
+		},
+		{
+			name:     "trailer no-store",
+			upstream: trailing("ok", false, "Cache-Control", "no-store"),
+			// Announced as stored at the header, which is all it knew.
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; stored; ttl=60",
+			wantBody:   "ok",
+		},
+		{
+			name:       "trailer private",
+			upstream:   trailing("ok", false, "Cache-Control", "private"),
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; stored; ttl=60",
+			wantBody:   "ok",
+		},
+		{
+			name:       "trailer set-cookie",
+			upstream:   trailing("ok", false, "Set-Cookie", "session=1"),
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; stored; ttl=60",
+			wantBody:   "ok",
+		},
+		{
 			name:       "client no-store",
 			reqHeader:  []string{"Cache-Control", "no-store"},
 			upstream:   reply(200, "ok"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=request-no-store",
 			wantBody:   "ok",
 		},
 		{
 			name:       "HEAD",
 			method:     http.MethodHead,
 			upstream:   reply(200, "ok"),
-			wantStatus: "keyward; fwd=uri-miss; fwd-status=200",
+			wantStatus: "keyward; fwd=uri-miss; fwd-status=200; detail=head",
 		},
 		{
 			name:       "POST",
@@ -331,6 +365,176 @@ func reply(status int, body string, header ...string) http.HandlerFunc {
 	}
 }
 
+// trailing answers body, then a trailer name: value, announced in the
+// header if announce.
+func trailing(body string, announce bool, name, value string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if announce {
+			w.Header().Set("Trailer", name)
+		}
+		io.WriteString(w, body)
+		w.(http.Flusher).Flush()
+		if announce {
+			w.Header().Set(name, value)
+		} else {
+			w.Header().Set(http.TrailerPrefix+name, value)
+		}
+	}
+}
+
+// proxyLike writes a response the way keyward's proxy does: it keeps the
+// header map from before WriteHeader and sets the upstream's trailers in
+// it after the body, the unannounced ones under http.TrailerPrefix. It
+// calls late, if not nil, after the body.
+func proxyLike(calls *atomic.Int64, announce []string, trailer http.Header, late func(*http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		h := w.Header()
+		h.Set("Content-Type", "text/plain")
+		if len(announce) > 0 {
+			h.Set("Trailer", strings.Join(announce, ", "))
+		}
+		w.WriteHeader(200)
+		io.WriteString(w, "body")
+		_ = http.NewResponseController(w).Flush()
+		for k, vs := range trailer {
+			if !slices.Contains(announce, k) {
+				k = http.TrailerPrefix + k
+			}
+			h[k] = append(h[k], vs...)
+		}
+		if late != nil {
+			late(r)
+		}
+	}
+}
+
+// TestTrailers: trailers reach the client however fetch sets them, and a
+// response with any trailer, or refused by DoNotStore after its body, is
+// not stored.
+func TestTrailers(t *testing.T) {
+	tests := []struct {
+		name        string
+		announce    []string
+		trailer     http.Header
+		late        func(*http.Request)
+		wantTrailer http.Header
+		wantCalls   int64
+	}{
+		{name: "none", wantCalls: 1},
+		{name: "announced", announce: []string{"X-Checksum"}, trailer: http.Header{"X-Checksum": {"abc"}},
+			wantTrailer: http.Header{"X-Checksum": {"abc"}}, wantCalls: 2},
+		{name: "unannounced", trailer: http.Header{"X-Checksum": {"abc"}},
+			wantTrailer: http.Header{"X-Checksum": {"abc"}}, wantCalls: 2},
+		{name: "unannounced no-store", trailer: http.Header{"Cache-Control": {"no-store"}},
+			wantTrailer: http.Header{"Cache-Control": {"no-store"}}, wantCalls: 2},
+		{name: "DoNotStore after the body", late: func(r *http.Request) { DoNotStore(r.Context()) }, wantCalls: 2},
+		{name: "set through Header after the body", late: func(r *http.Request) {}, wantCalls: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(NewMemory(0, nil), Options{})
+			p := mustPolicy(t, PolicyOptions{TTL: time.Minute})
+			var calls atomic.Int64
+			fetch := proxyLike(&calls, tt.announce, tt.trailer, tt.late)
+			if tt.name == "set through Header after the body" {
+				// As httputil.ReverseProxy sets an unannounced trailer.
+				fetch = func(w http.ResponseWriter, r *http.Request) {
+					calls.Add(1)
+					io.WriteString(w, "body")
+					w.Header().Set(http.TrailerPrefix+"Set-Cookie", "session=1")
+				}
+			}
+			front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				c.Serve(w, r, p.KeyFor("prod", "r", "/", "", nil, nil), p, fetch)
+			}))
+			defer front.Close()
+			for i := range 2 {
+				res, err := front.Client().Get(front.URL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || string(body) != "body" {
+					t.Fatalf("request %d: body %q, %v", i, body, err)
+				}
+				if i == 0 && tt.wantTrailer != nil {
+					if diff := cmp.Diff(tt.wantTrailer, res.Trailer); diff != "" {
+						t.Errorf("trailer (-want +got):\n%s", diff)
+					}
+				}
+			}
+			if got := calls.Load(); got != tt.wantCalls {
+				t.Errorf("fetch calls = %d, want %d", got, tt.wantCalls)
+			}
+		})
+	}
+}
+
+// TestRequestBody: a GET with a body bypasses the cache, neither served
+// from an entry nor stored, since the body that goes upstream is in no
+// key.
+func TestRequestBody(t *testing.T) {
+	c := New(NewMemory(0, nil), Options{})
+	p := mustPolicy(t, PolicyOptions{TTL: time.Minute})
+	key := p.KeyFor("prod", "r", "/", "", nil, nil)
+	fetch := func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, "got "+string(b))
+	}
+	serve := func(body string) *httptest.ResponseRecorder {
+		var rb io.Reader
+		if body != "" {
+			rb = strings.NewReader(body)
+		}
+		rec := httptest.NewRecorder()
+		c.Serve(rec, httptest.NewRequest("GET", "/", rb), key, p, fetch)
+		return rec
+	}
+	if rec := serve("evil"); rec.Body.String() != "got evil" || rec.Header().Get("Cache-Status") != "keyward; fwd=bypass; detail=request-body" {
+		t.Errorf("with a body: %q %q", rec.Body, rec.Header().Get("Cache-Status"))
+	}
+	if rec := serve(""); rec.Body.String() != "got " {
+		t.Errorf("without a body after one with: %q, want the request's own answer", rec.Body)
+	}
+	if rec := serve("other"); rec.Body.String() != "got other" {
+		t.Errorf("with a body after a stored entry: %q", rec.Body)
+	}
+	if rec := serve(""); rec.Body.String() != "got " || !strings.HasPrefix(rec.Header().Get("Cache-Status"), "keyward; hit") {
+		t.Errorf("stored entry: %q %q", rec.Body, rec.Header().Get("Cache-Status"))
+	}
+}
+
+// TestConcurrentDetail: a request that waited for another for its key,
+// whose response was not stored, fetches for itself and says why it did
+// not store what it got.
+func TestConcurrentDetail(t *testing.T) {
+	c := New(NewMemory(0, nil), Options{})
+	p := mustPolicy(t, PolicyOptions{TTL: time.Minute})
+	key := p.KeyFor("", "r", "/", "", nil, nil)
+	release, leaderIn, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Serve(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), key, p, func(w http.ResponseWriter, r *http.Request) {
+			close(leaderIn)
+			<-release
+			w.Header().Set("Cache-Control", "private")
+			io.WriteString(w, "mine")
+		})
+	}()
+	<-leaderIn
+	c.onWait = func() { close(release) }
+	rec := httptest.NewRecorder()
+	c.Serve(rec, httptest.NewRequest("GET", "/", nil), key, p, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "public")
+	})
+	<-done
+	if got := rec.Header().Get("Cache-Status"); got != "keyward; fwd=uri-miss; fwd-status=200; detail=concurrent" {
+		t.Errorf("waiter's Cache-Status %q", got)
+	}
+}
+
 // TestDoNotStore: the gateway removes Set-Cookie before the cache sees the
 // response, and says so.
 func TestDoNotStore(t *testing.T) {
@@ -345,7 +549,7 @@ func TestDoNotStore(t *testing.T) {
 	h.get("/a")
 	got := h.get("/a")
 	h.wantCalls(2)
-	if got.header.Get("Set-Cookie") != "" || got.header.Get("Cache-Status") != "keyward; fwd=uri-miss; fwd-status=200" {
+	if got.header.Get("Set-Cookie") != "" || got.header.Get("Cache-Status") != "keyward; fwd=uri-miss; fwd-status=200; detail=personal" {
 		t.Errorf("got %q", got.header)
 	}
 	DoNotStore(context.Background()) // a context not from Serve: nothing happens
@@ -692,7 +896,7 @@ func TestStaleIfError(t *testing.T) {
 
 	h.setUpstream(reply(503, "down"))
 	h.clk.Advance(2 * time.Minute)
-	if got := h.get("/a"); got.status != 503 || got.header.Get("Cache-Status") != "keyward; fwd=uri-miss; fwd-status=503" {
+	if got := h.get("/a"); got.status != 503 || got.header.Get("Cache-Status") != "keyward; fwd=uri-miss; fwd-status=503; detail=status" {
 		t.Errorf("past the window: %d %q", got.status, got.header.Get("Cache-Status"))
 	}
 
@@ -784,7 +988,7 @@ func TestRefreshPanic(t *testing.T) {
 		faults = append(faults, err)
 	}})
 	p := mustPolicy(t, PolicyOptions{TTL: time.Minute, StaleWhileRevalidate: time.Minute})
-	key := p.Key("", "r", "/", nil, nil)
+	key := p.KeyFor("", "r", "/", "", nil, nil)
 	r := httptest.NewRequest("GET", "/", nil)
 	c.Serve(httptest.NewRecorder(), r, key, p, reply(200, "ok"))
 	clk.Advance(90 * time.Second)
@@ -806,7 +1010,7 @@ func TestRefreshPanic(t *testing.T) {
 func TestWaiterContext(t *testing.T) {
 	c := New(NewMemory(0, nil), Options{})
 	p := mustPolicy(t, PolicyOptions{TTL: time.Minute})
-	key := p.Key("", "r", "/", nil, nil)
+	key := p.KeyFor("", "r", "/", "", nil, nil)
 	release := make(chan struct{})
 	leaderIn := make(chan struct{})
 	done := make(chan struct{})
@@ -841,7 +1045,7 @@ func TestIsRevalidation(t *testing.T) {
 	clk := newClock()
 	c := New(NewMemory(0, clk.Now), Options{Now: clk.Now})
 	p := mustPolicy(t, PolicyOptions{TTL: time.Minute, StaleWhileRevalidate: time.Minute})
-	key := p.Key("", "r", "/", nil, nil)
+	key := p.KeyFor("", "r", "/", "", nil, nil)
 	var got []bool
 	fetch := func(w http.ResponseWriter, r *http.Request) {
 		got = append(got, IsRevalidation(r.Context()), r.Context().Err() != nil)

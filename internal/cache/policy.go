@@ -28,12 +28,10 @@ type PolicyOptions struct {
 	// TTL is how long a stored response is served as fresh. Required and
 	// positive.
 	TTL time.Duration
-	// Vary names the request headers whose values are part of the key, so
-	// that responses that differ by them are stored apart. Every client
-	// header the route forwards upstream and that changes the response must
-	// be listed, because the upstream's own Vary is not consulted (it names
-	// headers such as Authorization that the gateway, not the client, sets).
-	// Nil means none.
+	// Vary names client request headers whose values are part of the key
+	// whether or not they are forwarded, so that responses that differ by
+	// them are stored apart. Headers that are forwarded upstream need not be
+	// listed: KeyFor keys on all of them. Nil means none.
 	Vary []string
 	// StaleWhileRevalidate is how long past TTL a stale response is still
 	// served while one background request refreshes it (RFC 5861 section
@@ -154,10 +152,15 @@ const keyVersion = "keyward-cache-v1"
 
 // Key returns the key of a request: stage and route name, the normalised
 // escaped path, the query parameters the route allows (pass only those,
-// not the ones the gateway sets, which are constant), sorted by name and
-// then value so that their order does not split the cache, and the
+// not the ones the gateway sets), sorted by name and then value, and the
 // values of the policy's Vary headers from h, the inbound request's
 // header.
+//
+// Key is the key before KeyFor and is kept only until the gateway calls
+// KeyFor: it leaves out the headers a route forwards without listing them
+// in Vary (Accept, Accept-Language, headers.allow) and the parameters a
+// route sets from path parameters, so responses that differ by those are
+// stored under one key and one client's variant is served to others.
 //
 // Every part is length-prefixed, so no two different requests hash the
 // same input. A Vary header's field lines are joined and split on commas
@@ -188,6 +191,12 @@ func (p *Policy) Key(stage, route, path string, query url.Values, h http.Header)
 		}
 	}
 
+	return sha256.Sum256(p.appendVary(b, h))
+}
+
+// appendVary appends the values of the policy's Vary headers in h: a byte
+// for absent or present, then the canonical value.
+func (p *Policy) appendVary(b []byte, h http.Header) []byte {
 	for _, name := range p.vary {
 		vs, ok := h[name]
 		if !ok {
@@ -197,7 +206,73 @@ func (p *Policy) Key(stage, route, path string, query url.Values, h http.Header)
 		b = append(b, 1)
 		b = appendCanonicalValue(b, vs)
 	}
-	return sha256.Sum256(b)
+	return b
+}
+
+// keyForVersion starts every key KeyFor hashes: a layout of its own, so
+// that its keys and Key's never meet whatever the inputs.
+const keyForVersion = "keyward-cache-v2"
+
+// conditionalHeaders are the request fields that ask the upstream for
+// less than the full response. Its answer to them is either one the cache
+// never stores (304, 206, 412) or the full response, the same whatever
+// their values, so KeyFor leaves them out and a background refresh, which
+// must get the full response, drops them.
+var conditionalHeaders = []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"}
+
+// KeyFor keys a request by exactly what goes upstream on a miss: the
+// upstream path, the upstream query string as sent (repeated values keep
+// their order, as they do upstream), and every request header forwarded
+// (fwd: canonical names, values as sent; the conditional headers the
+// cache strips are not in it), plus the route's configured vary headers
+// read from the client request h.
+//
+// Two requests share a key only if the upstream would receive the same
+// request for both, so one client's variant is never served to another:
+// what a client sends either reaches the upstream, and then it is in the
+// key, or it does not, and then the upstream cannot answer by it. That
+// holds only if fwd is complete: every field whose value can differ
+// between two requests of the route, the client's forwarded fields and
+// the ones the gateway sets from path parameters. Fields the gateway sets
+// to one value for the whole route may be left out, since the route is in
+// the key. Fields the gateway sets from secrets may be passed: the key is
+// a one-way hash, and a rotated secret starts new entries. A field in fwd
+// with no values is not sent, and is left out like an absent one;
+// conditional fields (If-None-Match, If-Modified-Since, If-Match,
+// If-Unmodified-Since, If-Range, Range) are left out, so fwd can be the
+// outbound header as it is.
+//
+// Header names are sorted and each field's values keep their order and
+// spelling (the upstream sees them so); every part is length-prefixed,
+// so no two different requests hash the same input. The configured vary
+// headers are read as Key reads them. A request of the usual size is
+// encoded on the stack: KeyFor does not allocate.
+func (p *Policy) KeyFor(stage, route, path, rawQuery string, fwd, h http.Header) Key {
+	var stack [512]byte
+	b := append(stack[:0], keyForVersion...)
+	b = appendField(b, stage)
+	b = appendField(b, route)
+	b = appendField(b, path)
+	b = appendField(b, rawQuery)
+
+	var nameStack [16]string
+	names := nameStack[:0]
+	for name, vs := range fwd {
+		if len(vs) > 0 && !slices.Contains(conditionalHeaders, name) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	b = binary.AppendUvarint(b, uint64(len(names)))
+	for _, name := range names {
+		vs := fwd[name]
+		b = appendField(b, name)
+		b = binary.AppendUvarint(b, uint64(len(vs)))
+		for _, v := range vs {
+			b = appendField(b, v)
+		}
+	}
+	return sha256.Sum256(p.appendVary(b, h))
 }
 
 func appendField(b []byte, s string) []byte {
@@ -323,13 +398,19 @@ func (p *Policy) judge(status int, h http.Header) verdict {
 	case cc.noCache:
 		return verdict{why: "no-cache"}
 	}
-	for _, v := range h["Vary"] {
-		for elem := range strings.SplitSeq(v, ",") {
-			if strings.TrimSpace(elem) == "*" {
-				// RFC 9111 section 4.1: Vary: * never matches a later request.
-				return verdict{why: "vary"}
-			}
-		}
+	// The upstream's Vary names the request fields its answer was chosen
+	// by (RFC 9110 section 12.5.5). A named field needs no check here,
+	// because KeyFor keys on everything the upstream received: a field
+	// the client sent and the gateway forwarded is in the key, as sent;
+	// one the gateway did not forward never reached the upstream, which
+	// cannot have chosen by the client's value of it (it saw the gateway's
+	// own value or none, the same for every request of the key). "*" is
+	// a choice by something other than request fields, which no key can
+	// hold: RFC 9111 section 4.1 says it never matches, so it is not
+	// stored. Inputs KeyFor cannot see are kept out instead: a request
+	// with a body bypasses the cache (Serve).
+	if httpsyntax.HasToken(h["Vary"], "*") {
+		return verdict{why: "vary-star"}
 	}
 	if mt, _, _ := strings.Cut(h.Get("Content-Type"), ";"); strings.EqualFold(strings.TrimSpace(mt), "text/event-stream") {
 		return verdict{why: "event-stream"}

@@ -3,6 +3,7 @@ package cache
 import (
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -140,7 +141,8 @@ func TestJudge(t *testing.T) {
 		{"private with field names", p, 200, h("Cache-Control", `private="X-User"`), verdict{why: "private"}},
 		{"no-cache", p, 200, h("Cache-Control", "No-Cache"), verdict{why: "no-cache"}},
 		{"no-cache on second line", p, 200, h("Cache-Control", "public", "Cache-Control", "no-cache"), verdict{why: "no-cache"}},
-		{"vary star", p, 200, h("Vary", "Accept, *"), verdict{why: "vary"}},
+		{"vary star", p, 200, h("Vary", "Accept, *"), verdict{why: "vary-star"}},
+		{"vary star on second line", p, 200, h("Vary", "Accept", "Vary", " *"), verdict{why: "vary-star"}},
 		{"vary named ok", p, 200, h("Vary", "Accept-Encoding"), verdict{store: true, fresh: time.Minute}},
 		{"event stream", p, 200, h("Content-Type", "Text/Event-Stream; charset=utf-8"), verdict{why: "event-stream"}},
 		{"trailer", p, 200, h("Trailer", "X-Checksum"), verdict{why: "trailer"}},
@@ -186,4 +188,86 @@ func TestRequestNoStore(t *testing.T) {
 			t.Errorf("requestNoStore(%q) = %v, want %v", tt.cc, got, tt.want)
 		}
 	}
+}
+
+func TestKeyFor(t *testing.T) {
+	p := mustPolicy(t, PolicyOptions{TTL: time.Minute, Vary: []string{"X-Tenant"}})
+	type req struct {
+		stage, route, path, query string
+		fwd, header               http.Header
+	}
+	base := req{stage: "prod", route: "r", path: "/a", query: "page=1", fwd: http.Header{"Accept": {"application/json"}}}
+	with := func(f func(*req)) req {
+		r := base
+		f(&r)
+		return r
+	}
+	fwd := func(h http.Header) req { return with(func(r *req) { r.fwd = h }) }
+	many := func(changed string) http.Header {
+		h := http.Header{}
+		for i := range 20 {
+			h["X-H"+strconv.Itoa(i)] = []string{"v"}
+		}
+		h["X-H7"] = []string{changed}
+		return h
+	}
+	tests := []struct {
+		name string
+		a, b req
+		same bool
+	}{
+		{"identical", base, base, true},
+		{"stage differs", base, with(func(r *req) { r.stage = "dev" }), false},
+		{"route differs", base, with(func(r *req) { r.route = "s" }), false},
+		{"path differs", base, with(func(r *req) { r.path = "/b" }), false},
+		{"path and query boundary", with(func(r *req) { r.path, r.query = "/a?b", "" }), with(func(r *req) { r.path, r.query = "/a", "b" }), false},
+		{"query differs", base, with(func(r *req) { r.query = "page=2" }), false},
+		{"query absent vs empty value", with(func(r *req) { r.query = "" }), with(func(r *req) { r.query = "page=" }), false},
+		// The upstream sees the order: an API may take the first or the
+		// last of repeated values, or read the query as one string.
+		{"query order of repeated values", with(func(r *req) { r.query = "a=1&a=2" }), with(func(r *req) { r.query = "a=2&a=1" }), false},
+		{"query order of names", with(func(r *req) { r.query = "a=1&b=2" }), with(func(r *req) { r.query = "b=2&a=1" }), false},
+		{"accept differs", base, fwd(http.Header{"Accept": {"text/evil"}}), false},
+		{"headers in either map order", fwd(http.Header{"Accept": {"a"}, "Accept-Language": {"en"}, "X-Api-Version": {"2"}}), fwd(http.Header{"X-Api-Version": {"2"}, "Accept-Language": {"en"}, "Accept": {"a"}}), true},
+		{"field line order", fwd(http.Header{"Accept": {"a", "b"}}), fwd(http.Header{"Accept": {"b", "a"}}), false},
+		{"field lines vs one line", fwd(http.Header{"Accept": {"a", "b"}}), fwd(http.Header{"Accept": {"a, b"}}), false},
+		{"value spelled as sent", fwd(http.Header{"Accept-Language": {"en, de"}}), fwd(http.Header{"Accept-Language": {"en,de"}}), false},
+		{"forwarded vs not", fwd(http.Header{"Accept": {"a"}, "X-Api-Version": {"2"}}), fwd(http.Header{"Accept": {"a"}}), false},
+		{"forwarded empty vs absent", fwd(http.Header{"Accept": {""}}), fwd(nil), false},
+		{"no values is absent", fwd(http.Header{"Accept": {}}), fwd(nil), true},
+		{"name and value boundary", fwd(http.Header{"A": {"bc"}}), fwd(http.Header{"Ab": {"c"}}), false},
+		{"value boundary", fwd(http.Header{"A": {"b", "c"}}), fwd(http.Header{"A": {"bc"}}), false},
+		{"header and query apart", with(func(r *req) { r.query, r.fwd = "A", nil }), with(func(r *req) { r.query, r.fwd = "", http.Header{"A": {""}} }), false},
+		{"conditional headers left out", fwd(http.Header{"Accept": {"application/json"}, "If-None-Match": {`"v1"`}, "If-Modified-Since": {"Sat, 01 Jan 2026 00:00:00 GMT"}}), base, true},
+		{"range left out", fwd(http.Header{"Accept": {"application/json"}, "Range": {"bytes=0-10"}, "If-Range": {`"v1"`}}), base, true},
+		{"many headers, same", fwd(many("v")), fwd(many("v")), true},
+		{"many headers, one differs", fwd(many("v")), fwd(many("w")), false},
+		{"configured vary read from the request", with(func(r *req) { r.header = http.Header{"X-Tenant": {"a"}} }), with(func(r *req) { r.header = http.Header{"X-Tenant": {"b"}} }), false},
+		{"configured vary absent vs empty", with(func(r *req) { r.header = http.Header{"X-Tenant": {""}} }), base, false},
+		{"request header neither forwarded nor configured", with(func(r *req) { r.header = http.Header{"Accept": {"text/evil"}} }), base, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ka := p.KeyFor(tt.a.stage, tt.a.route, tt.a.path, tt.a.query, tt.a.fwd, tt.a.header)
+			kb := p.KeyFor(tt.b.stage, tt.b.route, tt.b.path, tt.b.query, tt.b.fwd, tt.b.header)
+			if (ka == kb) != tt.same {
+				t.Errorf("keys equal = %v, want %v", ka == kb, tt.same)
+			}
+		})
+	}
+
+	t.Run("never Key's", func(t *testing.T) {
+		if p.KeyFor("", "", "/", "", nil, nil) == p.Key("", "", "/", nil, nil) {
+			t.Error("KeyFor and Key agree on an empty request")
+		}
+	})
+	t.Run("no allocation", func(t *testing.T) {
+		fwd := http.Header{"Accept": {"application/vnd.github+json"}, "Accept-Language": {"en-GB, en;q=0.9"}, "X-Github-Api-Version": {"2022-11-28"}}
+		h := http.Header{"X-Tenant": {"acme"}}
+		if n := testing.AllocsPerRun(100, func() {
+			p.KeyFor("prod", "issues", "/repos/keyward/keyward/issues", "page=2&per_page=50", fwd, h)
+		}); n != 0 {
+			t.Errorf("KeyFor allocates %v times", n)
+		}
+	})
 }

@@ -22,8 +22,41 @@ import (
 //	keyward; fwd=stale; fwd-status=503; ttl=-8; detail=stale-if-error
 //	                                             upstream failed; stale entry served
 //	keyward; fwd=method                          not GET or HEAD; not cached
+//	keyward; fwd=bypass; detail=request-body     a GET or HEAD with a body; not cached
+//	keyward; fwd=uri-miss; fwd-status=200; detail=private
+//	                                             fetched, not stored, and why
 //
 // ttl is the remaining freshness in whole seconds, negative when stale.
+//
+// A response fetched but not stored says why in detail, one of a fixed
+// set. What the response's status and header show comes first:
+//
+//	status            the status is not one the route stores
+//	set-cookie        the response sets a cookie (Set-Cookie, Set-Cookie2)
+//	trailer           the response announces trailers, which a stored copy would lack
+//	no-store          Cache-Control: no-store
+//	private           Cache-Control: private
+//	no-cache          Cache-Control: no-cache (the cache does not revalidate)
+//	vary-star         Vary: * (RFC 9111 section 4.1: it never matches a request)
+//	event-stream      a text/event-stream, which never ends
+//	content-length    a malformed Content-Length
+//	too-large         a Content-Length above the route's max_entry
+//	stale-on-arrival  the upstream's max-age, less its Age, leaves no freshness
+//	personal          the gateway called DoNotStore (it removed a Set-Cookie)
+//
+// then, for a response that was storable, why the request did not store:
+//
+//	head              a HEAD request (it gets no body to store)
+//	request-no-store  the request said Cache-Control: no-store
+//	concurrent        the request waited for another request for the same
+//	                  key, whose response was not stored or did not come;
+//	                  only the first request of a key stores
+//
+// The header is sent before the body, so what only the body or what
+// follows it shows is not reported: a body longer than max_entry or
+// shorter than its Content-Length, a trailer (a Cache-Control or a
+// Set-Cookie in it), or DoNotStore called after the header. Such a
+// response says "stored" and is not; see tee.cacheStatus.
 
 func statusHit(e *Entry, now time.Time) string {
 	var buf [64]byte

@@ -4,7 +4,11 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/keyward/keyward/internal/httpsyntax"
 )
 
 // tee is the ResponseWriter fetch writes to. It passes the response to the
@@ -16,7 +20,10 @@ import (
 // own, so the stored fields are exactly the response's and never those
 // the gateway set on the client's writer before (CORS, RateLimit,
 // X-Request-Id); WriteHeader adds them to the client's header, as
-// httputil.ReverseProxy adds the upstream's.
+// httputil.ReverseProxy adds the upstream's, and empties that map: from
+// then on, as with net/http's own writer, fetch may only put trailers in
+// it (keyward's proxy does, having kept the map from before the header),
+// and finish passes them on.
 type tee struct {
 	w     http.ResponseWriter
 	h     http.Header
@@ -24,17 +31,23 @@ type tee struct {
 	p     *Policy
 	fwd   string // the fwd parameter of Cache-Status
 	store bool   // whether a storable response is kept
+	why   string // the detail of Cache-Status when store is false and the response itself was storable
 	stale *Entry // served instead of a 5xx, if not nil
 
-	wrote    bool
-	status   int
-	verdict  verdict
-	received time.Time
-	declared int64 // Content-Length, -1 if none
-	buf      []byte
-	capture  bool // still copying the body into buf
-	swallow  bool // discarding a 5xx that stale replaces
-	refused  bool // DoNotStore was called
+	wrote     bool
+	status    int
+	verdict   verdict
+	received  time.Time
+	declared  int64       // Content-Length, -1 if none
+	header    http.Header // the stored form of the response's header, taken when it is written
+	announced []string    // the response's Trailer field
+	buf       []byte
+	capture   bool // still copying the body into buf
+	swallow   bool // discarding a 5xx that stale replaces
+	// refused is set by DoNotStore; atomic so that a call from another
+	// goroutine than fetch's is not a data race, though only one made
+	// before fetch returns has an effect.
+	refused atomic.Bool
 
 	// onGiveUp, if not nil, is called once when the response turns out not
 	// storable, so that requests waiting for it need not wait for its end.
@@ -65,11 +78,19 @@ func (t *tee) WriteHeader(code int) {
 	t.wrote, t.status = true, code
 	t.received = t.c.now()
 	t.declared = -1
-	if t.store && !t.refused {
-		t.verdict = t.p.judge(code, t.h)
+	// Judged even when nothing is kept, so that Cache-Status says what in
+	// the response, if anything, would have prevented storing it.
+	t.verdict = t.p.judge(code, t.h)
+	switch {
+	case !t.verdict.store:
+	case t.refused.Load():
+		t.verdict = verdict{why: "personal"}
+	case !t.store:
+		t.verdict = verdict{why: t.why}
 	}
 	if t.verdict.store {
 		t.capture = true
+		t.header = storedHeader(t.h)
 		if cl := t.h.Get("Content-Length"); cl != "" {
 			t.declared, _ = strconv.ParseInt(cl, 10, 64) // judge checked it
 			t.buf = make([]byte, 0, t.declared)
@@ -86,7 +107,51 @@ func (t *tee) WriteHeader(code int) {
 		dst[k] = append(dst[k], vs...)
 	}
 	dst["Cache-Status"] = append(dst["Cache-Status"], t.cacheStatus())
+	t.announced = t.h["Trailer"]
+	clear(t.h)
 	t.w.WriteHeader(code)
+}
+
+// finish completes the response once fetch has returned, before the
+// handler does (so that the client's writer still sends trailers).
+// Trailers fetch set in the map it held from before WriteHeader reach the
+// client now: those the response announced and those under
+// http.TrailerPrefix; any other field set there after the header is
+// dropped, as net/http drops it.
+//
+// A response with trailers is not stored. Its stored copy would lack
+// them, and a trailer can say what the header could not yet: a
+// Cache-Control of no-store or private, a Set-Cookie. (The gateway
+// removes Set-Cookie from trailers before they get here and calls
+// DoNotStore instead, which also counts until fetch returns.) The header
+// announced the response as stored by then; see cacheStatus.
+func (t *tee) finish() {
+	if !t.wrote || t.swallow {
+		return
+	}
+	dst := t.w.Header()
+	for k, vs := range t.h {
+		if strings.HasPrefix(k, http.TrailerPrefix) || httpsyntax.HasToken(t.announced, k) {
+			dst[k] = append(dst[k], vs...)
+		}
+	}
+	if t.capture && (len(t.h) > 0 || hasTrailers(dst) || t.refused.Load()) {
+		t.capture, t.buf = false, nil
+		t.giveUp()
+	}
+}
+
+// hasTrailers reports whether h holds a trailer under http.TrailerPrefix,
+// as fetch sets one through Header after the header was written. An
+// announced one needs no search: the response's Trailer field already
+// kept it from being stored.
+func hasTrailers(h http.Header) bool {
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // informational passes a 1xx response on with the fields fetch set for it,
@@ -121,12 +186,15 @@ func (t *tee) cacheStatus() string {
 	b = strconv.AppendInt(b, int64(t.status), 10)
 	if t.verdict.store {
 		// "stored" is decided here, before the body: a storable response
-		// whose body later proves too large or truncated, or that the
-		// store fails to take, is announced as stored but not kept. The
-		// alternative, buffering the body before sending the header,
-		// would break streaming.
+		// whose body later proves too large or truncated, that brings
+		// trailers or a late DoNotStore, or that the store fails to take,
+		// is announced as stored but not kept. The alternative, buffering
+		// the body before sending the header, would break streaming.
 		b = append(b, "; stored; ttl="...)
 		b = strconv.AppendInt(b, int64((t.verdict.fresh)/time.Second), 10)
+	} else if t.verdict.why != "" {
+		b = append(b, "; detail="...)
+		b = append(b, t.verdict.why...)
 	}
 	return string(b)
 }
@@ -172,8 +240,9 @@ func (t *tee) giveUp() {
 	}
 }
 
-// entry returns the stored form of the response once fetch has returned,
-// or nil if it is not storable: not written, disqualified by its header,
+// entry returns the stored form of the response once fetch has returned
+// and finish has run, or nil if it is not storable: not written,
+// disqualified by its header or its trailers, refused by DoNotStore,
 // larger than the limit, or shorter than its Content-Length (a truncated
 // upstream body; a truncation without Content-Length makes
 // httputil.ReverseProxy panic, and then there is no entry either).
@@ -183,7 +252,7 @@ func (t *tee) entry() *Entry {
 	}
 	return &Entry{
 		Status:         t.status,
-		Header:         storedHeader(t.h),
+		Header:         t.header,
 		Body:           t.buf,
 		Date:           t.received.Add(-t.verdict.age),
 		Expires:        t.received.Add(t.verdict.fresh),
@@ -194,16 +263,16 @@ func (t *tee) entry() *Entry {
 type teeKey struct{}
 
 // DoNotStore marks the response being fetched for the request whose
-// context is ctx as unfit to store. It is for what the cache cannot see:
-// the gateway calls it from httputil.ReverseProxy.ModifyResponse when it
-// removes a field that made the response personal, such as Set-Cookie,
-// because the cache only sees the response after ModifyResponse. It must
-// be called before the response's header is written, on fetch's
-// goroutine, and does nothing for a context that did not come from
-// Serve.
+// context is ctx as personal, unfit to store. It is for what the cache
+// cannot see: the gateway calls it when it removes a field that made the
+// response personal, such as a Set-Cookie in the header or in a trailer,
+// because the cache only sees the response after that. It takes effect
+// if called before fetch returns, even after the body was written; called
+// before the header, it also makes Cache-Status say detail=personal. It
+// does nothing for a context that did not come from Serve.
 func DoNotStore(ctx context.Context) {
 	if t, ok := ctx.Value(teeKey{}).(*tee); ok {
-		t.refused = true
+		t.refused.Store(true)
 	}
 }
 
