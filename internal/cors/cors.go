@@ -292,3 +292,21 @@ func validToken(s string) bool {
 	}
 	return true
 }
+
+// SameOrigin reports whether origin is the gateway's own origin as r
+// reached it: a page served from the gateway's host needs no CORS policy.
+// The scheme is not compared: behind a TLS-terminating proxy a request
+// arrives over http while the page's origin says https, and both name
+// the same host.
+func SameOrigin(origin string, r *http.Request) bool {
+	if origin == "" || r.Host == "" {
+		return false
+	}
+	rest, ok := strings.CutPrefix(origin, "https://")
+	if !ok {
+		if rest, ok = strings.CutPrefix(origin, "http://"); !ok {
+			return false
+		}
+	}
+	return strings.EqualFold(rest, r.Host)
+}

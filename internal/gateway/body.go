@@ -4,34 +4,34 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 
+	"github.com/keyward/keyward/internal/cache"
 	"github.com/keyward/keyward/internal/transform"
 	"github.com/keyward/keyward/internal/validate"
 )
 
 // prepareBody validates the request and runs the request transform. Both
 // need the whole body, so only routes that use them buffer it (bounded by
-// max_body). It returns false when it has answered the request itself.
-func (g *Gateway) prepareBody(w http.ResponseWriter, r *http.Request, x *exchange) bool {
+// max_body).
+func (g *Gateway) prepareBody(r *http.Request, x *exchange) error {
 	ep := x.ep
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
 		var tooLarge bool
 		var err error
 		body, tooLarge, err = validate.ReadBody(r.Body, ep.maxBody)
-		var maxErr *http.MaxBytesError
 		switch {
-		case tooLarge || errors.As(err, &maxErr):
-			g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
-			return false
+		case tooLarge:
+			return refused(http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
 		case err != nil:
-			g.fail(w, x, http.StatusBadRequest, "bad_request", "could not read the request body")
-			return false
+			status, code, msg := clientBodyRefusal(err)
+			return refused(status, code, msg)
 		}
 	}
 	ctype := r.Header.Get("Content-Type")
@@ -40,14 +40,12 @@ func (g *Gateway) prepareBody(w http.ResponseWriter, r *http.Request, x *exchang
 		if len(vs) > 1 {
 			msg += "s"
 		}
-		g.failWith(w, x, validate.Status(vs), validate.Code(vs), msg, vs)
-		return false
+		return &refusal{status: validate.Status(vs), code: validate.Code(vs), msg: msg, violations: vs}
 	}
 	if t := ep.transform; t != nil && t.Request != nil {
 		res, err := t.Request.Run(r.Context(), body, ctype, ep.vars(x, r, true))
 		if err != nil {
-			g.transformFailed(w, x, err)
-			return false
+			return transformRefusal(err)
 		}
 		body = res.Body
 		if !res.Passed && t.ContentType != "" {
@@ -62,7 +60,7 @@ func (g *Gateway) prepareBody(w http.ResponseWriter, r *http.Request, x *exchang
 	if len(body) == 0 {
 		r.Body = http.NoBody
 	}
-	return true
+	return nil
 }
 
 // vars are what a jq expression may read besides its input; secrets only
@@ -91,10 +89,16 @@ func (ep *endpoint) allowedQuery(r *http.Request) url.Values {
 	return q
 }
 
-// transformResponse runs the response transform on a JSON response. Other
-// content (event streams among them) passes untouched and is never
-// buffered.
-func (g *Gateway) transformResponse(resp *http.Response, x *exchange) error {
+// ModifyResponse is the proxy's ResponseHook: it keeps a response that
+// set a cookie out of the cache, and runs the route's response transform
+// on a JSON response. Other content (event streams among them) passes
+// untouched and is never buffered.
+func (x *exchange) ModifyResponse(resp *http.Response) error {
+	if x.SetCookie && x.ep.cache != nil {
+		// The cookie was dropped, but a response that set one is about one
+		// client's session: never store it for others.
+		cache.DoNotStore(resp.Request.Context())
+	}
 	t := x.ep.transform
 	if t == nil || t.Response == nil || !isJSON(resp.Header.Get("Content-Type")) {
 		return nil
@@ -129,16 +133,14 @@ func (g *Gateway) transformResponse(resp *http.Response, x *exchange) error {
 	return nil
 }
 
-// transformFailed answers a failed transform with its client-safe message
+// transformRefusal answers a failed transform with its client-safe message
 // and logs the scrubbed detail.
-func (g *Gateway) transformFailed(w http.ResponseWriter, x *exchange, err error) {
+func transformRefusal(err error) error {
 	var re *transform.RunError
 	if !errors.As(err, &re) {
-		g.fail(w, x, http.StatusBadGateway, transform.CodeFailed, "the transform failed")
-		return
+		re = &transform.RunError{Code: transform.CodeFailed, Status: http.StatusBadGateway, Message: "the transform failed", Detail: err.Error()}
 	}
-	g.opts.Logger.Warn("transform failed", slogString("route", x.ep.name), slogString("error", g.scrub.String(re.Error())))
-	g.fail(w, x, re.Status, re.Code, re.Message)
+	return &refusal{status: re.Status, code: re.Code, msg: re.Message, cause: re, logMsg: "transform failed", level: slog.LevelWarn}
 }
 
 func isJSON(ct string) bool {

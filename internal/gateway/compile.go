@@ -18,6 +18,7 @@ import (
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/placeholder"
+	"github.com/keyward/keyward/internal/proxy"
 	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/route"
 	"github.com/keyward/keyward/internal/scrub"
@@ -34,7 +35,7 @@ var defaultHeaders = []string{"Accept", "Accept-Language", "Content-Type", "If-N
 // hopByHop are the headers a route can neither allow nor set: those that
 // describe one connection (hopHeaders), and the two the request's own
 // framing and target decide.
-var hopByHop = append(slices.Clip(hopHeaders), "Host", "Content-Length")
+var hopByHop = append(proxy.HopHeaders(), "Host", "Content-Length")
 
 // knownMethods are the methods a route may allow. CONNECT and TRACE are
 // not among them: a gateway never tunnels or reflects.
@@ -126,6 +127,9 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	if len(cfg.Routes) == 0 {
 		c.errorf("routes", "at least one route is required")
 	}
+	if cfg.CORS == nil && !slices.ContainsFunc(cfg.Routes, func(r config.Route) bool { return r.CORS != nil }) {
+		c.warnf("routes", "no cors policy: requests from browsers on other origins get 403 and never reach the upstream; add cors.allow_origins for the sites that call keyward")
+	}
 	for name := range cfg.Secrets {
 		if !c.used[name] {
 			c.warnf("secrets."+name, "secret %q is never used", name)
@@ -140,6 +144,7 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 		g.secrets = append(g.secrets, v)
 	}
 	g.scrub = scrub.New(g.secrets)
+	g.proxy = &proxy.Proxy{Transport: g.opts.Transport, Scrubber: g.scrub, Now: g.opts.Now}
 	if c.usesCache {
 		g.cache = c.opts.Cache
 	}
@@ -292,22 +297,26 @@ func (c *compiler) store(cfg *config.Config) {
 // defaultBurst lets a page fire a handful of requests at once.
 const defaultBurst = 10
 
-// limits compiles a route's limits. On a cached route the route budget is
-// checked only when a request goes upstream: it is the ceiling of the
-// upstream bill, and a cache hit costs nothing there. Per-client limits
-// apply to every request, hit or miss.
+// limits compiles a route's limits in two parts. The per-client rate is
+// checked early, on every request: it holds off request pressure, and a
+// refusal counts against it. The budgets (the route's, and each
+// client's) are the ceiling of the upstream bill, so they are spent only
+// when a request goes upstream: a request refused on the way, or answered
+// from the cache, costs none of them.
 func (c *compiler) limits(path string, lc *config.Limits, ep *endpoint) {
-	l := c.limiter(path, lc, ep)
-	if l == nil || ep.cache == nil || lc.Budget == "" {
-		ep.limiter = l
+	if lc.Rate == "" && lc.Budget == "" && lc.ClientBudget == "" {
+		c.errorf(path, "set rate, budget or client_budget")
 		return
 	}
-	perClient, budget := *lc, config.Limits{Budget: lc.Budget, OnStoreError: lc.OnStoreError, StoreTimeout: lc.StoreTimeout}
-	perClient.Budget = ""
-	if perClient.Rate != "" || perClient.ClientBudget != "" {
-		ep.limiter = c.limiter(path, &perClient, ep)
+	rate, budget := *lc, *lc
+	rate.Budget, rate.ClientBudget = "", ""
+	budget.Rate, budget.Burst = "", 0
+	if rate.Rate != "" {
+		ep.rate = c.limiter(path, &rate, ep)
 	}
-	ep.budget = c.limiter(path, &budget, ep)
+	if budget.Budget != "" || budget.ClientBudget != "" {
+		ep.budget = c.limiter(path, &budget, ep)
+	}
 }
 
 func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
@@ -770,9 +779,16 @@ func (c *compiler) headers(path string, rc *config.Route, ep *endpoint, res plac
 
 func (ep *endpoint) headerAllowNames() []string { return ep.headerAllow }
 
+// denyOthers is the policy of a route without CORS (no cors block, or
+// disabled: true): no origin is allowed, so a request from another
+// origin gets 403 and never reaches the upstream. Without it any site
+// could make its visitors' browsers spend the key with simple requests
+// (the browser would hide the answer, not stop the call).
+var denyOthers, _ = cors.New(cors.Options{RejectOtherOrigins: true})
+
 func (c *compiler) cors(path string, cc *config.CORS, methods, allowHeaders []string) *cors.Policy {
 	if cc == nil || cc.Disabled {
-		return nil
+		return denyOthers
 	}
 	o := cors.Options{
 		AllowOrigins:       cc.AllowOrigins,

@@ -302,7 +302,7 @@ func TestEndToEnd(t *testing.T) {
 		if res.Status != 502 || !strings.Contains(res.Body, "upstream_unavailable") {
 			t.Errorf("down: %d %s", res.Status, res.Body)
 		}
-		if !strings.Contains(h.Logs.String(), `"msg":"upstream error","route":"down","upstream":"http://`) {
+		if logs := h.Logs.String(); !strings.Contains(logs, `"msg":"upstream error","id":"`) || !strings.Contains(logs, `"route":"down","upstream":"http://`) {
 			t.Errorf("the upstream error was not logged")
 		}
 		h.Up.Take()

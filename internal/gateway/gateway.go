@@ -1,15 +1,14 @@
 // Package gateway compiles a config into an immutable Gateway and serves
 // requests through it. The request path reads top to bottom in
-// Gateway.ServeHTTP: path check → match → CORS → method → limits → params
-// → query and upstream path → body limit → validation and request
-// transform → cache (or forward) → upstream request (secrets last, into
-// the outbound request only; the route budget on the way out) → response
-// filters (headers, scrubbing, response transform) → access log.
+// Gateway.serve: path check → match → CORS → method → per-client rate →
+// params → query and upstream path → body limit → validation and request
+// transform → cache (or forward) → budgets → upstream request (secrets
+// last, into the outbound request only) → internal/proxy (response
+// filters, scrubbing, response transform) → access log. Every refusal is
+// returned as an error and answered in one place (refuse).
 package gateway
 
 import (
-	"context"
-	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -25,6 +24,7 @@ import (
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/placeholder"
+	"github.com/keyward/keyward/internal/proxy"
 	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/route"
 	"github.com/keyward/keyward/internal/scrub"
@@ -86,6 +86,7 @@ type Gateway struct {
 	endpoints []*endpoint
 	secrets   []secret.Value
 	scrub     *scrub.Scrubber
+	proxy     *proxy.Proxy
 	outbound  *outboundPolicy
 	clients   *clientip.Resolver
 	cache     *cache.Cache // nil when no route caches
@@ -109,8 +110,8 @@ type endpoint struct {
 	idleTimeout       time.Duration
 	maxBody           int64
 	cors              *cors.Policy
-	limiter           *ratelimit.Limiter   // nil: no limits
-	budget            *ratelimit.Limiter   // route budget of a cached route, checked on misses only
+	rate              *ratelimit.Limiter   // per-client rate, checked early; nil: none
+	budget            *ratelimit.Limiter   // client and route budgets, spent only on what goes upstream; nil: none
 	cache             *cache.Policy        // nil: not cached
 	cacheRoute        string               // route identity in cache keys
 	vary              string               // request headers the cache varies on, for the response's Vary
@@ -158,95 +159,72 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.cur.Load().ServeHTTP(w, r)
 }
 
-// exchange is the per-request state the proxy hooks need. It is also the
-// context of the outbound request (it answers Value(exchangeKey{}) with
-// itself), which saves an allocation per request over context.WithValue.
+// exchange is the state of one request. It embeds the forwarding state
+// (proxy.Exchange, the outbound request's context), so a request costs one
+// allocation for both.
 type exchange struct {
-	context.Context                 // set in forward: cancelled by the client or the timer
-	parent          context.Context // the inbound request's context
-	rec             recorder
-	id              [1]string // X-Request-Id header value
-	url             url.URL   // the upstream URL
-	g               *Gateway
-	ep              *endpoint
-	params          route.Params
-	start           time.Time
-	upStart         time.Time
-	upDur           time.Duration
-	path            string // escaped upstream path
-	rawPath         string // decoded upstream path
-	query           string
-	timer           *time.Timer
-	cancel          context.CancelCauseFunc
-	status          int
-	errCode         string
-	ctype           string        // Content-Type set by a request transform
-	in              *http.Request // the inbound request, once forwarding started
-	// streaming is set once the upstream's headers arrived; the timer then
-	// guards the body's idle time instead of the wait for headers.
-	streaming atomic.Bool
+	proxy.Exchange
+	rec     recorder
+	id      [1]string // X-Request-Id header value
+	url     url.URL   // the upstream URL
+	g       *Gateway
+	ep      *endpoint
+	params  route.Params
+	start   time.Time
+	path    string // escaped upstream path
+	rawPath string // decoded upstream path
+	query   string
+	status  int
+	errCode string
+	ctype   string        // Content-Type set by a request transform
+	in      *http.Request // the inbound request, once forwarding started
 }
 
+// exchangeKey finds the exchange in the outbound request's context, for
+// the dialler's outbound policy.
 type exchangeKey struct{}
 
-// clientGone reports whether the inbound request's own context ended (the
-// client went away), as opposed to the exchange's timer firing.
-func (x *exchange) clientGone() bool { return x.in != nil && x.parent.Err() != nil }
-
-// Value returns the exchange for exchangeKey and asks the parent otherwise.
+// Value returns the exchange for exchangeKey and asks the forwarding
+// context otherwise.
 func (x *exchange) Value(key any) any {
 	if key == (exchangeKey{}) {
 		return x
 	}
-	return x.Context.Value(key)
+	return x.Exchange.Value(key)
 }
 
-// Cancel causes of an exchange, so the error handler can tell a timeout
-// from a client that went away.
-var (
-	// errUpstreamTimeout: the upstream's headers took longer than the
-	// route's timeout.
-	errUpstreamTimeout = errors.New("upstream response timeout")
-	// errUpstreamStalled: the upstream's body was silent for longer than
-	// the route's idle_timeout.
-	errUpstreamStalled = errors.New("upstream response body stalled")
-)
-
-// ServeHTTP is the request path.
+// ServeHTTP is the request path. Every refusal on the way is returned as
+// an error and answered in one place (refuse).
 func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	x := &exchange{g: g, start: g.opts.Now(), rec: recorder{ResponseWriter: rw}}
 	w := &x.rec
 	x.id[0] = requestID(r)
-	id := x.id[0]
 	w.Header()["X-Request-Id"] = x.id[:]
-	defer func() {
-		// proxy aborts the response with http.ErrAbortHandler when the
-		// upstream body fails mid-way (reset, stalled past idle_timeout),
-		// so the client sees a broken response, never a clean truncated one.
-		// Log it as such, then let the server abort the connection.
-		if p := recover(); p != nil {
-			if x.status != 499 {
-				x.errCode = "response_aborted"
-			}
-			g.finish(w, r, x, id)
-			panic(p)
-		}
-		g.finish(w, r, x, id)
-	}()
+	// finish runs even when refuse cuts the connection with a panic.
+	defer g.finish(w, r, x)
+	if err := g.serve(w, r, x); err != nil {
+		g.refuse(w, x, err)
+	}
+	if x.status == 0 {
+		x.status = w.status
+	}
+}
 
+// serve runs the request path: match → CORS → method → rate → params →
+// upstream query and path → body → cache or forward.
+func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
+	origin := r.Header.Get("Origin")
 	// Refuse what a gateway never forwards: absolute-form targets that
 	// name another host, CONNECT, TRACE and "OPTIONS *".
 	if r.URL.IsAbs() || r.RequestURI == "*" || r.Method == http.MethodConnect || r.Method == http.MethodTrace {
-		g.cors.Actual(w.Header(), r.Header.Get("Origin"))
-		g.fail(w, x, http.StatusBadRequest, "bad_request", "request target or method not supported")
-		return
+		g.cors.Actual(w.Header(), origin)
+		return refused(http.StatusBadRequest, "bad_request", "request target or method not supported")
 	}
 	escaped := r.URL.EscapedPath()
 	if err := route.CheckPath(escaped); err != nil {
 		// No route yet: the global CORS policy lets a page read why.
-		g.cors.Actual(w.Header(), r.Header.Get("Origin"))
-		g.fail(w, x, http.StatusBadRequest, "bad_path", strings.TrimPrefix(err.Error(), route.ErrBadPath.Error()+"\n"))
-		return
+		g.cors.Actual(w.Header(), origin)
+		return refused(http.StatusBadRequest, "bad_path", strings.TrimPrefix(err.Error(), route.ErrBadPath.Error()+"\n"))
 	}
 
 	router := g.root
@@ -257,59 +235,56 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	ep, ok := router.Match(escaped, &x.params)
 	if !ok {
-		g.cors.Actual(w.Header(), r.Header.Get("Origin"))
-		g.fail(w, x, http.StatusNotFound, "not_found", "no route for this path")
-		return
+		g.cors.Actual(w.Header(), origin)
+		return refused(http.StatusNotFound, "not_found", "no route for this path")
 	}
 	x.ep = ep
 
 	if cors.IsPreflight(r) {
 		if ref := ep.cors.Preflight(w.Header(), r, ep.methods); ref != nil {
-			g.fail(w, x, http.StatusForbidden, ref.Code, ref.Message)
-			return
+			return refused(http.StatusForbidden, ref.Code, ref.Message)
 		}
 		x.status = http.StatusNoContent
 		w.WriteHeader(http.StatusNoContent)
-		return
+		return nil
 	}
-	if ref := ep.cors.Actual(w.Header(), r.Header.Get("Origin")); ref != nil {
-		g.fail(w, x, http.StatusForbidden, ref.Code, ref.Message)
-		return
+	// A request from another origin never reaches the upstream unless the
+	// policy allows that origin: a browser hiding the answer would not
+	// stop the bill. A page on the gateway's own origin needs no policy.
+	if ref := ep.cors.Actual(w.Header(), origin); ref != nil && !cors.SameOrigin(origin, r) {
+		return refused(http.StatusForbidden, ref.Code, ref.Message)
 	}
 
 	if !ep.allows(r.Method) {
 		w.Header()["Allow"] = ep.allow
-		g.fail(w, x, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed; allowed: "+ep.allow[0])
-		return
+		return refused(http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed; allowed: "+ep.allow[0])
 	}
-	if ep.limiter != nil && !g.allowed(w, r, x, ep.limiter) {
-		return
+	if ep.rate != nil {
+		if err := g.limit(w, r, x, ep.rate); err != nil {
+			return err
+		}
 	}
 	for i, re := range ep.paramRE {
 		if _, v := x.params.At(i); re != nil && !re.MatchString(v) {
-			g.fail(w, x, http.StatusBadRequest, "invalid_param", "path parameter {"+ep.public.Names[i]+"} does not match its pattern")
-			return
+			return refused(http.StatusBadRequest, "invalid_param", "path parameter {"+ep.public.Names[i]+"} does not match its pattern")
 		}
 	}
 	var err error
 	if x.query, err = ep.outboundQuery(r.URL.RawQuery, &x.params); err != nil {
-		g.fail(w, x, http.StatusBadRequest, "invalid_query", err.Error())
-		return
+		return refused(http.StatusBadRequest, "invalid_query", err.Error())
 	}
 	if x.path, x.rawPath, err = ep.upstream.Path(&x.params); err != nil {
-		g.fail(w, x, http.StatusBadRequest, "bad_path", "path parameters do not form a valid upstream path")
-		return
+		return refused(http.StatusBadRequest, "bad_path", "path parameters do not form a valid upstream path")
 	}
 	if r.ContentLength > ep.maxBody {
-		g.fail(w, x, http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
-		return
+		return refused(http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = g.slowBodyGuard(w, http.MaxBytesReader(w, r.Body, ep.maxBody))
 	}
 	if ep.validator != nil || ep.transform != nil && ep.transform.Request != nil {
-		if !g.prepareBody(w, r, x) {
-			return
+		if err := g.prepareBody(r, x); err != nil {
+			return err
 		}
 	}
 
@@ -320,37 +295,29 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		if w.status != 0 {
 			x.status = w.status
 		}
-	} else {
-		g.forward(w, r, x)
+		return nil
 	}
-	if x.status == 0 {
-		x.status = w.status
-	}
+	return g.forward(w, r, x)
 }
 
-// forward sends the request upstream and relays the answer.
-func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) {
-	if x.ep.budget != nil && !g.allowed(w, r, x, x.ep.budget) {
-		return
-	}
-	x.parent = r.Context()
-	ctx, cancel := context.WithCancelCause(x.parent)
-	x.cancel = cancel
-	x.timer = time.AfterFunc(x.ep.timeout, func() {
-		if x.streaming.Load() {
-			cancel(errUpstreamStalled)
-			return
+// forward spends the route's budgets, then sends the request upstream and
+// relays the answer. Budgets count what goes upstream: a request refused
+// on the way here, or answered from the cache, costs none of them.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) error {
+	if x.ep.budget != nil {
+		if err := g.limit(w, r, x, x.ep.budget); err != nil {
+			return err
 		}
-		cancel(errUpstreamTimeout)
-	})
-	defer func() {
-		x.timer.Stop()
-		cancel(nil)
-	}()
-	x.upStart = g.opts.Now()
-	x.Context = ctx
+	}
 	x.in = r
-	g.proxy(w, r, x)
+	x.Begin(r.Context(), x.ep.timeout, x.ep.idleTimeout)
+	defer x.End()
+	err := g.proxy.Forward(w, g.outboundRequest(r, x), &x.Exchange, x)
+	if x.SetCookie && x.ep.cache != nil {
+		// A cookie in the upstream's trailers arrives after the body.
+		cache.DoNotStore(r.Context())
+	}
+	return err
 }
 
 // serveCached answers from the cache or forwards, coalescing concurrent
@@ -370,11 +337,16 @@ func (g *Gateway) serveCached(w http.ResponseWriter, r *http.Request, x *exchang
 		if cache.IsRevalidation(cr.Context()) {
 			// A background refresh runs after this request has ended: it
 			// gets an exchange of its own.
-			g.forward(cw, cr, &exchange{g: g, ep: ep, params: x.params, start: g.opts.Now(),
-				path: x.path, rawPath: x.rawPath, query: x.query})
+			bx := &exchange{g: g, ep: ep, params: x.params, start: g.opts.Now(),
+				path: x.path, rawPath: x.rawPath, query: x.query}
+			if err := g.forward(cw, cr, bx); err != nil {
+				g.refuse(cw, bx, err)
+			}
 			return
 		}
-		g.forward(cw, cr, x)
+		if err := g.forward(cw, cr, x); err != nil {
+			g.refuse(cw, x, err)
+		}
 	})
 }
 

@@ -7,10 +7,10 @@ import (
 	"github.com/keyward/keyward/internal/ratelimit"
 )
 
-// allowed applies limiter to the client. It returns false when it has
-// answered the request (429, or 503 when the store failed and the route
-// fails closed). Refused requests are not counted.
-func (g *Gateway) allowed(w http.ResponseWriter, r *http.Request, x *exchange, l *ratelimit.Limiter) bool {
+// limit applies l to the client. A refusal (429, or 503 when the store
+// failed and the route fails closed) is returned; refused requests are not
+// counted.
+func (g *Gateway) limit(w http.ResponseWriter, r *http.Request, x *exchange, l *ratelimit.Limiter) error {
 	var buf [64]byte
 	key := string(g.clients.AppendKey(buf[:0], g.clients.ClientIP(r)))
 	res := l.Allow(r.Context(), key)
@@ -18,22 +18,23 @@ func (g *Gateway) allowed(w http.ResponseWriter, r *http.Request, x *exchange, l
 	if m := g.opts.Metrics; m != nil && res.Budget != (ratelimit.Decision{}) {
 		m.BudgetRemaining(x.ep.name, res.Budget.Remaining)
 	}
+	var rf *refusal
 	switch res.Reason {
 	case ratelimit.ReasonNone:
-		return true
+		return nil
 	case ratelimit.ReasonRate:
-		g.fail(w, x, http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the time in Retry-After")
+		rf = refused(http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the time in Retry-After")
 	case ratelimit.ReasonClientBudget:
-		g.fail(w, x, http.StatusTooManyRequests, "client_budget_exhausted", "this client's request budget for the period is spent")
+		rf = refused(http.StatusTooManyRequests, "client_budget_exhausted", "this client's request budget for the period is spent")
 	case ratelimit.ReasonBudget:
-		g.fail(w, x, http.StatusTooManyRequests, "budget_exhausted", "this route's request budget for the period is spent")
+		rf = refused(http.StatusTooManyRequests, "budget_exhausted", "this route's request budget for the period is spent")
 	default:
-		g.fail(w, x, http.StatusServiceUnavailable, "store_unavailable", "limits cannot be checked right now; try again shortly")
+		rf = refused(http.StatusServiceUnavailable, "store_unavailable", "limits cannot be checked right now; try again shortly")
 	}
 	if m := g.opts.Metrics; m != nil {
 		m.Limited(x.ep.name, res.Reason.String())
 	}
-	return false
+	return rf
 }
 
 // faultLogInterval is how often a failing store is logged: every request
