@@ -144,8 +144,9 @@ func (p *hostPool) get(ctx context.Context, fresh bool) (*conn, error) {
 		p.idle[n] = nil
 		p.idle = p.idle[:n]
 		p.mu.Unlock()
-		idle := t.now().Sub(c.idleAt)
-		if idle >= t.idleTimeout || idle >= probeAfter && !alive(c.nc) {
+		// Checked every time, not only after a pause: bytes that arrived
+		// since the connection was pooled answer no request of ours.
+		if t.now().Sub(c.idleAt) >= t.idleTimeout || !c.quiet() {
 			c.close()
 			p.mu.Lock()
 			continue
@@ -236,22 +237,32 @@ func (p *hostPool) release() {
 	p.mu.Unlock()
 }
 
-// put returns a connection whose exchange ended cleanly. Its reader goes
-// back to the shared pool; bytes left in it would be an answer to nothing,
-// so such a connection is closed instead.
+// put returns a connection whose exchange ended cleanly: to a waiting
+// request, or to the idle list. It is closed instead when anything is
+// left to read on it (see quiet) or when the Transport is retired.
 func (p *hostPool) put(c *conn) {
+	buffered := 0
 	if c.br != nil {
-		if c.br.Buffered() > 0 {
-			c.close()
-			return
-		}
+		buffered = c.br.Buffered()
 		c.br.Reset(nil)
 		readers.Put(c.br)
 		c.br = nil
 	}
+	if buffered > 0 || !c.quiet() {
+		c.close()
+		return
+	}
 	c.reused = true
 	c.idleAt = p.t.now()
 	p.mu.Lock()
+	// Read under p.mu, which Retire's closeIdle takes after setting it:
+	// either this put sees it, or the connection is idle when closeIdle
+	// looks.
+	if p.t.retired.Load() {
+		p.mu.Unlock()
+		c.close()
+		return
+	}
 	if len(p.waiters) > 0 {
 		w := p.waiters[0]
 		p.waiters = p.waiters[1:]

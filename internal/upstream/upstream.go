@@ -20,8 +20,11 @@
 // cause; request bodies stream (chunked when the length is unknown);
 // response headers are bounded; redirects are never followed (a
 // RoundTripper returns them); proxy environment variables are ignored; a
-// pooled connection the upstream closed while idle is retried once on a
-// fresh connection when that is safe.
+// connection is pooled only when nothing is left to read on it, and is
+// checked again each time it is taken from the pool, so bytes that answer
+// no request never become the next request's response; a pooled
+// connection the upstream closed as a request was sent is retried once on
+// a fresh connection when that is safe.
 //
 // What it deliberately does not do:
 //   - HTTP/2. TLS upstreams are offered only "http/1.1" in ALPN, so an
@@ -51,6 +54,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyward/keyward/internal/httpsyntax"
@@ -95,13 +99,6 @@ const (
 	defaultMaxIdlePerHost  = 512
 	defaultIdleConnTimeout = 90 * time.Second
 	defaultMaxHeaderBytes  = 64 << 10
-	// probeAfter is how long a connection must have been idle before it
-	// is checked for a close by the upstream before use. Under load
-	// connections come back within milliseconds and the check would be a
-	// wasted syscall; after a pause, the upstream's own idle timeout may
-	// have closed them, and a request that cannot be retried (a POST)
-	// should not be the one that finds out.
-	probeAfter = time.Second
 	// max1xx bounds the interim responses read before the final one, as
 	// net/http does, so an upstream cannot keep the exchange in 1xx.
 	max1xx = 5
@@ -119,6 +116,7 @@ type Transport struct {
 	idleTimeout time.Duration
 	maxHeader   int64
 	now         func() time.Time // injected by tests
+	retired     atomic.Bool      // set by Retire: connections are no longer pooled
 
 	mu    sync.RWMutex
 	hosts map[hostKey]*hostPool
@@ -184,6 +182,16 @@ func (t *Transport) CloseIdleConnections() {
 	for _, p := range pools {
 		p.closeIdle()
 	}
+}
+
+// Retire ends pooling on t, for a Transport being replaced (an outbound
+// policy that a reload changed): idle connections are closed now, and a
+// connection carrying an exchange is closed when the exchange ends
+// instead of being pooled. Requests may still be sent; each then dials a
+// connection of its own. Retire is safe to call more than once.
+func (t *Transport) Retire() {
+	t.retired.Store(true)
+	t.CloseIdleConnections()
 }
 
 // RoundTrip sends req and returns the upstream's response once its headers
@@ -293,7 +301,7 @@ func (t *Transport) exchange(ctx context.Context, c *conn, req *http.Request, bo
 		stop = context.AfterFunc(ctx, c.abort)
 	}
 	c.attach(t.maxHeader)
-	wantsClose := req.Close || headerHasToken(req.Header["Connection"], "close")
+	wantsClose := req.Close || httpsyntax.HasToken(req.Header["Connection"], "close")
 
 	bw := getWriter(c.nc)
 	err := writeHead(bw, req, body, wantsClose)

@@ -42,7 +42,8 @@ func writeHead(w *bufio.Writer, req *http.Request, body io.Reader, wantsClose bo
 	if host == "" {
 		host = u.Host
 	}
-	if !validHost(host) {
+	// validate refused an empty URL host, so host is never empty here.
+	if !httpsyntax.ValidHost(host) {
 		return fmt.Errorf("upstream: invalid host %q", host)
 	}
 	_, _ = w.WriteString(method)
@@ -93,7 +94,7 @@ func writeHead(w *bufio.Writer, req *http.Request, body io.Reader, wantsClose bo
 			}
 		}
 	}
-	if req.Close && !headerHasToken(req.Header["Connection"], "close") {
+	if req.Close && !httpsyntax.HasToken(req.Header["Connection"], "close") {
 		_, _ = w.WriteString("Connection: close\r\n")
 	}
 	switch {
@@ -228,34 +229,6 @@ func (s *bodySource) Read(p []byte) (int, error) {
 		s.err = err
 	}
 	return n, err
-}
-
-// headerHasToken reports whether a comma-separated header contains token,
-// case-insensitively (RFC 9110 §7.6.1).
-func headerHasToken(vs []string, token string) bool {
-	for _, v := range vs {
-		for part := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(part), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// validHost refuses what would let a Host value break out of its line or
-// name a different target: controls, spaces and URL delimiters.
-func validHost(h string) bool {
-	if h == "" {
-		return false
-	}
-	for i := 0; i < len(h); i++ {
-		switch b := h[i]; {
-		case b <= ' ' || b == 0x7f, b == '/', b == '?', b == '#', b == '@', b == '\\':
-			return false
-		}
-	}
-	return true
 }
 
 // validTarget refuses controls and spaces in the request target: they
