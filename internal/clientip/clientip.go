@@ -8,6 +8,18 @@
 // only while every hop to its right is trusted. The first untrusted hop is
 // the client. Everything to its left was written by the client and is
 // ignored.
+//
+// An IPv6 client is keyed by its prefix (the /64 by default), not its
+// address, because one subscriber holds a whole /64. That still leaves a
+// holder of a larger allocation with many identities: a /48, a common
+// allocation for a site, holds 65,536 /64s. So a Resolver can also name
+// the client's wide network (the /48 by default), and the rate limiter
+// counts the client against a wider, scaled-up limit there too: a /48
+// together gets a few clients' allowance, not 65,536 of them. The /48 is
+// the wide default because it is the largest prefix one end site commonly
+// receives (RFC 6177; RIPE-690 gives businesses a /48 and homes a /56), so
+// a home's /56 sits inside one too. IPv4 addresses are scarce enough to be
+// keyed alone.
 package clientip
 
 import (
@@ -24,6 +36,10 @@ import (
 // 6177, RFC 7421 SLAAC), so keying on the full address would let one host
 // rotate through 2^64 identities.
 const DefaultIPv6Prefix = 64
+
+// DefaultIPv6WidePrefix is the prefix length of the wide network a
+// configuration uses unless it says otherwise (see Options.IPv6WidePrefix).
+const DefaultIPv6WidePrefix = 48
 
 // Header names the forwarding header a Resolver reads from trusted proxies.
 //
@@ -67,29 +83,79 @@ func ParseHeader(s string) (Header, error) {
 // Resolver finds the client address of a request. It is immutable after New
 // and safe for concurrent use; a config reload builds a new one.
 type Resolver struct {
-	trusted    []netip.Prefix
-	ipv6Prefix int
-	header     Header
+	trusted        []netip.Prefix
+	ipv6Prefix     int
+	ipv6WidePrefix int // 0: no wide key
+	header         Header
 }
 
-// New compiles a Resolver.
-//
-// trusted lists the proxies whose forwarding headers are believed; nil
-// means none, so the socket peer is always the client. Prefixes are
-// normalised (masked, IPv4-mapped IPv6 turned into IPv4) so callers may
-// pass them straight from configuration. ipv6Prefix is the prefix length
-// IPv6 clients are keyed by; 0 means DefaultIPv6Prefix and values above 128
-// mean 128. header selects the forwarding header read from trusted peers.
-func New(trusted []netip.Prefix, ipv6Prefix int, header Header) *Resolver {
-	r := &Resolver{ipv6Prefix: ipv6Prefix, header: header}
-	switch {
-	case ipv6Prefix <= 0:
-		r.ipv6Prefix = DefaultIPv6Prefix
-	case ipv6Prefix > 128:
-		r.ipv6Prefix = 128
+// Options configures a Resolver. NewResolver's errors name the fields by
+// their YAML names in the client_ip configuration block.
+type Options struct {
+	// TrustedProxies lists the proxies whose forwarding headers are
+	// believed; nil means none, so the socket peer is always the client.
+	// Prefixes are normalised (masked, IPv4-mapped IPv6 turned into IPv4)
+	// so callers may pass them straight from configuration.
+	TrustedProxies []netip.Prefix
+	// Header selects the forwarding header read from trusted peers; the
+	// zero value is XForwardedFor.
+	Header Header
+	// IPv6Prefix is the prefix length IPv6 clients are keyed by, 1 to 128;
+	// 0 means DefaultIPv6Prefix.
+	IPv6Prefix int
+	// IPv6WidePrefix is the prefix length of the wide network an IPv6
+	// client is also counted in (AppendWideKey), shorter than IPv6Prefix.
+	// 0 means none: clients are counted alone. The configuration's
+	// default is DefaultIPv6WidePrefix; the zero value here is "none" so
+	// that 0 in the configuration can switch it off.
+	IPv6WidePrefix int
+}
+
+// NewResolver compiles a Resolver from o, reporting every invalid field at
+// once; each error starts with the field's YAML name (ipv6_prefix,
+// ipv6_wide_prefix, header) so that the configuration loader can add its
+// path.
+func NewResolver(o Options) (*Resolver, error) {
+	if o.IPv6Prefix == 0 {
+		o.IPv6Prefix = DefaultIPv6Prefix
 	}
-	r.trusted = make([]netip.Prefix, 0, len(trusted))
-	for _, p := range trusted {
+	var errs []error
+	if o.IPv6Prefix < 1 || o.IPv6Prefix > 128 {
+		errs = append(errs, fmt.Errorf("ipv6_prefix %d is not a prefix length (1-128)", o.IPv6Prefix))
+	}
+	switch w := o.IPv6WidePrefix; {
+	case w < 0 || w > 128:
+		errs = append(errs, fmt.Errorf("ipv6_wide_prefix %d is not a prefix length (1-128, or 0 for none)", w))
+	case w != 0 && w >= o.IPv6Prefix:
+		errs = append(errs, fmt.Errorf("ipv6_wide_prefix %d must be shorter than ipv6_prefix %d: the wide network holds many clients", w, o.IPv6Prefix))
+	}
+	if o.Header != XForwardedFor && o.Header != Forwarded {
+		errs = append(errs, fmt.Errorf("header %v is not a forwarding header", o.Header))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return newResolver(o), nil
+}
+
+// New compiles a Resolver without a wide network: trusted, ipv6Prefix and
+// header are Options' TrustedProxies, IPv6Prefix and Header, except that an
+// ipv6Prefix of 0 or less means DefaultIPv6Prefix and one above 128 means
+// 128.
+//
+// Deprecated: use NewResolver, which validates and keys the wide network.
+func New(trusted []netip.Prefix, ipv6Prefix int, header Header) *Resolver {
+	if ipv6Prefix <= 0 {
+		ipv6Prefix = DefaultIPv6Prefix
+	}
+	return newResolver(Options{TrustedProxies: trusted, IPv6Prefix: min(ipv6Prefix, 128), Header: header})
+}
+
+// newResolver builds a Resolver from valid options.
+func newResolver(o Options) *Resolver {
+	r := &Resolver{ipv6Prefix: o.IPv6Prefix, ipv6WidePrefix: o.IPv6WidePrefix, header: o.Header}
+	r.trusted = make([]netip.Prefix, 0, len(o.TrustedProxies))
+	for _, p := range o.TrustedProxies {
 		if p.IsValid() {
 			r.trusted = append(r.trusted, normalizePrefix(p))
 		}
@@ -396,7 +462,7 @@ func (r *Resolver) AppendKey(dst []byte, addr netip.Addr) []byte {
 	}
 	p, err := addr.Prefix(r.ipv6Prefix)
 	if err != nil {
-		// Unreachable: New keeps ipv6Prefix within 1..128.
+		// Unreachable: ipv6Prefix is kept within 1..128.
 		return addr.AppendTo(dst)
 	}
 	dst = p.Addr().AppendTo(dst)
@@ -408,6 +474,38 @@ func (r *Resolver) AppendKey(dst []byte, addr netip.Addr) []byte {
 func (r *Resolver) Key(addr netip.Addr) string {
 	var buf [64]byte
 	return string(r.AppendKey(buf[:0], addr))
+}
+
+// AppendWideKey appends the limiter key of the wide network addr belongs
+// to ("2001:db8:1::/48") to dst and returns the extended buffer. It returns
+// dst unchanged when there is no wide network: for an IPv4 address
+// (including an IPv4-mapped one), an invalid one, or a Resolver without
+// Options.IPv6WidePrefix. A wide key never equals a client key of the same
+// Resolver, because its prefix length differs.
+//
+// It does not allocate when dst has room.
+func (r *Resolver) AppendWideKey(dst []byte, addr netip.Addr) []byte {
+	if r.ipv6WidePrefix == 0 || !addr.IsValid() {
+		return dst
+	}
+	addr = normalizeAddr(addr)
+	if addr.Is4() {
+		return dst
+	}
+	p, err := addr.Prefix(r.ipv6WidePrefix)
+	if err != nil {
+		return dst // unreachable: ipv6WidePrefix is kept within 1..127
+	}
+	dst = p.Addr().AppendTo(dst)
+	dst = append(dst, '/')
+	return strconv.AppendInt(dst, int64(r.ipv6WidePrefix), 10)
+}
+
+// WideKey returns the limiter key of addr's wide network as a string, or
+// "" when there is none; see AppendWideKey.
+func (r *Resolver) WideKey(addr netip.Addr) string {
+	var buf [64]byte
+	return string(r.AppendWideKey(buf[:0], addr))
 }
 
 // ParsePrefix parses one trusted proxy entry: a CIDR prefix ("10.0.0.0/8",

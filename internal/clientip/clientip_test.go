@@ -327,3 +327,103 @@ func BenchmarkClientIP(b *testing.B) {
 		buf = r.AppendKey(buf[:0], r.ClientIP(req))
 	}
 }
+
+func TestWideKey(t *testing.T) {
+	tests := []struct {
+		name       string
+		prefix     int
+		widePrefix int
+		addr       netip.Addr
+		key, wide  string
+	}{
+		{name: "IPv6 /64 in its /48", widePrefix: 48, addr: netip.MustParseAddr("2001:db8:1:2:aaaa::1"),
+			key: "2001:db8:1:2::/64", wide: "2001:db8:1::/48"},
+		{name: "another /64 of the same /48", widePrefix: 48, addr: netip.MustParseAddr("2001:db8:1:ffff::1"),
+			key: "2001:db8:1:ffff::/64", wide: "2001:db8:1::/48"},
+		{name: "another /48", widePrefix: 48, addr: netip.MustParseAddr("2001:db8:2:2::1"),
+			key: "2001:db8:2:2::/64", wide: "2001:db8:2::/48"},
+		{name: "/56 clients in a /40", prefix: 56, widePrefix: 40, addr: netip.MustParseAddr("2001:db8:1:2ff::1"),
+			key: "2001:db8:1:200::/56", wide: "2001:db8::/40"},
+		{name: "addresses in a /64", prefix: 128, widePrefix: 64, addr: netip.MustParseAddr("2001:db8::1"),
+			key: "2001:db8::1", wide: "2001:db8::/64"},
+		{name: "IPv4 has no wide network", widePrefix: 48, addr: netip.MustParseAddr("198.51.100.9"), key: "198.51.100.9"},
+		{name: "mapped IPv4 has no wide network", widePrefix: 48, addr: netip.MustParseAddr("::ffff:198.51.100.9"), key: "198.51.100.9"},
+		{name: "zone dropped", widePrefix: 48, addr: netip.MustParseAddr("fe80::1%eth0"), key: "fe80::/64", wide: "fe80::/48"},
+		{name: "invalid has no wide network", widePrefix: 48, key: "unknown"},
+		{name: "wide keys off", addr: netip.MustParseAddr("2001:db8:1:2::1"), key: "2001:db8:1:2::/64"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := NewResolver(Options{IPv6Prefix: tt.prefix, IPv6WidePrefix: tt.widePrefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r.Key(tt.addr); got != tt.key {
+				t.Errorf("Key = %q, want %q", got, tt.key)
+			}
+			if got := r.WideKey(tt.addr); got != tt.wide {
+				t.Errorf("WideKey = %q, want %q", got, tt.wide)
+			}
+			if got := string(r.AppendWideKey([]byte("route:"), tt.addr)); got != "route:"+tt.wide {
+				t.Errorf("AppendWideKey = %q, want %q", got, "route:"+tt.wide)
+			}
+		})
+	}
+}
+
+// TestWideKeyGroupsAllocation: every /64 of one /48 shares a wide key, so
+// the 65,536 identities of a /48 are counted together as well.
+func TestWideKeyGroupsAllocation(t *testing.T) {
+	r, err := NewResolver(Options{IPv6WidePrefix: DefaultIPv6WidePrefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, wides := map[string]bool{}, map[string]bool{}
+	for i := range 1 << 16 {
+		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, byte(i >> 8), byte(i), 15: 1})
+		keys[r.Key(a)], wides[r.WideKey(a)] = true, true
+	}
+	if len(keys) != 1<<16 || len(wides) != 1 {
+		t.Errorf("%d client keys and %d wide keys, want 65536 and 1", len(keys), len(wides))
+	}
+}
+
+func TestNewResolverErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		o    Options
+		want []string
+	}{
+		{name: "prefix out of range", o: Options{IPv6Prefix: 129, IPv6WidePrefix: -1},
+			want: []string{"ipv6_prefix 129 is not a prefix length", "ipv6_wide_prefix -1 is not a prefix length"}},
+		{name: "wide not wider", o: Options{IPv6WidePrefix: 64},
+			want: []string{"ipv6_wide_prefix 64 must be shorter than ipv6_prefix 64"}},
+		{name: "wide out of range", o: Options{IPv6WidePrefix: 200}, want: []string{"ipv6_wide_prefix 200"}},
+		{name: "unknown header", o: Options{Header: 7}, want: []string{"header Header(7)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewResolver(tt.o)
+			if err == nil {
+				t.Fatal("NewResolver succeeded, want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestAppendWideKeyAllocs(t *testing.T) {
+	r, err := NewResolver(Options{IPv6WidePrefix: 48})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v6 := netip.MustParseAddr("2001:db8:1:2::1")
+	buf := make([]byte, 0, 64)
+	if n := testing.AllocsPerRun(100, func() { buf = r.AppendWideKey(buf[:0], v6) }); n != 0 {
+		t.Errorf("AppendWideKey allocates %v times, want 0", n)
+	}
+}
