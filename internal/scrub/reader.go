@@ -2,77 +2,82 @@ package scrub
 
 import (
 	"io"
-	"sync"
 )
 
-// chunk is how much a Reader reads from its source at a time.
-const chunk = 32 << 10
-
-var bufPool sync.Pool
-
 // Reader returns a reader of src with every secret masked (same length,
-// so Content-Length stays right). Memory is bounded: one 32 KiB buffer
-// plus the longest secret. A secret split across reads is still caught,
-// and bytes are held back only while they could be the start of one.
+// so Content-Length stays right). It is a Writer read from the other
+// side, without the timer: held bytes come with the next read of src, or
+// at its end. So it releases the same bytes at the same points as a
+// Writer, never depending on what they are, but a stream that pauses
+// after a write without a line break waits for its next write; a
+// streamed body should go through NewWriter instead.
 func (s *Scrubber) Reader(src io.ReadCloser) io.ReadCloser {
 	if !s.Active() {
 		return src
 	}
-	return &reader{s: s, src: src}
+	z := &reader{src: src}
+	z.w = s.NewWriter(&z.out, nil)
+	return z
 }
 
 type reader struct {
-	s      *Scrubber
-	src    io.ReadCloser
-	buf    *[]byte
-	r, rdy int // buf[r:rdy] is scrubbed and ready; buf[rdy:n] is held
-	n      int
-	err    error
+	src io.ReadCloser
+	w   *Writer
+	in  *[]byte // what src gave, pooled
+	out sink    // what w released, not yet read
+	err error   // of src, returned once out is drained
+}
+
+// sink collects what a Writer releases.
+type sink struct {
+	b []byte
+	r int
+}
+
+func (k *sink) Write(p []byte) (int, error) {
+	if k.r == len(k.b) {
+		k.b, k.r = k.b[:0], 0
+	}
+	k.b = append(k.b, p...)
+	return len(p), nil
 }
 
 func (z *reader) Read(p []byte) (int, error) {
-	if z.buf == nil {
-		if b, ok := bufPool.Get().(*[]byte); ok && len(*b) >= chunk+z.s.maxLen {
-			z.buf = b
-		} else {
-			b := make([]byte, chunk+z.s.maxLen)
-			z.buf = &b
-		}
-	}
-	buf := *z.buf
-	for z.r == z.rdy {
+	for z.out.r == len(z.out.b) {
 		if z.err != nil {
-			if z.rdy < z.n { // the source ended: held bytes are not a secret
-				z.rdy = z.n
-				continue
-			}
 			return 0, z.err
 		}
-		held := copy(buf, buf[z.rdy:z.n])
-		z.r, z.rdy, z.n = 0, 0, held
-		m, err := z.src.Read(buf[held : held+chunk])
-		z.n += m
-		z.err = err
-		z.s.maskInPlace(buf[:z.n])
-		keep := 0
-		if err == nil {
-			keep = z.s.heldPrefix(buf[:z.n])
+		if z.in == nil {
+			if b, ok := bufPool.Get().(*[]byte); ok && cap(*b) >= chunk {
+				z.in = b
+			} else {
+				b := make([]byte, 0, chunk+z.w.s.hold)
+				z.in = &b
+			}
 		}
-		z.rdy = z.n - keep
+		in := (*z.in)[:chunk]
+		n, err := z.src.Read(in)
+		if n > 0 {
+			_, _ = z.w.Write(in[:n]) // a sink never fails
+		}
+		if err != nil {
+			_ = z.w.Close()
+			z.err = err
+		}
 	}
-	n := copy(p, buf[z.r:z.rdy])
-	z.r += n
+	n := copy(p, z.out.b[z.out.r:])
+	z.out.r += n
 	return n, nil
 }
 
 func (z *reader) Close() error {
-	if z.buf != nil {
-		bufPool.Put(z.buf)
-		z.buf = nil
-		z.r, z.rdy, z.n = 0, 0, 0
-		if z.err == nil {
-			z.err = io.ErrClosedPipe
-		}
+	_ = z.w.Close()
+	if z.in != nil {
+		bufPool.Put(z.in)
+		z.in = nil
+	}
+	if z.err == nil {
+		z.err = io.ErrClosedPipe
 	}
 	return z.src.Close()
 }

@@ -1,21 +1,93 @@
 // Package scrub removes secret values from everything the gateway sends
 // back or writes down: response headers and bodies, error texts, logs.
 //
-// Each secret is searched for raw and in the forms it takes when an
-// upstream quotes it: query-escaped, path-escaped and JSON-escaped. Other
-// transformations (base64 inside a Basic credential, hashes) are out of
-// scope: no scanner can recognise every encoding of a value.
+// # Spellings
+//
+// An upstream that echoes a secret may spell each of its characters in
+// any way an encoder writes it, and encoders differ (Go escapes "<>&" in
+// JSON, Gson also "=", .NET also "+", PHP writes "\/", Python's quote
+// keeps "/"). So a secret is matched one character at a time, each
+// character in any of its spellings, rather than as a list of whole
+// encoded forms, which would have to hold every mix:
+//
+//   - raw, and an ASCII letter in either case in a header name;
+//   - percent-encoded, "%3D" or "%3d", and "+" for a space;
+//   - JSON: "\u003d" or "\u003D" (a surrogate pair above U+FFFF), and
+//     "\/", "\"", "\\", "\n" and the other short escapes;
+//   - JSON escaped twice, as an echo service quotes a JSON body inside a
+//     JSON string: "\\u003d", "\\/", "\\\"", "\\\\";
+//   - HTML character references: "&#61;", "&#x3D;", "&#X3d;", with
+//     leading zeros up to 7 decimal or 6 hex digits, and "&amp;", "&lt;",
+//     "&gt;", "&quot;", "&apos;".
+//
+// A character outside ASCII is also matched byte by byte, raw or
+// percent-encoded. Base64 is searched for through the secret's cores: the
+// characters of base64(x + secret + y) that depend on the secret alone,
+// at the three alignments and in the standard and URL alphabets, each
+// core matched like a secret (so "\/" and "\u002B" in a JSON-quoted
+// base64 are found). That covers a Basic credential "user:secret" and a
+// base64 document holding the secret. Cores are searched for secrets of
+// at least 7 bytes, whose cores are all at least MinBase64 (8) characters
+// long: shorter ones would match base64 blobs by chance. Secrets shorter
+// than MinLen (4 bytes) are not scrubbed at all. Other transformations
+// (hashes, base64 with line breaks inside a core, an encoding applied on
+// top of base64 other than the spellings above) are out of scope: no
+// scanner can recognise every encoding of a value.
+//
+// A body is scanned once, byte by byte, against a table of the bytes a
+// spelling of a pattern can start with (its first character raw, and the
+// escape introducers % \ &). Only there are the patterns that begin with
+// the decoded character tried, unit by unit; a unit's spellings differ in
+// their first byte, except where the unit is itself "%", "\" or "&", and
+// those branches are memoised.
+//
+// # Masking
+//
+// Every start position is tried, and a match is masked from its start to
+// the end of its longest spelling, so a secret that begins inside another
+// match is still masked. In a body the mask has the match's length
+// ("[REDACTED]" padded with "*"), so Content-Length stays right; where
+// matches overlap, the later one's mask is written over the earlier's.
+// String and Headers replace each run of overlapping matches with
+// [REDACTED], Mask with [secret:NAME].
+//
+// # Streaming without an oracle
+//
+// A body is scrubbed as it streams (Writer), so some bytes must be held
+// until it is known whether a secret continues past them. Holding exactly
+// the bytes that could start a secret leaks: a client that makes the
+// upstream reflect a guess sees where the gateway splits its output, and
+// learns whether the guess is a prefix of a secret, one character at a
+// time. So what is held never depends on what the bytes are, only on
+// where line breaks are and on lengths:
+//
+//   - everything up to and including the last CR or LF is released at
+//     once: no spelling of a secret contains a raw CR or LF (unless a
+//     secret itself does; then this rule is off for every secret), so a
+//     match cannot span one. Server-sent events and NDJSON lines end with
+//     a line break, so they are never delayed;
+//   - of the bytes after it, the last Hold (10 times the longest secret
+//     or base64 core, less one; spellMax) are held: a match starting
+//     before them is complete in what has arrived;
+//   - held bytes go out with the next write, at the end of the body, or
+//     when the upstream has been silent for ReleaseDelay after a flush.
+//
+// A tail released by the timer may hold the start of a secret the next
+// write completes. It is kept (the buffer keeps the bytes whose matches
+// are undecided), and the continuation is masked; the start already sent
+// cannot be recalled, and the delay bounds how long the stream waits for
+// it. The time spent matching does depend on the text (a partial match
+// costs a few nanoseconds per matched character, like any comparison);
+// that is far below what a client can measure through the network.
 package scrub
 
 import (
 	"bytes"
-	"encoding/json"
 	"net/http"
-	"net/url"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
+	"time"
+	"unsafe"
 
 	"github.com/keyward/keyward/internal/secret"
 )
@@ -23,156 +95,156 @@ import (
 // Redacted replaces a secret in headers, logs and error texts.
 const Redacted = secret.Redacted
 
-// MinLen is the shortest secret form that is scrubbed: replacing every
-// "ab" in a response would corrupt it, and such a value is no secret.
+// MinLen is the shortest secret that is scrubbed: replacing every "ab" in
+// a response would corrupt it, and such a value is no secret.
 const MinLen = 4
 
-// Scrubber finds and replaces secret values. The zero value and nil scrub
+// ReleaseDelay is how long a streamed body's held bytes wait for the
+// upstream to send more before they are released anyway. It delays only
+// a stream whose writes do not end with a line break, by at most this
+// much per pause of the upstream.
+const ReleaseDelay = 50 * time.Millisecond
+
+// Scrubber finds and masks secret values. The zero value and nil scrub
 // nothing. It is immutable and safe for concurrent use.
 type Scrubber struct {
-	needles  [][]byte // longest first
-	groups   []group  // needles by first byte, for a fast scan
-	strs     []string
-	names    []string // secret name per needle
-	first    [256]bool
-	maxLen   int
-	replacer *strings.Replacer
-	masker   *strings.Replacer
+	pats []pattern
+	// byFirst lists the patterns by the first byte of their first
+	// character, raw: the decoded first character of a spelling picks
+	// the patterns to try.
+	byFirst  [256][]int32
+	cand     [256]bool // bytes a spelling of some pattern may start with
+	candFold [256]bool // the same, letters in either case
+	// hold is how many bytes after the last line break a stream holds.
+	hold int
+	// lines reports that no secret holds a CR or LF, so a match never
+	// spans one and everything before the last one can be released.
+	lines bool
+	// after starts the release timer; tests replace it with a fake clock.
+	after func(time.Duration, func()) stopper
 }
+
+// stopper is the part of *time.Timer a Writer uses.
+type stopper interface{ Stop() bool }
 
 // New returns a Scrubber for secrets.
 func New(secrets []secret.Value) *Scrubber {
-	s := &Scrubber{}
+	s := &Scrubber{lines: true, after: func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }}
 	seen := map[string]bool{}
-	type needle struct{ form, name string }
-	var ns []needle
+	add := func(str, name string) {
+		if seen[str] {
+			return
+		}
+		seen[str] = true
+		p := newPattern(str, name)
+		s.hold = max(s.hold, spellMax*p.size-1)
+		s.pats = append(s.pats, p)
+	}
 	for _, v := range secrets {
 		raw := v.Reveal()
-		for _, form := range forms(raw) {
-			if len(form) >= MinLen && !seen[form] {
-				seen[form] = true
-				ns = append(ns, needle{form, v.Name()})
-			}
+		if len(raw) < MinLen {
+			continue
+		}
+		if strings.ContainsAny(raw, "\r\n") {
+			s.lines = false
+		}
+		add(raw, v.Name())
+		for _, core := range base64Cores(raw) {
+			add(core, v.Name())
 		}
 	}
-	// Longest first, so a secret containing another is replaced whole.
-	sort.SliceStable(ns, func(i, j int) bool { return len(ns[i].form) > len(ns[j].form) })
-	pairs := make([]string, 0, 2*len(ns))
-	masks := make([]string, 0, 2*len(ns))
-	for _, n := range ns {
-		s.needles = append(s.needles, []byte(n.form))
-		s.strs = append(s.strs, n.form)
-		s.names = append(s.names, n.name)
-		s.first[n.form[0]] = true
-		s.maxLen = max(s.maxLen, len(n.form))
-		pairs = append(pairs, n.form, Redacted)
-		masks = append(masks, n.form, "[secret:"+n.name+"]")
-	}
-	s.replacer = strings.NewReplacer(pairs...)
-	s.masker = strings.NewReplacer(masks...)
-	for _, n := range s.needles { // longest first, so groups are too
-		p := n[:min(len(n), groupPrefix)]
-		i := slices.IndexFunc(s.groups, func(g group) bool { return bytes.Equal(g.prefix, p) })
-		if i < 0 {
-			s.groups = append(s.groups, group{prefix: p})
-			i = len(s.groups) - 1
+	for pi := range s.pats {
+		u := s.pats[pi].units[0]
+		first := u.raw[0]
+		s.byFirst[first] = append(s.byFirst[first], int32(pi))
+		s.cand[first], s.candFold[first], s.candFold[u.other] = true, true, true
+		if first == ' ' {
+			s.cand['+'], s.candFold['+'] = true, true
 		}
-		s.groups[i].needles = append(s.groups[i].needles, n)
+	}
+	if len(s.pats) > 0 {
+		for _, c := range []byte(`%\&`) {
+			s.cand[c], s.candFold[c] = true, true
+		}
 	}
 	return s
 }
 
-// group holds the needles that share a prefix (up to groupPrefix bytes).
-// The forms of one secret differ only from its first escaped character
-// on, so a body is scanned about once per secret with bytes.Index, which
-// is vectorised, and only the rare positions that match the prefix are
-// compared with each form.
-type group struct {
-	prefix  []byte
-	needles [][]byte
-}
-
-// groupPrefix is long enough that ordinary text rarely matches it, and
-// short enough that a secret's escaped forms usually share it.
-const groupPrefix = 8
-
-// forms are the spellings of raw an upstream may echo, or the gateway may
-// log (an upstream URL with the secret in its path). JSON escaping is
-// applied twice as well: an echo service that returns the request body as
-// a JSON string (httpbin's "data") quotes a JSON body's escapes again.
-func forms(raw string) []string {
-	jsonForm, plainForm := jsonEscape(raw)
-	json2, _ := jsonEscape(jsonForm)
-	_, plain2 := jsonEscape(plainForm)
-	// PHP's json_encode (and others) also escape "/" as "\/", a valid
-	// JSON escape Go's encoder never writes.
-	slashed := strings.ReplaceAll(jsonForm, "/", `\/`)
-	slashedPlain := strings.ReplaceAll(plainForm, "/", `\/`)
-	return []string{raw, url.QueryEscape(raw), url.PathEscape(raw), pathSegments(raw), jsonForm, plainForm, json2, plain2,
-		slashed, slashedPlain}
-}
-
-// pathSegments escapes s as an upstream path template does with a value
-// that holds "/": each segment path-escaped, the slashes kept.
-func pathSegments(s string) string {
-	segs := strings.Split(s, "/")
-	for i, seg := range segs {
-		segs[i] = url.PathEscape(seg)
-	}
-	return strings.Join(segs, "/")
-}
-
-// jsonEscape returns s as escaped inside a JSON string, by Go's encoder
-// (which also escapes <, > and &) and by encoders that don't.
-func jsonEscape(s string) (goForm, plainForm string) {
-	j, _ := json.Marshal(s)
-	var plain bytes.Buffer
-	enc := json.NewEncoder(&plain)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s)
-	p := strings.TrimSuffix(plain.String(), "\n")
-	return string(j[1 : len(j)-1]), p[1 : len(p)-1]
-}
-
 // Active reports whether there is anything to scrub.
-func (s *Scrubber) Active() bool { return s != nil && len(s.needles) > 0 }
+func (s *Scrubber) Active() bool { return s != nil && len(s.pats) > 0 }
 
-// Contains reports whether text holds any secret.
+// Hold is how many bytes after its last line break a streamed body holds
+// back at most; it depends on the lengths of the secrets only.
+func (s *Scrubber) Hold() int {
+	if !s.Active() {
+		return 0
+	}
+	return s.hold
+}
+
+// Contains reports whether text holds any secret, in any spelling.
 func (s *Scrubber) Contains(text string) bool {
 	if !s.Active() {
 		return false
 	}
-	for _, n := range s.strs {
-		if strings.Contains(text, n) {
-			return true
-		}
-	}
-	return false
+	return len(s.scan(bytesOf(text), 0, len(text), false, true, nil)) > 0
 }
 
 // String returns text with every secret replaced by [REDACTED].
 func (s *Scrubber) String(text string) string {
-	if !s.Contains(text) {
-		return text
-	}
-	return s.replacer.Replace(text)
+	return s.replace(text, false, func(match) string { return Redacted })
 }
 
 // Mask returns text with every secret replaced by [secret:NAME], for
 // `keyward test`, which shows where each secret goes.
 func (s *Scrubber) Mask(text string) string {
+	return s.replace(text, false, func(m match) string { return "[secret:" + s.pats[m.pat].name + "]" })
+}
+
+// replace returns text with each run of overlapping matches replaced by
+// what with returns for the run's first match.
+func (s *Scrubber) replace(text string, fold bool, with func(match) string) string {
 	if !s.Active() {
 		return text
 	}
-	return s.masker.Replace(text)
+	var buf [8]match
+	ms := s.scan(bytesOf(text), 0, len(text), fold, false, buf[:0])
+	if len(ms) == 0 {
+		return text
+	}
+	var b strings.Builder
+	b.Grow(len(text))
+	done := 0
+	for i := 0; i < len(ms); {
+		m, end := ms[i], ms[i].end
+		for i++; i < len(ms) && ms[i].start < end; i++ {
+			end = max(end, ms[i].end)
+		}
+		b.WriteString(text[done:m.start])
+		b.WriteString(with(m))
+		done = end
+	}
+	b.WriteString(text[done:])
+	return b.String()
 }
 
-// MaskBytes masks every secret in b in place, keeping its length, as the
-// body Reader does: for a body the gateway holds whole (a transform's
-// output).
+// bytesOf views s as bytes without copying: the scanner only reads it,
+// and a copy per header value and log line would be the scrubber's main
+// cost for short texts.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
+// MaskBytes masks every secret in b in place, keeping its length, as a
+// Writer does: for a body the gateway holds whole (a transform's output).
 func (s *Scrubber) MaskBytes(b []byte) {
-	if s.Active() {
-		s.maskInPlace(b)
+	if !s.Active() {
+		return
+	}
+	var buf [8]match
+	ms := s.scan(b, 0, len(b), false, false, buf[:0])
+	// Each mask is applied after the whole text was scanned: a later
+	// match may start inside an earlier one and must see the original.
+	for _, m := range ms {
+		copy(b[m.start:m.end], maskOf(m.end-m.start))
 	}
 }
 
@@ -185,63 +257,25 @@ func (s *Scrubber) Headers(h http.Header) {
 		return
 	}
 	for name, vs := range h {
-		if s.containsFold(name) {
+		if len(s.scan(bytesOf(name), 0, len(name), true, true, nil)) > 0 {
 			delete(h, name)
 			continue
 		}
 		for i, v := range vs {
-			if s.Contains(v) {
+			if r := s.String(v); r != v {
 				vs = append([]string(nil), vs...)
-				vs[i] = s.replacer.Replace(v)
+				vs[i] = r
 				h[name] = vs
 			}
 		}
 	}
 }
 
-// containsFold reports whether text holds a secret, ignoring ASCII case.
-func (s *Scrubber) containsFold(text string) bool {
-	if len(text) < MinLen {
-		return false
-	}
-	for _, n := range s.strs {
-		for i := 0; i+len(n) <= len(text); i++ {
-			if strings.EqualFold(text[i:i+len(n)], n) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// maskInPlace overwrites every secret in b with a mask of the same length,
-// so a body keeps its Content-Length and needs no buffering.
-func (s *Scrubber) maskInPlace(b []byte) {
-	for _, g := range s.groups {
-		for off := 0; off < len(b); {
-			i := bytes.Index(b[off:], g.prefix)
-			if i < 0 {
-				break
-			}
-			off += i
-			step := 1
-			for _, n := range g.needles {
-				if bytes.HasPrefix(b[off:], n) {
-					copy(b[off:], mask(len(n)))
-					step = len(n)
-					break
-				}
-			}
-			off += step
-		}
-	}
-}
-
-// masks[n] is the same-length replacement for an n-byte secret:
-// "[REDACTED]" padded with '*', or '*'s when shorter than that.
+// masks[n] is the same-length mask of an n-byte match: "[REDACTED]"
+// padded with '*', or '*'s when shorter than that.
 var masks sync.Map
 
-func mask(n int) []byte {
+func maskOf(n int) []byte {
 	if v, ok := masks.Load(n); ok {
 		return v.([]byte)
 	}
@@ -251,24 +285,4 @@ func mask(n int) []byte {
 	}
 	masks.Store(n, m)
 	return m
-}
-
-// heldPrefix returns the length of the longest suffix of b that is a
-// proper prefix of some secret: those bytes must wait for the next read,
-// because the secret may continue there. For ordinary text this is 0, so
-// streamed events are not delayed.
-func (s *Scrubber) heldPrefix(b []byte) int {
-	start := max(0, len(b)-(s.maxLen-1))
-	for i := start; i < len(b); i++ {
-		if !s.first[b[i]] {
-			continue
-		}
-		tail := b[i:]
-		for _, n := range s.needles {
-			if len(n) > len(tail) && bytes.HasPrefix(n, tail) {
-				return len(tail)
-			}
-		}
-	}
-	return 0
 }
