@@ -141,9 +141,8 @@ func NewResolver(o Options) (*Resolver, error) {
 // New compiles a Resolver without a wide network: trusted, ipv6Prefix and
 // header are Options' TrustedProxies, IPv6Prefix and Header, except that an
 // ipv6Prefix of 0 or less means DefaultIPv6Prefix and one above 128 means
-// 128.
-//
-// Deprecated: use NewResolver, which validates and keys the wide network.
+// 128. It remains until the gateway calls NewResolver, which validates
+// and keys the wide network; new code calls NewResolver.
 func New(trusted []netip.Prefix, ipv6Prefix int, header Header) *Resolver {
 	if ipv6Prefix <= 0 {
 		ipv6Prefix = DefaultIPv6Prefix
