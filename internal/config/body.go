@@ -81,7 +81,7 @@ type ParamRule struct {
 //	  response: '{sent: (.status == "queued")}'
 //	  method: POST                     # upstream method; default: the client's
 //	  content_type: application/json   # upstream Content-Type; default below
-//	  non_json: pass                   # or reject
+//	  non_json: reject                 # the default; or pass
 //	  timeout: 100ms
 //	  max_bytes: 1048576
 type Transform struct {
@@ -105,8 +105,11 @@ type Transform struct {
 	ContentType string `yaml:"content_type" json:"content_type,omitempty"`
 
 	// NonJSON says what happens to a body that is not JSON (by Content-Type
-	// or by content): "pass" (the default) forwards it untouched, "reject"
-	// refuses it with a typed error.
+	// or by content): "reject" (the default) refuses a request body with
+	// 415 unsupported_media_type (not declared JSON) or 400 invalid_json
+	// (declared JSON, does not parse) and answers an upstream body with 502;
+	// "pass" forwards it untouched, unchecked by the transform, and must be
+	// written explicitly.
 	NonJSON string `yaml:"non_json" json:"non_json,omitempty"`
 
 	// Timeout bounds one evaluation. Zero means 100ms

@@ -66,10 +66,16 @@ func Compile(cfg config.Transform) (*Transform, error) {
 	var errs Errors
 	t := &Transform{Method: cfg.Method, ContentType: cfg.ContentType}
 	opts := options{timeout: cfg.Timeout, limit: cfg.MaxBytes}
+	// A body keyward cannot parse is refused unless the route says
+	// otherwise: passed through untouched, it would reach the upstream
+	// with the credential added and without the transform's rules (a
+	// forced cheap model, a max_tokens cap). A UTF-8 BOM, text/plain, a
+	// missing Content-Type or a trailing comma all bypassed a request
+	// transform when "pass" was the default.
 	switch cfg.NonJSON {
-	case "", "pass":
-	case "reject":
+	case "", "reject":
 		opts.rejectNonJSON = true
+	case "pass":
 	default:
 		errs.add("non_json", -1, "unknown value %q: want pass or reject", cfg.NonJSON)
 	}
@@ -240,12 +246,15 @@ func (p *Program) Run(ctx context.Context, body []byte, contentType string, vars
 	}
 	var in any
 	if len(body) > 0 {
-		v, ok := decodeJSON(body, contentType)
+		v, typed, ok := decodeJSON(body, contentType)
 		if !ok {
-			if p.opts.rejectNonJSON {
-				return Result{}, p.fail(ErrNotJSON, "body is not JSON (Content-Type "+fmt.Sprintf("%q", contentType)+")")
+			switch {
+			case !p.opts.rejectNonJSON:
+				return Result{Body: body, Passed: true}, nil
+			case typed:
+				return Result{}, p.fail(ErrInvalidJSON, "body does not parse as one JSON value")
 			}
-			return Result{Body: body, Passed: true}, nil
+			return Result{}, p.fail(ErrNotJSON, "body is not JSON (Content-Type "+fmt.Sprintf("%q", contentType)+")")
 		}
 		in = v
 	}
@@ -310,22 +319,22 @@ func stringMap(m map[string]string) map[string]any {
 }
 
 // decodeJSON decodes body when contentType says JSON and body is one JSON
-// value. Numbers stay json.Number so large IDs keep their digits.
-func decodeJSON(body []byte, contentType string) (any, bool) {
+// value; typed reports whether the Content-Type said JSON. Numbers stay
+// json.Number so large IDs keep their digits.
+func decodeJSON(body []byte, contentType string) (v any, typed, ok bool) {
 	mt, _, err := mime.ParseMediaType(contentType)
 	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-		return nil, false
+		return nil, false, false
 	}
 	d := json.NewDecoder(bytes.NewReader(body))
 	d.UseNumber()
-	var v any
 	if err := d.Decode(&v); err != nil {
-		return nil, false
+		return nil, true, false
 	}
 	if _, err := d.Token(); err != io.EOF {
-		return nil, false
+		return nil, true, false
 	}
-	return v, true
+	return v, true, true
 }
 
 // Failure kinds, for errors.Is on a *RunError.
@@ -335,8 +344,12 @@ var (
 	// ErrTooLarge: the input, output or an intermediate value was over the
 	// size bound.
 	ErrTooLarge = errors.New("transform value too large")
-	// ErrNotJSON: the body was not JSON and the route rejects such bodies.
+	// ErrNotJSON: the body's Content-Type is not JSON (or is missing) and
+	// the route rejects such bodies.
 	ErrNotJSON = errors.New("body is not JSON")
+	// ErrInvalidJSON: the Content-Type says JSON but the body does not
+	// parse as one JSON value (a BOM, a trailing comma, trailing data).
+	ErrInvalidJSON = errors.New("body is not valid JSON")
 	// ErrRuntime: the expression failed (a type error, error(...), no or
 	// several outputs).
 	ErrRuntime = errors.New("transform failed")
@@ -350,16 +363,19 @@ const (
 	// CodeMediaType answers a non-JSON client body on a route that rejects
 	// one, with 415.
 	CodeMediaType = "unsupported_media_type"
+	// CodeInvalidJSON answers a client body that says it is JSON but does
+	// not parse, with 400.
+	CodeInvalidJSON = "invalid_json"
 )
 
 // RunError is a failed evaluation. Message is safe to send to the client;
 // Detail is for the log, with every secret value scrubbed. Neither ever
 // contains a secret.
 type RunError struct {
-	// Code is CodeFailed or CodeMediaType.
+	// Code is CodeFailed, CodeMediaType or CodeInvalidJSON.
 	Code string
-	// Status is the HTTP status for the client: 502, or 415 for a rejected
-	// non-JSON request body.
+	// Status is the HTTP status for the client: 502, or 415 / 400 for a
+	// rejected request body that is not JSON / does not parse.
 	Status int
 	// Side is the side of the failed program.
 	Side Side
@@ -368,7 +384,8 @@ type RunError struct {
 	Message string
 	// Detail says what went wrong, for the log.
 	Detail string
-	// Kind is ErrTimeout, ErrTooLarge, ErrNotJSON or ErrRuntime.
+	// Kind is ErrTimeout, ErrTooLarge, ErrNotJSON, ErrInvalidJSON or
+	// ErrRuntime.
 	Kind error
 }
 
@@ -382,7 +399,9 @@ func (p *Program) fail(kind error, detail string) *RunError {
 	e := &RunError{Code: CodeFailed, Status: http.StatusBadGateway, Side: p.side, Detail: detail, Kind: kind}
 	switch {
 	case kind == ErrNotJSON && p.side == Request:
-		e.Code, e.Status, e.Message = CodeMediaType, http.StatusUnsupportedMediaType, "the request body must be JSON"
+		e.Code, e.Status, e.Message = CodeMediaType, http.StatusUnsupportedMediaType, "the request body must be JSON (Content-Type: application/json)"
+	case kind == ErrInvalidJSON && p.side == Request:
+		e.Code, e.Status, e.Message = CodeInvalidJSON, http.StatusBadRequest, "the request body is not valid JSON"
 	case kind == ErrTimeout:
 		e.Message = "the " + p.side.String() + " transform took too long"
 	case kind == ErrTooLarge:

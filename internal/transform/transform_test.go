@@ -190,13 +190,13 @@ func TestRun(t *testing.T) {
 			body: `{}`, ctype: "application/json", want: `[{},{}]`,
 		},
 		{
-			name: "non-JSON passes through by default",
-			cfg:  config.Transform{Response: `.a`}, side: Response,
+			name: "non-JSON passes through when the route says pass",
+			cfg:  config.Transform{Response: `.a`, NonJSON: "pass"}, side: Response,
 			body: `<html>`, ctype: "text/html", want: `<html>`, passed: true,
 		},
 		{
-			name: "JSON type with a broken body passes through",
-			cfg:  config.Transform{Response: `.a`}, side: Response,
+			name: "JSON type with a broken body passes through when the route says pass",
+			cfg:  config.Transform{Response: `.a`, NonJSON: "pass"}, side: Response,
 			body: `{"a":`, ctype: "application/json", want: `{"a":`, passed: true,
 		},
 	}
@@ -241,6 +241,30 @@ func TestRunErrors(t *testing.T) {
 			cfg:  config.Transform{Request: `.`, NonJSON: "reject"}, body: "a=b", ctype: "application/x-www-form-urlencoded",
 			wantKind: ErrNotJSON, wantCode: CodeMediaType, wantStatus: http.StatusUnsupportedMediaType,
 			wantDetail: `request transform: body is not JSON (Content-Type "application/x-www-form-urlencoded")`,
+		},
+		{
+			name: "request rejects non-JSON by default",
+			cfg:  config.Transform{Request: `.`}, body: "model=gpt-4o", ctype: "text/plain",
+			wantKind: ErrNotJSON, wantCode: CodeMediaType, wantStatus: http.StatusUnsupportedMediaType,
+			wantDetail: `request transform: body is not JSON (Content-Type "text/plain")`,
+		},
+		{
+			name: "request without a Content-Type is rejected by default",
+			cfg:  config.Transform{Request: `.`}, body: `{"model":"gpt-4o"}`, ctype: "",
+			wantKind: ErrNotJSON, wantCode: CodeMediaType, wantStatus: http.StatusUnsupportedMediaType,
+			wantDetail: `request transform: body is not JSON (Content-Type "")`,
+		},
+		{
+			name: "request with a BOM is invalid JSON",
+			cfg:  config.Transform{Request: `.`}, body: "\ufeff{\"model\":\"gpt-4o\"}", ctype: "application/json",
+			wantKind: ErrInvalidJSON, wantCode: CodeInvalidJSON, wantStatus: http.StatusBadRequest,
+			wantDetail: `request transform: body does not parse as one JSON value`,
+		},
+		{
+			name: "request with a trailing comma is invalid JSON",
+			cfg:  config.Transform{Request: `.`}, body: `{"model":"gpt-4o",}`, ctype: "application/json; charset=utf-8",
+			wantKind: ErrInvalidJSON, wantCode: CodeInvalidJSON, wantStatus: http.StatusBadRequest,
+			wantDetail: `request transform: body does not parse as one JSON value`,
 		},
 		{
 			name: "response rejects non-JSON with 502",

@@ -10,6 +10,10 @@ package validate
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"math"
 	"mime"
 	"net/http"
@@ -117,6 +121,9 @@ func (v *Validator) checkBody(vs []Violation, contentType string, body []byte) [
 		return vs
 	}
 	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+	if err == nil {
+		err = unambiguous(body)
+	}
 	if err != nil {
 		return append(vs, Violation{In: "body", Message: "body is not valid JSON: " + err.Error(), Code: CodeInvalid})
 	}
@@ -316,3 +323,75 @@ func quoteAll(ss []string) []string {
 }
 
 func canonicalHeader(name string) string { return textproto.CanonicalMIMEHeaderKey(name) }
+
+// unambiguous refuses JSON that parsers read differently: invalid UTF-8
+// (Go's decoder replaces it, others keep the bytes or fail) and duplicate
+// object keys (Go keeps the last, some parsers the first). The body that
+// was validated is the body forwarded, so the upstream must read exactly
+// what the schema checked: {"model":"cheap","model":"expensive"} must not
+// pass an enum of cheap models.
+func unambiguous(body []byte) error {
+	if !utf8.Valid(body) {
+		return errors.New("invalid UTF-8")
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	type object struct {
+		keys   map[string]bool
+		expect bool // the next string token is a key
+	}
+	var stack []*object
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var top *object
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{':
+				if top != nil {
+					top.expect = true
+				}
+				stack = append(stack, &object{keys: map[string]bool{}, expect: true})
+			case '[':
+				if top != nil {
+					top.expect = true
+				}
+				stack = append(stack, &object{})
+			case '}', ']':
+				stack = stack[:len(stack)-1]
+			}
+		case string:
+			if top != nil && top.keys != nil && top.expect {
+				if top.keys[t] {
+					return fmt.Errorf("duplicate key %q", truncate(t))
+				}
+				top.keys[t] = true
+				top.expect = false
+				continue
+			}
+			if top != nil {
+				top.expect = true
+			}
+		default:
+			if top != nil {
+				top.expect = true
+			}
+		}
+	}
+}
+
+// truncate shortens a client-supplied string for an error message.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return strings.ToValidUTF8(s[:64], "") + "..."
+	}
+	return s
+}

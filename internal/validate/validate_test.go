@@ -441,3 +441,31 @@ func BenchmarkCheckQueryHappyPath(b *testing.B) {
 		}
 	}
 }
+
+// TestUnambiguousJSON: a validated body is forwarded as sent, so JSON that
+// parsers read differently is refused: duplicate keys (the schema would
+// check the last, an upstream may read the first) and invalid UTF-8.
+func TestUnambiguousJSON(t *testing.T) {
+	tests := []struct {
+		name, body string
+		ok         bool
+	}{
+		{"plain", `{"model":"cheap","n":[1,"model",{"model":2}],"o":{"a":{"b":1}}}`, true},
+		{"same key in sibling objects", `[{"model":1},{"model":2}]`, true},
+		{"key equal to a value", `{"a":"a","b":"a"}`, true},
+		{"duplicate top-level key", `{"model":"cheap","model":"expensive"}`, false},
+		{"duplicate after a nested object", `{"model":"cheap","x":{"model":1},"model":"expensive"}`, false},
+		{"duplicate after a nested array", `{"model":"cheap","x":["model"],"model":"expensive"}`, false},
+		{"duplicate nested", `{"a":{"k":1,"k":2}}`, false},
+		{"duplicate spelled with an escape", `{"model":"cheap","mod\u0065l":"expensive"}`, false},
+		{"invalid UTF-8", "{\"model\":\"gpt\xff\"}", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := unambiguous([]byte(tt.body))
+			if (err == nil) != tt.ok {
+				t.Errorf("unambiguous(%q) = %v, want ok %v", tt.body, err, tt.ok)
+			}
+		})
+	}
+}
