@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -47,19 +48,45 @@ const watchTick = 100 * time.Millisecond
 // (net/http's maxPostHandlerReadBytes).
 const maxDrainBytes = 256 << 10
 
+// maxDrainTime bounds that drain. It happens before the response's head is
+// sent (so the head can say Connection: close if it fails): a client
+// sending slowly would otherwise delay the handler's answer for as long as
+// the drain may take, to save a connection that is cheap to open again.
+const maxDrainTime = 500 * time.Millisecond
+
 // rstAvoidance bounds how long a connection closed with unread input is
 // drained first: closing a socket with unread input makes the kernel send
 // RST, which can destroy the response in flight.
 const rstAvoidance = 500 * time.Millisecond
 
 var (
-	readerPool   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	readerPool   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, ReadBufferSize) }}
 	aLongTimeAgo = time.Unix(1, 0)
 )
 
-// readWaiter is a connection that can wait for input without reading it:
-// the framing guard's connections (listener.Guard).
+// ReadBufferSize is the size of a connection's read buffer. It bounds more
+// than the reads' size: net/http's chunked body reader, which reads
+// request bodies from it, refuses a chunk-size line or a trailer section
+// that does not fit in it, and the framing guard (internal/listener)
+// applies the same limits first (its tests check that the two agree).
+const ReadBufferSize = 4096
+
+// The framing guard's connections (listener.Guard) offer two methods the
+// server uses when it finds them; a test of each contract, run behind the
+// guard, fails if a method goes missing.
+
+// readWaiter is a connection that can wait for input without reading it,
+// so that an idle connection holds no read buffer.
 type readWaiter interface{ WaitRead() error }
+
+// hangUpWatcher is a connection with a read for the hang-up watch: it
+// reports a client that left and keeps input for the next request, as
+// Read does, but does not report a refusal of the input that follows the
+// running request (the guard refuses a bad pipelined head that way), which
+// would cancel a request that did nothing wrong.
+type hangUpWatcher interface {
+	WatchRead(p []byte) (int, error)
+}
 
 // conn is one client connection. Its goroutine reads each request, runs
 // the handler and writes the response; only the watcher (and Close from
@@ -75,13 +102,19 @@ type conn struct {
 	body   *body         // the running request's, nil without one
 	born   time.Time
 
+	// Writes (see write). Only one goroutine writes at a time: the
+	// connection's, or a body reader sending 100 Continue, ordered by the
+	// body's cmu.
+	wdeadline time.Time // the progress deadline last set on rw; zero: re-arm
+	userWD    time.Time // the handler's own write deadline; zero: none
+
 	// The watcher (see watch).
 	armedAt  atomic.Int64 // 1 + the watch loop's tick when armed; 0: not armed
 	wmu      sync.Mutex
 	wstate   int
 	wdone    chan struct{}
 	aborting bool
-	cancel   context.CancelFunc // the running request's
+	cancel   context.CancelCauseFunc // the running request's
 }
 
 // Watcher states.
@@ -189,6 +222,10 @@ func (c *conn) refuse(err error) {
 
 // reply writes a whole refusal and marks the connection for closing.
 func (c *conn) reply(status int, code, msg string) {
+	if c.body != nil {
+		c.body.noContinue() // waits for a 100 Continue being written
+	}
+	c.wdeadline = time.Time{}
 	_ = c.rw.SetWriteDeadline(time.Now().Add(rstAvoidance))
 	_, _ = c.rw.Write(httperror.Response(status, code, msg))
 	_ = c.rw.SetWriteDeadline(time.Time{})
@@ -240,15 +277,19 @@ func (c *conn) serveRequest(req *http.Request) bool {
 		delete(req.Header, "Expect")
 		expectContinue = true
 	}
-	ctx, cancel := context.WithCancel(c.s.baseContext())
+	ctx, cancel := context.WithCancelCause(c.s.baseContext())
 	req = req.WithContext(ctx)
 	req.RemoteAddr = c.remote
 	c.setCancel(cancel)
-	_ = c.rw.SetReadDeadline(time.Time{})
+	if !c.userWD.IsZero() {
+		c.userWD, c.wdeadline = time.Time{}, time.Time{} // the last handler's
+	}
 	c.body = nil
 	if req.Body == http.NoBody || req.Body == nil {
+		_ = c.rw.SetReadDeadline(time.Time{})
 		c.armWatch()
 	} else {
+		_ = c.rw.SetReadDeadline(time.Now().Add(c.s.readBodyTimeout()))
 		// A body of its own per request: a transport goroutine still
 		// reading the last one must find it closed, not this one.
 		c.body = &body{c: c, r: req.Body, cont: expectContinue}
@@ -258,7 +299,7 @@ func (c *conn) serveRequest(req *http.Request) bool {
 
 	ok := c.runHandler(w, req)
 	c.stopWatch()
-	cancel()
+	cancel(nil)
 	c.setCancel(nil)
 	if !ok {
 		return false
@@ -328,7 +369,86 @@ func (c *conn) close() {
 	c.s.forget(c)
 }
 
-func (c *conn) setCancel(f context.CancelFunc) {
+// write sends p to the client, bounded by progress: it fails once the
+// client has taken nothing for the server's WriteTimeout, and never while
+// it keeps taking bytes, however slowly.
+//
+// The write deadline is kept a quarter of the timeout ahead, not a whole
+// timeout, and is moved only when less than an eighth is left, not at
+// every write: that costs one clock read per write. A deadline that
+// passes is a checkpoint, not a verdict (see writeStalled); being a
+// quarter ahead, it tells within a quarter of the timeout when a write
+// that sent part of p stopped progressing.
+func (c *conn) write(p []byte) error {
+	quarter := c.s.writeTimeout() / 4
+	now := time.Now()
+	if c.wdeadline.Sub(now) < quarter/2 {
+		c.armWrite(now.Add(quarter))
+	}
+	n, err := c.rw.Write(p)
+	if err == nil {
+		return nil
+	}
+	return c.writeStalled(p[n:], n > 0, now, err)
+}
+
+// writeStalled goes on with a write that failed with err after sending
+// some of it (progressed) or none, the client having taken nothing since
+// since. A deadline that passed is not yet a stall: bytes the client took
+// during the wait count as taken now, so a flowing stream is never cut;
+// with none taken, the client is cut once it has taken nothing for the
+// timeout. The deadline stays at most a quarter of the timeout ahead, so
+// the cut comes between one and one and a quarter timeouts after the
+// client last took a byte.
+func (c *conn) writeStalled(p []byte, progressed bool, since time.Time, err error) error {
+	timeout := c.s.writeTimeout()
+	for {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return err
+		}
+		now := time.Now()
+		if !c.userWD.IsZero() && !now.Before(c.userWD) {
+			return err // the handler's own deadline is final
+		}
+		if progressed {
+			since = now
+		} else if now.Sub(since) >= timeout {
+			return fmt.Errorf("%w: %w", ErrWriteTimeout, err)
+		}
+		next := since.Add(timeout)
+		if soon := now.Add(timeout / 4); soon.Before(next) {
+			next = soon
+		}
+		c.armWrite(next)
+		var n int
+		if n, err = c.rw.Write(p); err == nil {
+			return nil
+		}
+		p, progressed = p[n:], n > 0
+	}
+}
+
+// armWrite sets the connection's write deadline to t, or to the handler's
+// own deadline if that is sooner.
+func (c *conn) armWrite(t time.Time) {
+	c.wdeadline = t
+	if !c.userWD.IsZero() && c.userWD.Before(t) {
+		t = c.userWD
+	}
+	_ = c.rw.SetWriteDeadline(t)
+}
+
+// cancelRequest cancels the running request's context with cause.
+func (c *conn) cancelRequest(cause error) {
+	c.wmu.Lock()
+	if c.cancel != nil {
+		c.cancel(cause)
+	}
+	c.wmu.Unlock()
+}
+
+func (c *conn) setCancel(f context.CancelCauseFunc) {
 	c.wmu.Lock()
 	c.cancel = f
 	c.wmu.Unlock()
@@ -369,7 +489,13 @@ func (c *conn) watchDue(tick int64) bool {
 // is kept for the next request; an error means the client is gone, and
 // the request's context is cancelled so the upstream call stops.
 func (c *conn) watch() {
-	n, err := c.rw.Read(c.cr.byteBuf[:])
+	var n int
+	var err error
+	if hw, ok := c.rw.(hangUpWatcher); ok {
+		n, err = hw.WatchRead(c.cr.byteBuf[:])
+	} else {
+		n, err = c.rw.Read(c.cr.byteBuf[:])
+	}
 	c.wmu.Lock()
 	if n == 1 {
 		c.cr.hasByte = true
@@ -377,7 +503,7 @@ func (c *conn) watch() {
 	if err != nil && !c.aborting {
 		c.cr.err = err
 		if c.cancel != nil {
-			c.cancel()
+			c.cancel(nil)
 		}
 	}
 	c.wstate = watchDone
@@ -412,93 +538,4 @@ func (c *conn) stopWatch() {
 	c.aborting = false
 	c.wstate = watchOff
 	c.wmu.Unlock()
-}
-
-// body is the request body the handler reads. It sends 100 Continue on the
-// first read when the client asked for it and nothing of the response has
-// been committed, arms the watcher at the end, and refuses reads once the
-// handler returned.
-type body struct {
-	mu     sync.Mutex // serialises reads and the server's close
-	c      *conn
-	r      io.ReadCloser
-	eof    bool
-	closed bool
-	// cont says the client waits for 100 Continue. The upstream client may
-	// read the body on its own goroutine while the handler commits the
-	// response: cmu orders the interim answer before the head, or drops it.
-	cmu  sync.Mutex
-	cont bool
-}
-
-func (b *body) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return 0, http.ErrBodyReadAfterClose
-	}
-	if b.eof {
-		return 0, io.EOF
-	}
-	b.cmu.Lock()
-	if b.cont {
-		b.cont = false
-		if _, err := b.c.rw.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
-			b.cmu.Unlock()
-			return 0, err
-		}
-	}
-	b.cmu.Unlock()
-	n, err := b.r.Read(p)
-	if err == io.EOF {
-		b.eof = true
-		b.c.armWatch()
-	}
-	return n, err
-}
-
-// noContinue is called when the response's head is committed: from then
-// on a 100 Continue would land after it.
-func (b *body) noContinue() {
-	b.cmu.Lock()
-	b.cont = false
-	b.cmu.Unlock()
-}
-
-// waiting reports whether the client still waits for 100 Continue.
-func (b *body) waiting() bool {
-	b.cmu.Lock()
-	defer b.cmu.Unlock()
-	return b.cont
-}
-
-// Close marks the body closed for the handler; the server reads what is
-// left of it (see close).
-func (b *body) Close() error {
-	b.mu.Lock()
-	b.closed = true
-	b.mu.Unlock()
-	return nil
-}
-
-// close ends the body after the handler returned and reports whether the
-// connection can carry another request: there was no body, or the rest of
-// it was read and discarded within maxDrainBytes and the head timeout.
-func (b *body) close() bool {
-	if b == nil {
-		return true
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
-	if b.eof {
-		return true
-	}
-	if b.waiting() {
-		return false // the client is waiting for our word before sending it
-	}
-	_ = b.c.rw.SetReadDeadline(time.Now().Add(b.c.s.readHeaderTimeout()))
-	n, err := io.CopyN(io.Discard, b.r, maxDrainBytes+1)
-	b.eof = err == io.EOF
-	return b.eof && n <= maxDrainBytes
 }

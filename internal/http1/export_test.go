@@ -1,5 +1,7 @@
 package http1
 
+import "net"
+
 // ReadBuffers reports how many of s's connections hold a read buffer. The
 // caller must know that no connection goroutine is changing its buffer
 // (TestIdleConnHoldsNoReadBuffer learns it from the WaitRead calls).
@@ -32,4 +34,20 @@ func PendingByte(s *Server) bool {
 		}
 	}
 	return false
+}
+
+// Contracts reports whether c offers the methods the server looks for on
+// the framing guard's connections: WaitRead, and WatchRead for the hang-up
+// watch.
+func Contracts(c net.Conn) (waits, watches bool) {
+	_, waits = c.(readWaiter)
+	_, watches = c.(hangUpWatcher)
+	return waits, watches
+}
+
+// Conns reports how many connections s holds.
+func Conns(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }

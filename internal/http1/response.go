@@ -1,6 +1,7 @@
 package http1
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/textproto"
@@ -153,8 +154,18 @@ func (w *response) FlushError() error {
 func (w *response) SetReadDeadline(t time.Time) error { return w.c.rw.SetReadDeadline(t) }
 
 // SetWriteDeadline bounds the writing of the response
-// (http.ResponseController).
-func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rw.SetWriteDeadline(t) }
+// (http.ResponseController), on top of the server's WriteTimeout; the zero
+// time removes the bound. It must be called from the handler's goroutine.
+func (w *response) SetWriteDeadline(t time.Time) error {
+	if w.reqBody != nil {
+		// A 100 Continue may be on its way from another goroutine.
+		w.reqBody.cmu.Lock()
+		defer w.reqBody.cmu.Unlock()
+	}
+	c := w.c
+	c.userWD, c.wdeadline = t, time.Time{} // the next write arms both
+	return c.rw.SetWriteDeadline(t)
+}
 
 // finish completes the response once the handler returned.
 func (w *response) finish() {
@@ -335,13 +346,21 @@ func (w *response) send() {
 	}
 }
 
+// write sends p. A failure loses the connection: the request's context is
+// cancelled, so that the handler stops the upstream call it is copying,
+// with ErrWriteTimeout as the cause when the client stopped reading.
 func (w *response) write(p []byte) {
 	if w.err != nil {
 		return
 	}
-	if _, err := w.c.rw.Write(p); err != nil {
+	if err := w.c.write(p); err != nil {
 		w.err = err
 		w.closeAfter = true
+		var cause error
+		if errors.Is(err, ErrWriteTimeout) {
+			cause = ErrWriteTimeout
+		}
+		w.c.cancelRequest(cause)
 	}
 }
 

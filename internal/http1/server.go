@@ -24,6 +24,10 @@
 //     only when a request arrives. Responses are assembled in one pooled
 //     buffer and written with one syscall when they fit.
 //   - Requests it cannot parse get the gateway's JSON error shape.
+//   - Writes to the client are bounded by progress (WriteTimeout), request
+//     bodies by total time (ReadBodyTimeout), and a body the client failed
+//     to send is reported to the handler as a *BodyError, then the
+//     connection is closed without waiting for the rest of it.
 //
 // It speaks HTTP/1.0 and 1.1 on plaintext connections only, does not
 // support protocol upgrades, ignores 1xx responses from handlers, and does
@@ -42,6 +46,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/keyward/keyward/internal/abort"
 )
 
 // Server serves HTTP/1.x requests on the listeners given to Serve.
@@ -55,6 +61,21 @@ type Server struct {
 	// IdleTimeout closes a keep-alive connection silent this long. Zero:
 	// 120s.
 	IdleTimeout time.Duration
+	// WriteTimeout ends a connection whose client has taken none of the
+	// response for this long: the handler's Write (or Flush) fails with an
+	// error wrapping ErrWriteTimeout, and the request's context is
+	// cancelled with ErrWriteTimeout as its cause, so the upstream call
+	// stops. It measures progress, not the whole response: a stream that
+	// a slow client keeps reading is never cut. A stall is noticed between
+	// WriteTimeout and 1.25 times WriteTimeout after the client last took
+	// a byte. Zero: 30s.
+	WriteTimeout time.Duration
+	// ReadBodyTimeout bounds the time from the end of a request's head to
+	// the end of its body, in total: a client trickling a body holds a
+	// connection and an upstream request, and what it may take is known up
+	// front. The body's Read then fails with a *BodyError whose Timeout is
+	// true. Zero: 60s.
+	ReadBodyTimeout time.Duration
 	// MaxHeaderBytes bounds a request head when no guard does. Zero:
 	// http.DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
@@ -253,17 +274,12 @@ func (s *Server) forget(c *conn) {
 	s.mu.Unlock()
 }
 
-// baseContext is the parent of every request's context. It carries
-// http.ServerContextKey, as net/http's does: forwarders (keyward's own and
-// httputil.ReverseProxy) abort a response whose body failed mid-copy, by
-// panicking with http.ErrAbortHandler so the client sees the stream cut,
-// only when they find a server there; otherwise a truncated body would
-// end cleanly. The value is an idle *http.Server, so code that
-// type-asserts it does not panic.
+// baseContext is the parent of every request's context. It says that a
+// handler may abort its response with panic(http.ErrAbortHandler) (see
+// internal/abort): keyward's forwarder does so when an upstream body
+// breaks off, so that the client sees the stream cut instead of ended.
 func (s *Server) baseContext() context.Context {
-	s.ctxOnce.Do(func() {
-		s.ctx = context.WithValue(context.Background(), http.ServerContextKey, &http.Server{})
-	})
+	s.ctxOnce.Do(func() { s.ctx = abort.WithSupport(context.Background()) })
 	return s.ctx
 }
 
@@ -279,6 +295,20 @@ func (s *Server) idleTimeout() time.Duration {
 		return s.IdleTimeout
 	}
 	return 120 * time.Second
+}
+
+func (s *Server) writeTimeout() time.Duration {
+	if s.WriteTimeout > 0 {
+		return s.WriteTimeout
+	}
+	return 30 * time.Second
+}
+
+func (s *Server) readBodyTimeout() time.Duration {
+	if s.ReadBodyTimeout > 0 {
+		return s.ReadBodyTimeout
+	}
+	return 60 * time.Second
 }
 
 func (s *Server) maxHeaderBytes() int {
