@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/keyward/keyward/internal/http1"
 )
 
 // feedConn is a client that has sent data, arriving in pieces whose sizes
@@ -91,7 +93,7 @@ func FuzzGuard(f *testing.F) {
 		}
 
 		cr := &countingReader{r: bytes.NewReader(out)}
-		br := bufio.NewReader(cr)
+		br := bufio.NewReaderSize(cr, http1.ReadBufferSize) // as the server reads
 		off := func() int { return cr.n - br.Buffered() }
 		// The guard has seen the last passed body end unless it stopped
 		// inside it: input ran out, or a fault inside the body.

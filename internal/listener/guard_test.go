@@ -9,12 +9,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/keyward/keyward/internal/http1"
 )
 
 // safety bounds every socket operation in these tests, so a broken guard
@@ -479,7 +482,8 @@ func TestExpectContinue(t *testing.T) {
 // TestPipelinedRefusalWaitsForRunningHandler: the request before a refused
 // one is still being handled when the guard finds the violation; its
 // response must come out whole, before the refusal, and its context must not
-// be cancelled by the guard.
+// be cancelled by the guard. It runs keyward's server (internal/http1),
+// whose hang-up watch is what reads the bad head: through WatchRead.
 func TestPipelinedRefusalWaitsForRunningHandler(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -491,22 +495,29 @@ func TestPipelinedRefusalWaitsForRunningHandler(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})
 	ctxErr := make(chan error, 1)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := &http1.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(started)
 		<-release
 		ctxErr <- r.Context().Err()
 		_, _ = io.WriteString(w, "ok")
 	})}
-	go func() { _ = srv.Serve(g) }()
-	t.Cleanup(func() { srv.Close() })
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(g)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
 
 	c := dial(t, ln.Addr().String())
 	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: k\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	<-started
-	// The bad head arrives while the handler runs; net/http's background
-	// read is what reads it.
+	// The bad head arrives while the handler runs; the server's hang-up
+	// watch is what reads it.
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: k\r\nX: \x00\r\n\r\n"+next); err != nil {
 		t.Fatal(err)
 	}
@@ -518,6 +529,55 @@ func TestPipelinedRefusalWaitsForRunningHandler(t *testing.T) {
 	}
 	if err := <-ctxErr; err != nil {
 		t.Errorf("the running request's context ended: %v", err)
+	}
+}
+
+// TestWatchRead checks the guard's side of the hang-up watch contract
+// (see WatchRead) on one connection: valid input passes through WatchRead
+// as through Read; after a refusal, Read fails at once with a read
+// *net.OpError, while WatchRead waits for the read deadline.
+func TestWatchRead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := Guard(ln, Options{})
+	t.Cleanup(func() { g.Close() })
+	client := dial(t, ln.Addr().String())
+	sc, err := g.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sc.Close() })
+	w, ok := sc.(interface{ WatchRead([]byte) (int, error) })
+	if !ok {
+		t.Fatalf("%T has no WatchRead method", sc)
+	}
+	_ = sc.SetReadDeadline(time.Now().Add(safety))
+
+	if _, err := io.WriteString(client, next); err != nil {
+		t.Fatal(err)
+	}
+	var b [1]byte
+	if n, err := w.WatchRead(b[:]); n != 1 || err != nil || b[0] != 'G' {
+		t.Fatalf("WatchRead on a valid head = %d, %v (byte %q); want the head's first byte", n, err, b[:n])
+	}
+	rest := make([]byte, len(next)-1)
+	if _, err := io.ReadFull(sc, rest); err != nil || string(b[:])+string(rest) != next {
+		t.Fatalf("Read after WatchRead: %q, %v; want the rest of the head", rest, err)
+	}
+
+	if _, err := io.WriteString(client, "GET / HTTP/1.1\r\nHost: k\r\nX: \x00\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = sc.Read(make([]byte, 64))
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "read" || !errors.Is(err, errRejected) {
+		t.Fatalf("Read after a refused head: %v; want a read *net.OpError wrapping the refusal", err)
+	}
+	_ = sc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, err := w.WatchRead(b[:]); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WatchRead after a refusal = %d, %v; want it to wait for the read deadline", n, err)
 	}
 }
 

@@ -18,6 +18,12 @@
 // connections that negotiate h2 by ALPN must bypass it; net/http then no
 // longer sees a *tls.Conn, so that wiring needs its own design.
 //
+// A server behind the guard reads requests with Read and watches for a
+// client hanging up with WatchRead (internal/http1 does), so that a bad
+// head pipelined after a running request is refused after that request's
+// response, without cancelling it. net/http's background read uses Read:
+// behind the guard it would cancel the running request instead.
+//
 // A handler that hijacks a connection after a 101 Switching Protocols
 // (WebSocket through httputil.ReverseProxy) would still have its reads
 // checked as HTTP and refused. keyward refuses upgrades today; a route that
@@ -143,8 +149,8 @@ func (l *guardListener) Close() error {
 	return l.Listener.Close()
 }
 
-// conn is one guarded client connection. The server calls Read from one
-// goroutine at a time; Close may come from another.
+// conn is one guarded client connection. The server calls Read, WatchRead
+// and WaitRead from one goroutine at a time; Close may come from another.
 //
 // Bytes read from the socket are either passed to the caller or held in buf:
 // buf[r:pass] is checked and waiting to be read, buf[pass:w] is the start of
@@ -177,8 +183,24 @@ type conn struct {
 // answer of its own.
 var errRejected = errors.New("listener: request refused by the framing guard")
 
-// Read passes the next checked bytes of the client's stream.
-func (c *conn) Read(p []byte) (int, error) {
+// Read passes the next checked bytes of the client's stream. Once the
+// guard has refused the stream, it fails with a read *net.OpError: the
+// server closes the connection without an answer of its own, and Close
+// sends the refusal.
+func (c *conn) Read(p []byte) (int, error) { return c.read(p, false) }
+
+// WatchRead is Read for a server's hang-up watch: a read made while a
+// handler runs, to notice its client leaving (internal/http1 calls it). It
+// passes input and reports the client's errors as Read does, but once the
+// guard has refused the stream (a bad head pipelined after the running
+// request) it blocks like a quiet socket until the read deadline passes
+// or the connection ends: reporting the refusal would cancel a request
+// that did nothing wrong, whose response must still go out before the
+// refusal. Input arriving meanwhile is discarded; the connection is
+// ending.
+func (c *conn) WatchRead(p []byte) (int, error) { return c.read(p, true) }
+
+func (c *conn) read(p []byte, watch bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -196,7 +218,10 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		if c.rejected {
-			return c.readRejected(p)
+			if watch {
+				return c.discardUntilError()
+			}
+			return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errRejected}
 		}
 		if c.r == c.w {
 			// Nothing held: read into p and hand back what checks out.
@@ -331,23 +356,16 @@ func (c *conn) reject(v *violation, answer bool) {
 	}
 }
 
-// readRejected is Read after a refusal. The server reads a single byte only in
-// its hang-up watch, made while a handler runs to notice a client leaving;
-// that read must block like a quiet socket until the server aborts it with a
-// past deadline, or the running handler's context would be cancelled. Any
-// other read means the server wants the next request: it gets an error that
-// makes it close the connection silently, and Close sends the refusal.
-// Input arriving meanwhile is discarded; the connection is ending.
-func (c *conn) readRejected(p []byte) (int, error) {
-	if len(p) == 1 {
-		var scratch [512]byte
-		for {
-			if _, err := c.Conn.Read(scratch[:]); err != nil {
-				return 0, err
-			}
+// discardUntilError is WatchRead after a refusal: it reads and drops input
+// until the socket fails (the deadline the server sets to end the watch,
+// or the client leaving).
+func (c *conn) discardUntilError() (int, error) {
+	var scratch [512]byte
+	for {
+		if _, err := c.Conn.Read(scratch[:]); err != nil {
+			return 0, err
 		}
 	}
-	return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errRejected}
 }
 
 // hold keeps b, the start of an incomplete section, for the next fill.

@@ -71,10 +71,13 @@ const (
 
 const (
 	// maxChunkLine bounds a chunk-size line with its CRLF. It is the size of
-	// net/http's read buffer: its chunked reader fails on a longer line.
+	// the server's read buffer (http1.ReadBufferSize): net/http's chunked
+	// reader fails on a line that does not fit in it. TestDifferential
+	// fails if the two stop agreeing.
 	maxChunkLine = 4096
 	// maxTrailerBytes bounds the trailer section with its final CRLF:
-	// net/http only reads a trailer whose end it can see in its 4 KiB buffer.
+	// net/http only reads a trailer whose end it can see in the server's
+	// read buffer (checked by TestDifferential too).
 	maxTrailerBytes = 4096
 	// maxChunkOverhead mirrors net/http's limit on framing bytes beyond
 	// 16 per chunk plus twice the data (CVE-2023-39326): a sender may not
