@@ -72,8 +72,9 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 ## bench: Go micro-benchmarks with allocations (bench/results/micro.txt), then the
-## side-by-side load run against nginx, caddy, haproxy and bare Go (bench/run.sh;
-## its knobs pass through the environment: DURATION=5 ROUNDS=1 make bench)
+## side-by-side load run against nginx, caddy, haproxy and bare Go (bench/run.sh,
+## see bench/README.md; it installs what it needs with apt-get when missing, as
+## root; its knobs pass through the environment: DURATION=5 ROUNDS=1 make bench)
 bench:
 	mkdir -p bench/results
 	$(GO) test -run='^$$' -bench=. -benchmem ./... | tee bench/results/micro.txt
