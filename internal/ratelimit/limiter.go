@@ -3,16 +3,31 @@
 // algorithm) and per-route and per-client budgets counted in fixed calendar
 // windows.
 //
-// One Limiter per route combines them over a Store. Memory is the
-// single-instance Store; package ratelimit/redis shares state between
-// instances. Both run the same arithmetic in the same units, and the store
-// test suite in ratelimit/storetest runs one table against both.
+// One Limiter per route combines them over a Store, in two steps that the
+// gateway takes at two points of a request: AllowRate when the request
+// arrives, so that every request a client sends costs it rate, whatever
+// becomes of it; Spend just before the request goes upstream, so that the
+// budgets count what the upstream receives (and bills), not requests the
+// gateway refused itself or answered from its cache.
+//
+// An IPv6 client is also counted in its wide network (Client.Wide, the
+// /48 by default; see package clientip), against WideFactor times its own
+// rate, burst and client budget: a /48 holds 65,536 /64 "clients", and
+// without a limit on the network as a whole its holder could multiply
+// every per-client allowance by that.
+//
+// Memory is the single-instance Store; package ratelimit/redis shares
+// state between instances. Both run the same arithmetic in the same units,
+// and the store test suite in ratelimit/storetest runs one table against
+// both.
 //
 // The properties the design protects, each a known failure of shared
-// limiters: every check is one atomic store step (no read-then-write), a
-// rejected request is never counted (a client that keeps retrying is not
-// kept blocked), and keys are namespaced by route, not by instance (the
-// limit does not multiply with instances).
+// limiters: each step is one atomic store operation over all the keys it
+// touches (no read-then-write), a request refused by one limit is counted
+// by none of that step's limits (a client that keeps retrying is not kept
+// blocked, and a spent route budget does not eat client budgets), and keys
+// are namespaced by route, not by instance (the limit does not multiply
+// with instances).
 package ratelimit
 
 import (
@@ -27,10 +42,10 @@ import (
 	"time"
 )
 
-// DefaultTimeout bounds one Allow call's store round trips when Options
-// does not. It is long enough for a Redis round trip inside a data centre
-// and short enough that a Redis outage adds little latency before the fault
-// policy applies.
+// DefaultTimeout bounds the store round trip of one AllowRate or Spend
+// call when Options does not. It is long enough for a Redis round trip
+// inside a data centre and short enough that a Redis outage adds little
+// latency before the fault policy applies.
 const DefaultTimeout = 50 * time.Millisecond
 
 // FaultPolicy says what a Limiter decides when its store fails or times
@@ -70,6 +85,12 @@ func ParseFaultPolicy(s string) (FaultPolicy, error) {
 	return 0, fmt.Errorf("unknown store error policy %q: want fail_open or fail_closed", s)
 }
 
+// DefaultWideFactor is how many clients' allowance a wide network gets
+// when Options does not say: enough for a household or an office whose
+// devices sit in different /64s of one /48, and a factor of 8,192 less than
+// the 65,536 /64s of that /48 could otherwise claim.
+const DefaultWideFactor = 8
+
 // Options configures a Limiter. The zero values of the limit fields mean
 // "not limited", so a route can have a rate, a budget, both, or neither.
 type Options struct {
@@ -88,11 +109,16 @@ type Options struct {
 	// Budget is the route budget shared by all clients: the ceiling on
 	// requests the upstream receives per window. The zero Budget means none.
 	Budget Budget
+	// WideFactor is how many clients' allowance the clients of one wide
+	// network (Client.Wide) share: the network's rate, burst and client
+	// budget are WideFactor times a client's. 0 means DefaultWideFactor;
+	// 1 makes the whole network one client.
+	WideFactor int64
 	// OnStoreError is the fault policy. The zero value is FailOpen.
 	OnStoreError FaultPolicy
-	// Timeout bounds the store round trips of one Allow call; 0 means
-	// DefaultTimeout. It does not apply to a Memory store, which never
-	// waits on anything but a shard lock.
+	// Timeout bounds the store round trip of one AllowRate or Spend call;
+	// 0 means DefaultTimeout. It does not apply to a Memory store, which
+	// never waits on anything but shard locks.
 	Timeout time.Duration
 	// Store holds the state. Required.
 	Store Store
@@ -106,6 +132,18 @@ type Options struct {
 	OnFault func(error)
 }
 
+// Client is whom a request is counted against.
+type Client struct {
+	// Key is the client's own key: clientip.Resolver.AppendKey's output,
+	// an IPv4 address or an IPv6 prefix. Route budgets ignore it.
+	Key string
+	// Wide is the key of the network the client belongs to
+	// (clientip.Resolver.AppendWideKey's output, an IPv6 /48), or "" for
+	// none. The per-client rate and client budget are checked at Wide too,
+	// scaled by Options.WideFactor.
+	Wide string
+}
+
 // Limiter decides whether one route's request may proceed. It is immutable
 // after New and safe for concurrent use; a config reload builds a new one,
 // and because state lives in the Store under Options.Name the new one
@@ -115,7 +153,10 @@ type Limiter struct {
 	rate          Rate
 	emission      time.Duration
 	limit         time.Duration // emission * burst
+	wideEmission  time.Duration // emission / WideFactor, rounded up
+	wideLimit     time.Duration // wideEmission * burst * WideFactor
 	clientBudget  Budget
+	wideBudget    int64 // clientBudget.Limit * WideFactor, saturated
 	budget        Budget
 	policy        FaultPolicy
 	timeout       time.Duration // 0 for stores that need no deadline
@@ -125,9 +166,14 @@ type Limiter struct {
 	rateKey       string // prefixes; the client key is appended
 	clientBudKey  string
 	budgetKey     string
-	policyHeader  []string
+	policyHeader  [stepBoth + 1][]string
 	budgetSpentTo atomic.Int64 // unix µs until which Budget is known spent
 }
+
+// maxWideFactor bounds Options.WideFactor far above any useful value (a
+// factor as large as the number of clients in a network is no limit at
+// all) and far below where the arithmetic could overflow.
+const maxWideFactor = 1 << 20
 
 // maxDebt caps emission*burst so that the arithmetic stays exact in the
 // doubles Redis Lua computes with.
@@ -148,6 +194,14 @@ func New(o Options) (*Limiter, error) {
 	if o.OnStoreError != FailOpen && o.OnStoreError != FailClosed {
 		errs = append(errs, fmt.Errorf("unknown store error policy %v", o.OnStoreError))
 	}
+	factor := o.WideFactor
+	if factor == 0 {
+		factor = DefaultWideFactor
+	}
+	if factor < 1 || factor > maxWideFactor {
+		errs = append(errs, fmt.Errorf("wide factor %d: want 1 to %d", o.WideFactor, maxWideFactor))
+		factor = 1
+	}
 	l := &Limiter{
 		name:         o.Name,
 		rate:         o.Rate,
@@ -165,6 +219,11 @@ func New(o Options) (*Limiter, error) {
 	if !o.Rate.IsZero() {
 		burst := max(o.Burst, 1)
 		l.emission = o.Rate.Emission()
+		// The network's emission is rounded up to a whole microsecond, so
+		// that rounding can only make the network's allowance smaller than
+		// WideFactor clients', never larger.
+		e := l.emission.Microseconds()
+		l.wideEmission = time.Duration((e+factor-1)/factor) * time.Microsecond
 		switch {
 		case o.Rate.Count <= 0 || o.Rate.Per <= 0:
 			errs = append(errs, fmt.Errorf("rate %v: count and period must be positive", o.Rate))
@@ -172,8 +231,11 @@ func New(o Options) (*Limiter, error) {
 			errs = append(errs, fmt.Errorf("rate %v: more than one request per microsecond is not supported", o.Rate))
 		case burst > int64(maxDebt/l.emission):
 			errs = append(errs, fmt.Errorf("burst %d at rate %v would take more than ten years to refill", burst, o.Rate))
+		case burst > int64(maxDebt/l.wideEmission)/factor:
+			errs = append(errs, fmt.Errorf("burst %d at rate %v, times wide factor %d, would take more than ten years to refill", burst, o.Rate, factor))
 		default:
 			l.limit = l.emission * time.Duration(burst)
+			l.wideLimit = l.wideEmission * time.Duration(burst*factor)
 		}
 	}
 	for _, b := range []struct {
@@ -187,6 +249,10 @@ func New(o Options) (*Limiter, error) {
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("rate limiter %q: %w", o.Name, errors.Join(errs...))
 	}
+	l.wideBudget = o.ClientBudget.Limit * factor
+	if o.ClientBudget.Limit > math.MaxInt64/factor {
+		l.wideBudget = math.MaxInt64
+	}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -195,7 +261,9 @@ func New(o Options) (*Limiter, error) {
 	} else if l.timeout == 0 {
 		l.timeout = DefaultTimeout
 	}
-	l.policyHeader = l.buildPolicyHeader()
+	for s := range l.policyHeader {
+		l.policyHeader[s] = l.buildPolicyHeader(step(s))
+	}
 	return l, nil
 }
 
@@ -205,10 +273,12 @@ type Reason int
 const (
 	// ReasonNone means the request was allowed.
 	ReasonNone Reason = iota
-	// ReasonRate means the client exceeded the per-client rate; answer 429.
+	// ReasonRate means the client exceeded the per-client rate, or its
+	// wide network the network's (Result.Wide); answer 429.
 	ReasonRate
-	// ReasonClientBudget means the client spent its own budget; answer 429
-	// with an error code distinct from ReasonRate's.
+	// ReasonClientBudget means the client spent its own budget, or its
+	// wide network the network's (Result.Wide); answer 429 with an error
+	// code distinct from ReasonRate's.
 	ReasonClientBudget
 	// ReasonBudget means the route budget is spent for all clients; answer
 	// 429 with an error code distinct from ReasonRate's.
@@ -237,9 +307,11 @@ func (r Reason) String() string {
 }
 
 // Decision is the state of one limit after a request, in the terms of the
-// RateLimit header fields.
+// RateLimit header fields. For a client with a wide network it is the two
+// combined: the fewer remaining requests, the later reset and retry.
 type Decision struct {
-	// Allowed reports whether this limit let the request through.
+	// Allowed reports whether this limit let the request through, or
+	// would have if another limit of the same step had not refused it.
 	Allowed bool
 	// Remaining is how many more requests this limit would allow right now.
 	Remaining int64
@@ -252,22 +324,37 @@ type Decision struct {
 	RetryAfter time.Duration
 }
 
-// Result is a Limiter's answer for one request.
+// combine merges the decisions of a client's own limit and of its wide
+// network's.
+func combine(own, wide Decision) Decision {
+	return Decision{
+		Allowed:    own.Allowed && wide.Allowed,
+		Remaining:  min(own.Remaining, wide.Remaining),
+		Reset:      max(own.Reset, wide.Reset),
+		RetryAfter: max(own.RetryAfter, wide.RetryAfter),
+	}
+}
+
+// Result is a Limiter's answer for one step of one request.
 type Result struct {
 	// Allowed reports whether the request may proceed.
 	Allowed bool
 	// Reason says why it may not; ReasonNone when Allowed.
 	Reason Reason
+	// Wide reports that the client's wide network refused the request while
+	// the client's own limit would have allowed it: the clients of the
+	// network together used up WideFactor clients' allowance.
+	Wide bool
 	// Rate, ClientBudget and Budget are the state of each configured limit
 	// that was checked; a limit that was not configured or not reached
-	// (because an earlier one denied, or the store failed) is the zero
-	// Decision.
+	// (another step's, or the store failed) is the zero Decision.
 	Rate, ClientBudget, Budget Decision
 	// Err is the store fault behind this decision, a *StoreError, or nil.
 	// It is set under FailOpen too, where the request is allowed anyway.
 	Err error
 
 	checked checks
+	step    step
 	l       *Limiter
 }
 
@@ -279,11 +366,20 @@ const (
 	checkedBudget
 )
 
+// step is which limits a Result covers, for its RateLimit-Policy.
+type step uint8
+
+const (
+	stepRate  step = iota // AllowRate
+	stepSpend             // Spend
+	stepBoth              // Allow
+)
+
 // StoreError is a store fault seen by a Limiter.
 type StoreError struct {
 	// Limiter is the limiter's Options.Name.
 	Limiter string
-	// Op is the check that failed: "rate", "client budget" or "budget".
+	// Op is the check that failed: "rate" or "budget".
 	Op string
 	// Err is the store's error; errors.Is(err, context.DeadlineExceeded)
 	// for a timeout.
@@ -298,19 +394,75 @@ func (e *StoreError) Error() string {
 // Unwrap returns the store's error.
 func (e *StoreError) Unwrap() error { return e.Err }
 
-// Allow decides whether a request from client may proceed and, if so,
-// counts it against every configured limit. client is the client's key,
-// normally clientip.Resolver.AppendKey's output; it is ignored by the
-// route budget.
+// AllowRate decides whether a request from c conforms to the per-client
+// rate and, if so, counts it: at c.Key, and at c.Wide against WideFactor
+// times the rate and burst, in one atomic store step, so that a request
+// either one refuses is counted by neither. Without a rate it allows
+// without asking the store.
 //
-// Limits are checked in order rate, client budget, route budget; if a
-// later one denies, what earlier ones counted is given back, so a rejected
-// request is never counted anywhere and the route budget admits exactly its
-// limit. A store fault ends the check and the fault policy decides; the
-// whole call is bounded by Options.Timeout.
-func (l *Limiter) Allow(ctx context.Context, client string) Result {
+// The gateway calls it as soon as it knows the route, for every request:
+// a request the gateway refuses later (a bad parameter, a body too large)
+// was still work, so it still costs the client rate. The call is bounded
+// by Options.Timeout; a store fault is decided by the fault policy.
+func (l *Limiter) AllowRate(ctx context.Context, c Client) Result {
+	res := Result{Allowed: true, step: stepRate, l: l}
+	if l.limit == 0 {
+		return res
+	}
 	now := l.now()
-	res := Result{Allowed: true, l: l}
+	ctx, cancel := l.deadline(ctx)
+	defer cancel()
+	cells := [2]RateCell{{Key: l.rateKey + c.Key, Emission: l.emission, Limit: l.limit}}
+	n := 1
+	if c.Wide != "" {
+		cells[1] = RateCell{Key: l.rateKey + c.Wide, Emission: l.wideEmission, Limit: l.wideLimit}
+		n = 2
+	}
+	ok, err := l.store.GCRA(ctx, now, cells[:n])
+	if err != nil {
+		return l.fault(res, "rate", err)
+	}
+	res.checked |= checkedRate
+	res.Rate = gcraDecision(ok, cells[0])
+	if n == 2 {
+		wide := gcraDecision(ok, cells[1])
+		res.Wide = res.Rate.Allowed && !wide.Allowed
+		res.Rate = combine(res.Rate, wide)
+	}
+	if !ok {
+		return res.deny(ReasonRate)
+	}
+	return res
+}
+
+// gcraDecision is the Decision for one cell of a GCRA call that allowed
+// (and counted) the request or not.
+func gcraDecision(allowed bool, c RateCell) Decision {
+	room := c.Limit - c.Debt // how much more debt the key may take on
+	if allowed || room >= c.Emission {
+		// Counted, or this cell would have allowed it had another not
+		// refused.
+		return Decision{Allowed: true, Remaining: max(int64(room/c.Emission), 0), Reset: c.Debt}
+	}
+	return Decision{Reset: c.Debt, RetryAfter: c.Emission - room}
+}
+
+// Spend counts one request about to go upstream against the client budget
+// (at c.Key, and at c.Wide against WideFactor times it) and the route
+// budget, all in one atomic store step: if any of them is spent the
+// request is counted by none. Without budgets it allows without asking the
+// store.
+//
+// The gateway calls it just before sending the request upstream, so the
+// budgets count what the upstream receives and bills: never a request the
+// gateway refused or answered from its cache. The call is bounded by
+// Options.Timeout; a store fault is decided by the fault policy.
+func (l *Limiter) Spend(ctx context.Context, c Client) Result {
+	res := Result{Allowed: true, step: stepSpend, l: l}
+	if l.clientBudget.IsZero() && l.budget.IsZero() {
+		return res
+	}
+	now := l.now()
 	if !l.budget.IsZero() {
 		// A route budget never decreases inside its window, so once this
 		// instance has seen it spent it can answer without the store.
@@ -321,89 +473,86 @@ func (l *Limiter) Allow(ctx context.Context, client string) Result {
 			return res.deny(ReasonBudget)
 		}
 	}
-	if l.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, l.timeout)
-		defer cancel()
-	}
-
-	var rateKey, clientBudgetKey string
-	if l.limit > 0 {
-		rateKey = l.rateKey + client
-		ok, debt, err := l.store.GCRA(ctx, rateKey, now, l.emission, l.limit)
-		if err != nil {
-			return l.fault(res, "rate", err)
-		}
-		res.checked |= checkedRate
-		if !ok {
-			res.Rate = Decision{Reset: debt, RetryAfter: debt + l.emission - l.limit}
-			return res.deny(ReasonRate)
-		}
-		res.Rate = Decision{Allowed: true, Remaining: int64((l.limit - debt) / l.emission), Reset: debt}
-	}
-	undo := func(upTo checks) {
-		// Best effort: the store answered a moment ago. A failed undo only
-		// costs the client one request of allowance, so it is reported but
-		// does not change the decision. The decisions are adjusted so the
-		// headers show the state after the give-back.
-		if upTo&checkedRate != 0 {
-			if err := l.store.UndoGCRA(ctx, rateKey, now, l.emission); err != nil {
-				l.report(&StoreError{Limiter: l.name, Op: "rate", Err: err})
-			} else {
-				res.Rate.Remaining++
-				res.Rate.Reset = max(res.Rate.Reset-l.emission, 0)
-			}
-		}
-		if upTo&checkedClientBudget != 0 {
-			if err := l.store.UndoBudget(ctx, clientBudgetKey, now, l.clientBudget.Window); err != nil {
-				l.report(&StoreError{Limiter: l.name, Op: "client budget", Err: err})
-			} else {
-				res.ClientBudget.Remaining++
-			}
-		}
-	}
+	ctx, cancel := l.deadline(ctx)
+	defer cancel()
+	var cells [3]BudgetCell
+	n, own, wide, route := 0, -1, -1, -1
 	if !l.clientBudget.IsZero() {
-		clientBudgetKey = l.clientBudKey + client
-		d, err := l.checkBudget(ctx, clientBudgetKey, now, l.clientBudget)
-		if err != nil {
-			return l.fault(res, "client budget", err)
+		cells[n] = BudgetCell{Key: l.clientBudKey + c.Key, Limit: l.clientBudget.Limit, Window: l.clientBudget.Window}
+		own, n = n, n+1
+		if c.Wide != "" {
+			cells[n] = BudgetCell{Key: l.clientBudKey + c.Wide, Limit: l.wideBudget, Window: l.clientBudget.Window}
+			wide, n = n, n+1
 		}
-		res.ClientBudget = d
-		if !d.Allowed {
-			undo(res.checked)
-			res.checked |= checkedClientBudget
-			return res.deny(ReasonClientBudget)
-		}
-		res.checked |= checkedClientBudget
 	}
 	if !l.budget.IsZero() {
-		d, err := l.checkBudget(ctx, l.budgetKey, now, l.budget)
-		if err != nil {
-			return l.fault(res, "budget", err)
-		}
-		res.Budget = d
-		if !d.Allowed {
-			undo(res.checked)
-			res.checked |= checkedBudget
-			l.budgetSpentTo.Store(now.UnixMicro() + d.Reset.Microseconds())
-			return res.deny(ReasonBudget)
-		}
-		res.checked |= checkedBudget
+		cells[n] = BudgetCell{Key: l.budgetKey, Limit: l.budget.Limit, Window: l.budget.Window}
+		route, n = n, n+1
 	}
-	return res
+	ok, err := l.store.Budget(ctx, now, 1, cells[:n])
+	if err != nil {
+		return l.fault(res, "budget", err)
+	}
+	if own >= 0 {
+		res.checked |= checkedClientBudget
+		res.ClientBudget = budgetDecision(ok, cells[own], now)
+		if wide >= 0 {
+			w := budgetDecision(ok, cells[wide], now)
+			res.Wide = res.ClientBudget.Allowed && !w.Allowed
+			res.ClientBudget = combine(res.ClientBudget, w)
+		}
+	}
+	if route >= 0 {
+		res.checked |= checkedBudget
+		res.Budget = budgetDecision(ok, cells[route], now)
+	}
+	switch {
+	case ok:
+		return res
+	case route >= 0 && !res.Budget.Allowed:
+		// The route's refusal is reported even when the client's budget is
+		// spent too: it applies to everyone and is remembered.
+		res.Wide = false
+		l.budgetSpentTo.Store(now.UnixMicro() + res.Budget.Reset.Microseconds())
+		return res.deny(ReasonBudget)
+	}
+	return res.deny(ReasonClientBudget)
 }
 
-func (l *Limiter) checkBudget(ctx context.Context, key string, now time.Time, b Budget) (Decision, error) {
-	ok, used, err := l.store.Budget(ctx, key, now, b.Limit, b.Window)
-	if err != nil {
-		return Decision{}, err
+// budgetDecision is the Decision for one cell of a Budget call that
+// counted the request or not.
+func budgetDecision(counted bool, c BudgetCell, now time.Time) Decision {
+	reset := c.Window.End(now).Sub(now)
+	if counted || c.Used < c.Limit {
+		return Decision{Allowed: true, Remaining: max(c.Limit-c.Used, 0), Reset: reset}
 	}
-	reset := b.Window.End(now).Sub(now)
-	d := Decision{Allowed: ok, Remaining: max(b.Limit-used, 0), Reset: reset}
-	if !ok {
-		d.RetryAfter = reset
+	return Decision{Reset: reset, RetryAfter: reset}
+}
+
+// Allow is AllowRate and, if it allowed without a store fault, Spend, for
+// a client with no wide network, combined into one Result. It remains for
+// callers that check every limit at one point; the gateway calls AllowRate
+// and Spend at their own points instead.
+func (l *Limiter) Allow(ctx context.Context, client string) Result {
+	c := Client{Key: client}
+	res := l.AllowRate(ctx, c)
+	res.step = stepBoth
+	if !res.Allowed || res.Err != nil {
+		return res
 	}
-	return d, nil
+	spend := l.Spend(ctx, c)
+	spend.step = stepBoth
+	spend.Rate = res.Rate
+	spend.checked |= res.checked
+	return spend
+}
+
+// deadline bounds ctx by the store timeout, if the store needs one.
+func (l *Limiter) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if l.timeout == 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, l.timeout)
 }
 
 func (res Result) deny(why Reason) Result {
@@ -416,8 +565,6 @@ func (l *Limiter) fault(res Result, op string, err error) Result {
 	l.report(serr)
 	res.Err = serr
 	if l.policy == FailClosed {
-		// What earlier checks counted is not given back: the store is
-		// failing, and another round trip would only add latency.
 		return res.deny(ReasonStoreError)
 	}
 	return res
@@ -429,20 +576,22 @@ func (l *Limiter) report(err error) {
 	}
 }
 
-// buildPolicyHeader renders the RateLimit-Policy field once, since it only
-// depends on configuration. Its items follow
+// buildPolicyHeader renders the RateLimit-Policy field of one step once,
+// since it only depends on configuration. Its items follow
 // draft-ietf-httpapi-ratelimit-headers-09: the rate policy states the
 // configured sustained rate (q requests per w seconds), each budget its
-// limit per window, a month counted as 30 days.
-func (l *Limiter) buildPolicyHeader() []string {
+// limit per window, a month counted as 30 days. The wide network's limits
+// are not announced: they are the client's scaled, and a client sees them
+// only through the combined Remaining.
+func (l *Limiter) buildPolicyHeader(s step) []string {
 	var items []string
-	if l.limit > 0 {
+	if l.limit > 0 && s != stepSpend {
 		items = append(items, policyItem("rate", l.rate.Count, l.rate.Per))
 	}
-	if !l.clientBudget.IsZero() {
+	if !l.clientBudget.IsZero() && s != stepRate {
 		items = append(items, policyItem("client-budget", l.clientBudget.Limit, l.clientBudget.Window.nominal()))
 	}
-	if !l.budget.IsZero() {
+	if !l.budget.IsZero() && s != stepRate {
 		items = append(items, policyItem("budget", l.budget.Limit, l.budget.Window.nominal()))
 	}
 	if len(items) == 0 {
@@ -465,21 +614,27 @@ func ceilSeconds(d time.Duration) int64 {
 	return int64(math.Ceil(d.Seconds()))
 }
 
-// SetHeaders writes the IETF RateLimit-Policy and RateLimit fields
+// SetHeaders adds the IETF RateLimit-Policy and RateLimit fields
 // (draft-ietf-httpapi-ratelimit-headers-09) for every limit that was
-// checked, and Retry-After (RFC 9110 section 10.2.3) when the request was
-// denied by a limit. It writes nothing for a Result whose limits were not
-// reached because the store failed.
+// checked, and sets Retry-After (RFC 9110 section 10.2.3) when the request
+// was denied by a limit. It writes nothing for a Result whose limits were
+// not reached because the store failed.
 //
-// The RateLimit-Policy value is shared between responses to save an
-// allocation; it must not be modified in place (Header.Add and Set are
-// fine).
+// Both fields are lists, so the results of AllowRate and Spend for one
+// request each add one field line of their own limits, and a response
+// carries both. The first RateLimit-Policy line is shared between
+// responses to save an allocation; it must not be modified in place
+// (Header.Add and Set are fine).
 func (res *Result) SetHeaders(h http.Header) {
 	if res.l == nil || res.checked == 0 {
 		return
 	}
-	if res.l.policyHeader != nil {
-		h["Ratelimit-Policy"] = res.l.policyHeader
+	if p := res.l.policyHeader[res.step]; p != nil {
+		if old := h["Ratelimit-Policy"]; old == nil {
+			h["Ratelimit-Policy"] = p
+		} else {
+			h["Ratelimit-Policy"] = append(old, p[0])
+		}
 	}
 	var buf [160]byte
 	b := buf[:0]
@@ -503,7 +658,7 @@ func (res *Result) SetHeaders(h http.Header) {
 	if res.checked&checkedBudget != 0 {
 		item("budget", res.Budget)
 	}
-	h["Ratelimit"] = []string{string(b)}
+	h["Ratelimit"] = append(h["Ratelimit"], string(b))
 	if res.Allowed || res.Reason == ReasonStoreError {
 		return
 	}

@@ -34,20 +34,12 @@ func (f *faultyStore) fail(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (f *faultyStore) GCRA(ctx context.Context, _ string, _ time.Time, _, _ time.Duration) (bool, time.Duration, error) {
-	return false, 0, f.fail(ctx)
+func (f *faultyStore) GCRA(ctx context.Context, _ time.Time, _ []ratelimit.RateCell) (bool, error) {
+	return false, f.fail(ctx)
 }
 
-func (f *faultyStore) UndoGCRA(ctx context.Context, _ string, _ time.Time, _ time.Duration) error {
-	return f.fail(ctx)
-}
-
-func (f *faultyStore) Budget(ctx context.Context, _ string, _ time.Time, _ int64, _ ratelimit.Window) (bool, int64, error) {
-	return false, 0, f.fail(ctx)
-}
-
-func (f *faultyStore) UndoBudget(ctx context.Context, _ string, _ time.Time, _ ratelimit.Window) error {
-	return f.fail(ctx)
+func (f *faultyStore) Budget(ctx context.Context, _ time.Time, _ int64, _ []ratelimit.BudgetCell) (bool, error) {
+	return false, f.fail(ctx)
 }
 
 func TestFaultPolicy(t *testing.T) {
@@ -118,6 +110,10 @@ func TestNewErrors(t *testing.T) {
 			want: []string{"budget 1/Window(9)"}},
 		{name: "bad policy", o: ratelimit.Options{Name: "r", Store: m, OnStoreError: 7},
 			want: []string{"unknown store error policy FaultPolicy(7)"}},
+		{name: "bad wide factor", o: ratelimit.Options{Name: "r", Store: m, WideFactor: -1},
+			want: []string{"wide factor -1: want 1 to 1048576"}},
+		{name: "wide burst too large", o: ratelimit.Options{Name: "r", Store: m, Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 30, WideFactor: 1 << 20},
+			want: []string{"times wide factor 1048576"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -154,7 +150,7 @@ func TestMemoryBounded(t *testing.T) {
 	ctx := context.Background()
 	now := start
 	for i := range 10 * maxKeys {
-		ok, _, err := m.GCRA(ctx, fmt.Sprint("client-", i), now, time.Second, time.Second)
+		ok, err := m.GCRA(ctx, now, []ratelimit.RateCell{{Key: fmt.Sprint("client-", i), Emission: time.Second, Limit: time.Second}})
 		if err != nil || !ok {
 			t.Fatalf("GCRA for new client %d = %v, %v", i, ok, err)
 		}
@@ -166,7 +162,7 @@ func TestMemoryBounded(t *testing.T) {
 	now = now.Add(2 * time.Second)
 	full := 0
 	for i := range 2 * maxKeys {
-		_, _, err := m.Budget(ctx, fmt.Sprint("budget-", i), now, 10, ratelimit.Day)
+		_, err := m.Budget(ctx, now, 1, []ratelimit.BudgetCell{{Key: fmt.Sprint("budget-", i), Limit: 10, Window: ratelimit.Day}})
 		if errors.Is(err, ratelimit.ErrFull) {
 			full++
 		} else if err != nil {
@@ -183,7 +179,7 @@ func TestMemoryBounded(t *testing.T) {
 	// new ones fit again.
 	now = now.Add(25 * time.Hour)
 	for i := range 64 {
-		if _, _, err := m.Budget(ctx, fmt.Sprint("next-day-", i), now, 10, ratelimit.Day); err != nil {
+		if _, err := m.Budget(ctx, now, 1, []ratelimit.BudgetCell{{Key: fmt.Sprint("next-day-", i), Limit: 10, Window: ratelimit.Day}}); err != nil {
 			t.Fatalf("new budget key %d after the window: %v", i, err)
 		}
 	}
@@ -195,13 +191,13 @@ func TestMemoryIdleKeysSwept(t *testing.T) {
 	m := ratelimit.NewMemory(0)
 	ctx := context.Background()
 	for i := range 50_000 {
-		if _, _, err := m.GCRA(ctx, fmt.Sprint("old-", i), start, time.Second, time.Second); err != nil {
+		if _, err := m.GCRA(ctx, start, []ratelimit.RateCell{{Key: fmt.Sprint("old-", i), Emission: time.Second, Limit: time.Second}}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	later := start.Add(time.Minute)
 	for i := range 50_000 {
-		if _, _, err := m.GCRA(ctx, fmt.Sprint("new-", i), later, time.Second, time.Second); err != nil {
+		if _, err := m.GCRA(ctx, later, []ratelimit.RateCell{{Key: fmt.Sprint("new-", i), Emission: time.Second, Limit: time.Second}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -223,7 +219,7 @@ func TestSetHeadersAllocs(t *testing.T) {
 	res := l.Allow(context.Background(), "c")
 	h := http.Header{}
 	// One string and one slice for RateLimit; the policy is shared.
-	if n := testing.AllocsPerRun(100, func() { res.SetHeaders(h) }); n > 2 {
+	if n := testing.AllocsPerRun(100, func() { clear(h); res.SetHeaders(h) }); n > 2 {
 		t.Errorf("SetHeaders allocates %v times, want at most 2", n)
 	}
 	want := http.Header{
@@ -248,11 +244,18 @@ func BenchmarkMemoryLimiter(b *testing.B) {
 	benchmarks := []struct {
 		name string
 		o    ratelimit.Options
+		ipv6 bool
 	}{
 		{name: "rate", o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20}},
 		{name: "rate+budget", o: ratelimit.Options{
 			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20,
 			Budget: ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
+		}},
+		{name: "ipv6/rate", ipv6: true, o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 16}},
+		{name: "ipv6/rate+budgets", ipv6: true, o: ratelimit.Options{
+			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 16,
+			ClientBudget: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day},
+			Budget:       ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
 		}},
 	}
 	for _, bm := range benchmarks {
@@ -262,7 +265,11 @@ func BenchmarkMemoryLimiter(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			storetest.Bench(b, l)
+			if bm.ipv6 {
+				storetest.BenchIPv6(b, l)
+			} else {
+				storetest.Bench(b, l)
+			}
 		})
 	}
 }

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"time"
 )
@@ -16,7 +17,9 @@ const memoryShards = 64
 
 // Memory is a Store inside this process, for a single gateway instance. It
 // is sharded by key hash so that concurrent requests for different clients
-// rarely contend on a lock.
+// rarely contend on a lock. A call over several keys (a client and its
+// wide network, or a client budget and the route budget) holds the locks
+// of all their shards at once, which is what makes it one atomic step.
 //
 // Memory stays bounded without a background goroutine: a GCRA key whose
 // debt is paid is indistinguishable from a missing key, and a budget key
@@ -68,10 +71,6 @@ func NewMemory(maxKeys int) *Memory {
 	return m
 }
 
-func (m *Memory) shard(key string) *memoryShard {
-	return &m.shards[maphash.String(m.seed, key)%memoryShards]
-}
-
 // Len returns the number of keys held, for tests and metrics.
 func (m *Memory) Len() int {
 	n := 0
@@ -84,77 +83,127 @@ func (m *Memory) Len() int {
 	return n
 }
 
-// GCRA implements Store.
-func (m *Memory) GCRA(_ context.Context, key string, now time.Time, emission, limit time.Duration) (bool, time.Duration, error) {
-	t, e, l := now.UnixMicro(), emission.Microseconds(), limit.Microseconds()
-	s := m.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	tat, ok := s.gcra[key]
-	if tat < t {
-		tat = t
-	}
-	next := tat + e
-	if next-l > t {
-		return false, time.Duration(tat-t) * time.Microsecond, nil
-	}
-	if !ok {
-		s.makeRoom(t, m.shardMax)
-	}
-	s.gcra[key] = next
-	return true, time.Duration(next-t) * time.Microsecond, nil
+// shardOf returns the index of the shard holding key.
+func (m *Memory) shardOf(key string) uint8 {
+	return uint8(maphash.String(m.seed, key) % memoryShards)
 }
 
-// UndoGCRA implements Store.
-func (m *Memory) UndoGCRA(_ context.Context, key string, now time.Time, emission time.Duration) error {
+// lock locks every distinct shard among idx, in ascending order so that
+// two calls over the same shards cannot deadlock. It returns the locked
+// shards' indices, in buf, for unlock.
+func (m *Memory) lock(idx, buf []uint8) []uint8 {
+	order := append(buf[:0], idx...)
+	slices.Sort(order)
+	order = slices.Compact(order)
+	for _, i := range order {
+		m.shards[i].mu.Lock()
+	}
+	return order
+}
+
+func (m *Memory) unlock(order []uint8) {
+	for _, i := range order {
+		m.shards[i].mu.Unlock()
+	}
+}
+
+// GCRA implements Store.
+func (m *Memory) GCRA(_ context.Context, now time.Time, cells []RateCell) (bool, error) {
 	t := now.UnixMicro()
-	s := m.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	tat, ok := s.gcra[key]
-	if !ok {
-		return nil
+	var idxBuf, orderBuf [4]uint8 // room for a client, its network and more
+	idx := idxBuf[:0]
+	for i := range cells {
+		idx = append(idx, m.shardOf(cells[i].Key))
 	}
-	if tat -= emission.Microseconds(); tat <= t {
-		delete(s.gcra, key)
-	} else {
-		s.gcra[key] = tat
+	locked := m.lock(idx, orderBuf[:])
+	defer m.unlock(locked)
+	allowed := true
+	for i := range cells {
+		c := &cells[i]
+		tat := max(m.shards[idx[i]].gcra[c.Key], t)
+		c.Debt = time.Duration(tat-t) * time.Microsecond
+		if tat+c.Emission.Microseconds()-c.Limit.Microseconds() > t {
+			allowed = false
+		}
 	}
-	return nil
+	if !allowed {
+		return false, nil
+	}
+	for i := range cells {
+		c := &cells[i]
+		s := &m.shards[idx[i]]
+		tat, ok := s.gcra[c.Key]
+		if !ok {
+			// May evict another key, even one this call just wrote: that
+			// client merely regains its burst, as with any eviction.
+			s.makeRoom(t, m.shardMax)
+		}
+		next := max(tat, t) + c.Emission.Microseconds()
+		s.gcra[c.Key] = next
+		c.Debt = time.Duration(next-t) * time.Microsecond
+	}
+	return true, nil
 }
 
 // Budget implements Store.
-func (m *Memory) Budget(_ context.Context, key string, now time.Time, limit int64, window Window) (bool, int64, error) {
+func (m *Memory) Budget(_ context.Context, now time.Time, n int64, cells []BudgetCell) (bool, error) {
 	t := now.UnixMicro()
-	s := m.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b, ok := s.budgets[key]
-	if !ok || b.end <= t {
-		b = budgetCount{end: window.End(now).UnixMicro()}
+	var idxBuf, orderBuf [4]uint8
+	idx := idxBuf[:0]
+	for i := range cells {
+		idx = append(idx, m.shardOf(cells[i].Key))
 	}
-	if b.count >= limit {
-		return false, b.count, nil
+	locked := m.lock(idx, orderBuf[:])
+	defer m.unlock(locked)
+	allowed := true
+	for i := range cells {
+		c := &cells[i]
+		s := &m.shards[idx[i]]
+		b, ok := s.budgets[c.Key]
+		if ok && b.end <= t {
+			// A past window's count equals a missing key; deleting it here
+			// lets the counting loop below treat it as new.
+			delete(s.budgets, c.Key)
+			b = budgetCount{}
+		}
+		c.Used = b.count
+		if b.count > c.Limit-n {
+			allowed = false
+		}
 	}
-	if !ok && !s.makeRoom(t, m.shardMax) {
-		return false, 0, ErrFull
+	if !allowed {
+		return false, nil
 	}
-	b.count++
-	s.budgets[key] = b
-	return true, b.count, nil
+	for i := range cells {
+		c := &cells[i]
+		s := &m.shards[idx[i]]
+		b, ok := s.budgets[c.Key]
+		if !ok {
+			if !s.makeRoom(t, m.shardMax) {
+				m.uncount(idx[:i], cells[:i], n)
+				return false, ErrFull
+			}
+			b.end = c.Window.End(now).UnixMicro()
+		}
+		b.count += n
+		s.budgets[c.Key] = b
+		c.Used = b.count
+	}
+	return true, nil
 }
 
-// UndoBudget implements Store.
-func (m *Memory) UndoBudget(_ context.Context, key string, now time.Time, _ Window) error {
-	t := now.UnixMicro()
-	s := m.shard(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if b, ok := s.budgets[key]; ok && b.end > t && b.count > 0 {
-		b.count--
-		s.budgets[key] = b
+// uncount takes back what Budget counted at cells before a later cell
+// found the store full, so that the call changes nothing.
+func (m *Memory) uncount(idx []uint8, cells []BudgetCell, n int64) {
+	for i := range cells {
+		s := &m.shards[idx[i]]
+		b := s.budgets[cells[i].Key]
+		if b.count -= n; b.count <= 0 {
+			delete(s.budgets, cells[i].Key)
+		} else {
+			s.budgets[cells[i].Key] = b
+		}
 	}
-	return nil
 }
 
 // makeRoom prepares the shard for one new key at time t (unix µs), holding

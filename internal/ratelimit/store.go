@@ -7,10 +7,12 @@ import (
 )
 
 // Store keeps limiter state where every gateway instance that must enforce
-// one limit can reach it. Each method is one atomic step on one key: a
-// Store never reads a value in one call and writes it in another, because
-// read-then-write is how shared limiters let several times their limit
-// through.
+// one limit can reach it. Each method is one atomic step over all the keys
+// it is given: a Store never reads a value in one call and writes it in
+// another, because read-then-write is how shared limiters let several
+// times their limit through, and it never counts a request at one key that
+// another key of the same call refuses, because a refused request must not
+// be counted anywhere.
 //
 // All arithmetic is in whole microseconds: now is truncated with
 // time.Time.UnixMicro and durations with Duration.Microseconds, so that the
@@ -22,31 +24,52 @@ import (
 // advance at the same speed — it only lets the instance that is ahead use
 // up to d of extra burst once, and moves budget window edges by d.
 //
-// Keys are opaque to the store; the Limiter namespaces them.
+// Keys are opaque to the store; the Limiter namespaces them. The keys of
+// one call are distinct.
 type Store interface {
-	// GCRA spends one request of key's generic cell rate allowance at now,
-	// if the request conforms. emission is the time one request costs
-	// (Rate.Emission) and limit the most debt a key may carry, emission
-	// times the burst. It reports whether the request conforms and the
-	// key's debt after the call: how far the key's theoretical arrival
-	// time is ahead of now. A request that does not conform changes
-	// nothing, so rejected requests are never counted.
-	GCRA(ctx context.Context, key string, now time.Time, emission, limit time.Duration) (allowed bool, debt time.Duration, err error)
+	// GCRA spends one request of every cell's generic cell rate allowance
+	// at now if the request conforms to every cell, and changes nothing if
+	// it does not conform to any one of them. It reports whether the
+	// request conforms and sets each cell's Debt: after the call when it
+	// conforms, as found when it does not.
+	GCRA(ctx context.Context, now time.Time, cells []RateCell) (allowed bool, err error)
 
-	// UndoGCRA gives back one request spent by GCRA, for a request that a
-	// later check rejected. It is a no-op for a key with no debt.
-	UndoGCRA(ctx context.Context, key string, now time.Time, emission time.Duration) error
+	// Budget counts n (at least 1) against every cell's count for the
+	// window containing now if every count stays within its limit, and
+	// counts nothing otherwise. It reports whether n was counted and sets
+	// each cell's Used: the count after the call when counted, as found
+	// when not. The comparisons and the increments are one atomic step, so
+	// concurrent callers across instances are admitted exactly up to every
+	// limit.
+	Budget(ctx context.Context, now time.Time, n int64, cells []BudgetCell) (allowed bool, err error)
+}
 
-	// Budget counts one request against key's count for the window
-	// containing now, if the count is below limit. It reports whether the
-	// request was counted and the count after the call. The increment and
-	// the comparison are one atomic step, so concurrent callers across
-	// instances are admitted exactly limit times per window.
-	Budget(ctx context.Context, key string, now time.Time, limit int64, window Window) (allowed bool, used int64, err error)
+// RateCell is one key of a Store.GCRA call: a per-client rate, or the
+// scaled rate of the client's wide network.
+type RateCell struct {
+	// Key names the state.
+	Key string
+	// Emission is the time one request costs (Rate.Emission); always
+	// positive.
+	Emission time.Duration
+	// Limit is the most debt the key may carry, Emission times the burst.
+	Limit time.Duration
+	// Debt is set by the Store: how far the key's theoretical arrival time
+	// is ahead of now.
+	Debt time.Duration
+}
 
-	// UndoBudget gives back one request counted by Budget in the window
-	// containing now, for a request that a later check rejected.
-	UndoBudget(ctx context.Context, key string, now time.Time, window Window) error
+// BudgetCell is one counter of a Store.Budget call: a client budget, the
+// scaled client budget of the client's wide network, or a route budget.
+type BudgetCell struct {
+	// Key names the counter; the Store keeps one per Window.
+	Key string
+	// Limit is the most the count may reach in one window; positive.
+	Limit int64
+	// Window is the calendar window the count resets at.
+	Window Window
+	// Used is set by the Store: the count in the window containing now.
+	Used int64
 }
 
 // ErrFull is returned by a Memory store that has reached its key limit and

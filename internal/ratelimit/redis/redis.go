@@ -4,7 +4,8 @@
 //
 // Every operation is one Lua script run with EVALSHA (falling back to EVAL
 // when the server does not have it cached, after a restart for example),
-// so the check and the update are one atomic step on the server. The
+// so the checks and the updates of all its keys are one atomic step on the
+// server: a request one key refuses is counted at none. The
 // scripts do exactly the arithmetic of ratelimit.Memory, in whole
 // microseconds, on the caller's clock: see ratelimit.Store for why the
 // caller's clock and not the server's TIME, and what clock skew between
@@ -71,9 +72,12 @@ type Store struct {
 
 var _ ratelimit.Store = (*Store)(nil)
 
-// New returns a Store that runs its scripts on client (a *goredis.Client,
-// a cluster or ring client, or anything else that can run scripts). Each
-// script touches one key, so it works on Redis Cluster too.
+// New returns a Store that runs its scripts on client, normally the
+// single-server client of redisstore.NewClient. A script touches all the
+// keys of one step at once (a client and its wide network; the client,
+// network and route budgets), which Redis Cluster allows only within one
+// hash slot, so a cluster client would need keys hash-tagged by route,
+// which this Store does not do.
 //
 // The client's own timeouts are a backstop only: the Limiter bounds each
 // call with a context deadline, which go-redis honours only with
@@ -92,110 +96,118 @@ func New(client goredis.Scripter, o Options) *Store {
 
 // run runs one script unless the breaker is open, and keeps the breaker's
 // books. Time is the caller's now, like everything else in the Store.
-func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, key string, args ...any) *goredis.Cmd {
+func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, keys []string, args ...any) *goredis.Cmd {
 	if err := s.breaker.Allow(now); err != nil {
 		cmd := goredis.NewCmd(ctx)
 		cmd.SetErr(err)
 		return cmd
 	}
-	cmd := script.Run(ctx, s.client, []string{key}, args...)
+	cmd := script.Run(ctx, s.client, keys, args...)
 	err := cmd.Err()
 	s.breaker.Done(ctx, now, err, redisstore.Answered(err))
 	return cmd
 }
 
-// gcraScript is ratelimit.Memory.GCRA. ARGV: now, emission, limit, all in
-// µs, and the TTL grace in ms. Numbers are formatted with %.0f because Lua's default formatting
-// would round a µs timestamp to 14 significant digits.
+// gcraScript is ratelimit.Memory.GCRA: every key conforms and all are
+// spent, or nothing changes. KEYS: one per cell. ARGV: now in µs, the TTL
+// grace in ms, then each cell's emission and limit in µs. The reply is
+// {allowed, debt of each cell in µs}. Numbers are written with %.0f
+// because Lua's default formatting would round a µs timestamp to 14
+// significant digits.
 var gcraScript = goredis.NewScript(`
 local now = tonumber(ARGV[1])
-local emission = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new = tat + emission
-if new - limit > now then
-  return {0, tat - now}
+local grace = tonumber(ARGV[2])
+local tats = {}
+local ok = 1
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  if tat < now then tat = now end
+  tats[i] = tat
+  if tat + tonumber(ARGV[2*i+1]) - tonumber(ARGV[2*i+2]) > now then ok = 0 end
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + tonumber(ARGV[4]))
-return {1, new - now}
+local reply = {ok}
+for i = 1, #KEYS do
+  local tat = tats[i]
+  if ok == 1 then
+    tat = tat + tonumber(ARGV[2*i+1])
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + grace)
+  end
+  reply[i+1] = tat - now
+end
+return reply
 `)
 
-// undoGCRAScript is ratelimit.Memory.UndoGCRA. ARGV: now, emission in µs,
-// and the TTL grace in ms.
-var undoGCRAScript = goredis.NewScript(`
-local tat = tonumber(redis.call('GET', KEYS[1]))
-if not tat then return 0 end
-local now = tonumber(ARGV[1])
-local new = tat - tonumber(ARGV[2])
-if new <= now then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + tonumber(ARGV[3]))
-end
-return 0
-`)
-
-// budgetScript is ratelimit.Memory.Budget. The window is part of the key,
-// so a new window starts from a missing key. ARGV: limit, TTL in ms.
+// budgetScript is ratelimit.Memory.Budget: every count stays within its
+// limit and all are counted, or nothing changes. The window is part of
+// each key, so a new window starts from a missing key, which is created
+// with its TTL. KEYS: one per cell. ARGV: n, then each cell's limit and
+// TTL in ms. The reply is {allowed, count of each cell}.
 var budgetScript = goredis.NewScript(`
-local n = tonumber(redis.call('GET', KEYS[1])) or 0
-if n >= tonumber(ARGV[1]) then
-  return {0, n}
+local n = tonumber(ARGV[1])
+local used = {}
+local ok = 1
+for i = 1, #KEYS do
+  used[i] = tonumber(redis.call('GET', KEYS[i])) or 0
+  if used[i] + n > tonumber(ARGV[2*i]) then ok = 0 end
 end
-n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {1, n}
-`)
-
-// undoBudgetScript is ratelimit.Memory.UndoBudget.
-var undoBudgetScript = goredis.NewScript(`
-local n = tonumber(redis.call('GET', KEYS[1])) or 0
-if n > 0 then redis.call('DECR', KEYS[1]) end
-return 0
+local reply = {ok}
+for i = 1, #KEYS do
+  if ok == 1 then
+    if used[i] == 0 then
+      redis.call('SET', KEYS[i], n, 'PX', ARGV[2*i+1])
+      used[i] = n
+    else
+      used[i] = redis.call('INCRBY', KEYS[i], n)
+    end
+  end
+  reply[i+1] = used[i]
+end
+return reply
 `)
 
 // GCRA implements ratelimit.Store.
-func (s *Store) GCRA(ctx context.Context, key string, now time.Time, emission, limit time.Duration) (bool, time.Duration, error) {
-	r, err := s.run(ctx, now, gcraScript, s.prefix+key,
-		now.UnixMicro(), emission.Microseconds(), limit.Microseconds(), gcraGrace.Milliseconds()).Int64Slice()
+func (s *Store) GCRA(ctx context.Context, now time.Time, cells []ratelimit.RateCell) (bool, error) {
+	keys := make([]string, len(cells))
+	args := make([]any, 2, 2+2*len(cells))
+	args[0], args[1] = now.UnixMicro(), gcraGrace.Milliseconds()
+	for i, c := range cells {
+		keys[i] = s.prefix + c.Key
+		args = append(args, c.Emission.Microseconds(), c.Limit.Microseconds())
+	}
+	r, err := s.run(ctx, now, gcraScript, keys, args...).Int64Slice()
+	if err == nil && len(r) != 1+len(cells) {
+		err = fmt.Errorf("unexpected reply %v", r)
+	}
 	if err != nil {
-		return false, 0, fmt.Errorf("redis GCRA %q: %w", key, err)
+		return false, fmt.Errorf("redis GCRA %q: %w", cells[0].Key, err)
 	}
-	if len(r) != 2 {
-		return false, 0, fmt.Errorf("redis GCRA %q: unexpected reply %v", key, r)
+	for i := range cells {
+		cells[i].Debt = time.Duration(r[i+1]) * time.Microsecond
 	}
-	return r[0] == 1, time.Duration(r[1]) * time.Microsecond, nil
-}
-
-// UndoGCRA implements ratelimit.Store.
-func (s *Store) UndoGCRA(ctx context.Context, key string, now time.Time, emission time.Duration) error {
-	err := s.run(ctx, now, undoGCRAScript, s.prefix+key, now.UnixMicro(), emission.Microseconds(), gcraGrace.Milliseconds()).Err()
-	if err != nil {
-		return fmt.Errorf("redis undo GCRA %q: %w", key, err)
-	}
-	return nil
+	return r[0] == 1, nil
 }
 
 // Budget implements ratelimit.Store.
-func (s *Store) Budget(ctx context.Context, key string, now time.Time, limit int64, window ratelimit.Window) (bool, int64, error) {
-	ttl := window.End(now).Sub(now) + budgetGrace
-	r, err := s.run(ctx, now, budgetScript, s.budgetKey(key, now, window), limit, ttl.Milliseconds()).Int64Slice()
+func (s *Store) Budget(ctx context.Context, now time.Time, n int64, cells []ratelimit.BudgetCell) (bool, error) {
+	keys := make([]string, len(cells))
+	args := make([]any, 1, 1+2*len(cells))
+	args[0] = n
+	for i, c := range cells {
+		keys[i] = s.budgetKey(c.Key, now, c.Window)
+		ttl := c.Window.End(now).Sub(now) + budgetGrace
+		args = append(args, c.Limit, ttl.Milliseconds())
+	}
+	r, err := s.run(ctx, now, budgetScript, keys, args...).Int64Slice()
+	if err == nil && len(r) != 1+len(cells) {
+		err = fmt.Errorf("unexpected reply %v", r)
+	}
 	if err != nil {
-		return false, 0, fmt.Errorf("redis budget %q: %w", key, err)
+		return false, fmt.Errorf("redis budget %q: %w", cells[0].Key, err)
 	}
-	if len(r) != 2 {
-		return false, 0, fmt.Errorf("redis budget %q: unexpected reply %v", key, r)
+	for i := range cells {
+		cells[i].Used = r[i+1]
 	}
-	return r[0] == 1, r[1], nil
-}
-
-// UndoBudget implements ratelimit.Store.
-func (s *Store) UndoBudget(ctx context.Context, key string, now time.Time, window ratelimit.Window) error {
-	if err := s.run(ctx, now, undoBudgetScript, s.budgetKey(key, now, window)).Err(); err != nil {
-		return fmt.Errorf("redis undo budget %q: %w", key, err)
-	}
-	return nil
+	return r[0] == 1, nil
 }
 
 // budgetKey names the counter of key's window containing now by the
