@@ -163,7 +163,7 @@ func (w *response) SetWriteDeadline(t time.Time) error {
 		defer w.reqBody.cmu.Unlock()
 	}
 	c := w.c
-	c.userWD, c.wdeadline = t, time.Time{} // the next write arms both
+	c.userWD, c.armed = t, false // the next write arms both
 	return c.rw.SetWriteDeadline(t)
 }
 

@@ -84,7 +84,7 @@ type Server struct {
 
 	ctxOnce   sync.Once
 	ctx       context.Context
-	tick      atomic.Int64 // watch loop ticks, from 1
+	tick      atomic.Int64 // watch loop ticks, from 1: the server's coarse clock
 	watches   atomic.Int64 // watchers started
 	loopOnce  sync.Once
 	done      chan struct{} // closed by Close and Shutdown: stops the loop
@@ -307,6 +307,14 @@ func (s *Server) writeTimeout() time.Duration {
 		return s.WriteTimeout
 	}
 	return 30 * time.Second
+}
+
+// rearmTicks is how many watch loop ticks a write deadline, set a quarter
+// of the write timeout ahead, may be kept before a write moves it: kept
+// any longer, it could pass while the client still takes bytes. Zero (a
+// timeout under four ticks) moves it at every write.
+func (s *Server) rearmTicks() int64 {
+	return int64(s.writeTimeout() / 4 / watchTick)
 }
 
 func (s *Server) readBodyTimeout() time.Duration {

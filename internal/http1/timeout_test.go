@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"testing"
@@ -27,57 +28,65 @@ type stalled struct {
 // Write fails with ErrWriteTimeout, the request's context is cancelled
 // with that cause, and the connection is closed.
 func TestWriteTimeoutCutsStalledClient(t *testing.T) {
-	const timeout = 200 * time.Millisecond
-	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) {
-			got := make(chan stalled, 1)
-			chunk := bytes.Repeat([]byte("s"), 64<<10)
-			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				var s stalled
-				last := time.Now()
-				for {
-					if _, err := w.Write(chunk); err != nil {
-						s.err, s.cause, s.stall = err, context.Cause(r.Context()), time.Since(last)
-						break
-					}
-					s.progress += len(chunk)
-					last = time.Now()
-				}
-				got <- s
+	// Under four watch loop ticks the deadline moves at every write;
+	// above, with the server's tick.
+	for _, timeout := range []time.Duration{200 * time.Millisecond, 800 * time.Millisecond} {
+		for _, m := range modes {
+			t.Run(m.name+"/"+timeout.String(), func(t *testing.T) {
+				testStalledClient(t, timeout, m.wrap)
 			})
-			srv := &http1.Server{Handler: h, WriteTimeout: timeout}
-			ts := start(t, srv, m.wrap)
-			c := dial(t, ts.addr)
-			c.send(get("/stream"))
-			// The client reads nothing until the handler is done.
-			var s stalled
-			select {
-			case s = <-got:
-			case <-time.After(safety):
-				t.Fatalf("the handler was still writing to a client that reads nothing after %v", safety)
-			}
-			if !errors.Is(s.err, http1.ErrWriteTimeout) {
-				t.Errorf("Write failed with %v; want an error wrapping http1.ErrWriteTimeout", s.err)
-			}
-			if s.cause != http1.ErrWriteTimeout {
-				t.Errorf("request context cause %v; want http1.ErrWriteTimeout", s.cause)
-			}
-			// The server promises one to one and a quarter timeouts; twice
-			// the timeout leaves room for a loaded machine's scheduling.
-			if s.stall < timeout || s.stall > 2*timeout {
-				t.Errorf("cut after %v without progress; want between the write timeout %v and twice that", s.stall, timeout)
-			}
-			if s.progress == 0 {
-				t.Error("no write succeeded: the socket buffers should have taken some")
-			}
-			// What was sent, then the end: the connection is closed.
-			_ = c.conn.SetReadDeadline(time.Now().Add(safety))
-			if _, err := io.Copy(io.Discard, c.br); err != nil && !isReset(err) {
-				t.Errorf("reading to the end of the connection: %v; want it closed", err)
-			}
-			waitFor(t, "the server to forget the connection", func() bool { return http1.Conns(srv) == 0 })
-		})
+		}
 	}
+}
+
+func testStalledClient(t *testing.T, timeout time.Duration, wrap func(net.Listener) net.Listener) {
+	got := make(chan stalled, 1)
+	chunk := bytes.Repeat([]byte("s"), 64<<10)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var s stalled
+		last := time.Now()
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				s.err, s.cause, s.stall = err, context.Cause(r.Context()), time.Since(last)
+				break
+			}
+			s.progress += len(chunk)
+			last = time.Now()
+		}
+		got <- s
+	})
+	srv := &http1.Server{Handler: h, WriteTimeout: timeout}
+	ts := start(t, srv, wrap)
+	c := dial(t, ts.addr)
+	c.send(get("/stream"))
+	// The client reads nothing until the handler is done.
+	var s stalled
+	select {
+	case s = <-got:
+	case <-time.After(safety):
+		t.Fatalf("the handler was still writing to a client that reads nothing after %v", safety)
+	}
+	if !errors.Is(s.err, http1.ErrWriteTimeout) {
+		t.Errorf("Write failed with %v; want an error wrapping http1.ErrWriteTimeout", s.err)
+	}
+	if s.cause != http1.ErrWriteTimeout {
+		t.Errorf("request context cause %v; want http1.ErrWriteTimeout", s.cause)
+	}
+	t.Logf("cut after %v without progress, %d bytes written", s.stall, s.progress)
+	// The server promises one to one and a quarter timeouts; twice the
+	// timeout leaves room for a loaded machine's scheduling.
+	if s.stall < timeout || s.stall > 2*timeout {
+		t.Errorf("cut after %v without progress; want between the write timeout %v and twice that", s.stall, timeout)
+	}
+	if s.progress == 0 {
+		t.Error("no write succeeded: the socket buffers should have taken some")
+	}
+	// What was sent, then the end: the connection is closed.
+	_ = c.conn.SetReadDeadline(time.Now().Add(safety))
+	if _, err := io.Copy(io.Discard, c.br); err != nil && !isReset(err) {
+		t.Errorf("reading to the end of the connection: %v; want it closed", err)
+	}
+	waitFor(t, "the server to forget the connection", func() bool { return http1.Conns(srv) == 0 })
 }
 
 // TestHandlerWriteDeadline: a deadline the handler sets through
