@@ -42,7 +42,7 @@ const browserCanary = "kw-canary-7d31f0c2e9b84a56"
 // loopback origins (one allowed, one not) fetch the gateway on a third, and
 // for each case the test checks what the page saw, what the upstream
 // received, and why Chromium blocked a response (Network.loadingFailed).
-// See BROWSER-TESTS.md in the project's shared notes for the launch options.
+// startBrowser below holds the launch options and why each is needed.
 func TestBrowserCORS(t *testing.T) {
 	chromium := findChromium()
 	if chromium == "" {

@@ -346,13 +346,6 @@ func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 		// method, that the key does not describe.
 		c.errorf(path, "a cached route cannot have a request transform or transform.method; cache the upstream's GET instead")
 	}
-	for _, h := range []string{"Authorization", "Cookie"} {
-		// A credential the client sends decides whose data comes back;
-		// without it in the key, one user's response is served to another.
-		if slices.Contains(ep.headerAllow, h) && !slices.ContainsFunc(cc.Vary, func(v string) bool { return strings.EqualFold(v, h) }) {
-			c.errorf(path+".vary", "the route forwards the client's %s, so it must be in vary: otherwise one client's response is served to another", h)
-		}
-	}
 	p, err := cache.NewPolicy(o)
 	if err != nil {
 		for _, e := range unjoin(err) {
@@ -366,9 +359,15 @@ func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 	if ep.upstream != nil {
 		ep.cacheRoute = ep.name + " " + ep.upstream.Scheme + "://" + ep.upstream.Host
 	}
-	if len(cc.Vary) > 0 {
-		ep.vary = strings.Join(cc.Vary, ", ")
+	// Every client header forwarded upstream is part of the key, so a
+	// cache in front of keyward (a CDN, the browser's) must key on it too.
+	vary := slices.Clone(cc.Vary)
+	for _, h := range ep.headerAllow {
+		if h != "If-None-Match" && h != "If-Modified-Since" && !slices.ContainsFunc(vary, func(v string) bool { return strings.EqualFold(v, h) }) {
+			vary = append(vary, h)
+		}
 	}
+	ep.vary = strings.Join(vary, ", ")
 	if c.opts.Cache == nil {
 		c.opts.Cache = cache.New(cache.NewMemory(0, nil), cache.Options{})
 	}

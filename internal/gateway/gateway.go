@@ -328,11 +328,11 @@ func (g *Gateway) serveCached(w http.ResponseWriter, r *http.Request, x *exchang
 	if ep.vary != "" {
 		w.Header().Add("Vary", ep.vary)
 	}
-	var query url.Values // nil without a query: parsing "" still allocates
-	if r.URL.RawQuery != "" {
-		query = ep.allowedQuery(r)
-	}
-	key := ep.cache.Key(ep.stage, ep.cacheRoute, x.path, query, r.Header)
+	// The key is everything that goes upstream on a miss: path, query as
+	// sent, and every header (the cache leaves out the conditional ones it
+	// answers itself), so no variant of the answer is served to a request
+	// that would have got another.
+	key := ep.cache.KeyFor(ep.stage, ep.cacheRoute, x.path, x.query, ep.outboundHeader(r.Header, x), r.Header)
 	g.cache.Serve(w, r, key, ep.cache, func(cw http.ResponseWriter, cr *http.Request) {
 		if cache.IsRevalidation(cr.Context()) {
 			// A background refresh runs after this request has ended: it

@@ -24,11 +24,19 @@ func (g *Gateway) outboundRequest(r *http.Request, x *exchange) *http.Request {
 	if out.ContentLength == 0 {
 		out.Body = nil
 	}
-	in := r.Header
+	h := ep.outboundHeader(r.Header, x)
+	out.Header = h
+	return out
+}
+
+// outboundHeader is the header map sent upstream: the client headers the
+// route allows (minus any the client named in Connection, which were
+// meant for the gateway) and the ones the route sets, secrets included.
+// It is also what a cached route keys on, so every request header that
+// can change the upstream's answer separates cache entries.
+func (ep *endpoint) outboundHeader(in http.Header, x *exchange) http.Header {
 	h := make(http.Header, len(ep.headerAllow)+len(ep.headerSet)+1)
 	for _, name := range ep.headerAllow {
-		// A header the client's Connection names was meant for the
-		// gateway, not the upstream.
 		if v, ok := in[name]; ok && !httpsyntax.HasToken(in["Connection"], name) {
 			h[name] = v
 		}
@@ -47,8 +55,7 @@ func (g *Gateway) outboundRequest(r *http.Request, x *exchange) *http.Request {
 	if httpsyntax.HasToken(in["Te"], "trailers") {
 		h["Te"] = teTrailers // for gRPC-style upstreams, as ReverseProxy did
 	}
-	out.Header = h
-	return out
+	return h
 }
 
 var teTrailers = []string{"trailers"}

@@ -20,7 +20,7 @@ import (
 	"github.com/keyward/keyward/internal/gatewaytest"
 )
 
-// benchConfig is the shared benchmark's job (../shared/bench/README.md):
+// benchConfig is the benchmark job (bench/README.md, bench/keyward.yaml):
 // GET /my-repos forwarded with Authorization and Accept injected, CORS for
 // one origin; access logging on, as keyward ships.
 const benchConfig = `
@@ -40,7 +40,7 @@ routes:
         Accept: "application/vnd.github+json"
 `
 
-// benchUpstream answers like ../shared/bench/upstream: 2065 bytes of JSON
+// benchUpstream answers like bench/upstream: 2065 bytes of JSON
 // for the right credential, 401 otherwise.
 func benchUpstream(b *testing.B) *httptest.Server {
 	body := bytes.Repeat([]byte("x"), 2065)
@@ -106,7 +106,7 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// BenchmarkProxy measures one proxied request of the shared job.
+// BenchmarkProxy measures one proxied request of the benchmark job.
 //
 //   - handler: Handler.ServeHTTP called directly; the upstream is a real
 //     loopback server. allocs/op = the gateway's request path plus the
