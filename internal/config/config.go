@@ -52,9 +52,9 @@ type Config struct {
 type Cache struct {
 	// TTL is how long a response is fresh, e.g. "60s". Required.
 	TTL string `yaml:"ttl"`
-	// Vary lists request headers whose values select different entries
-	// (the allowed query parameters always do). A route that forwards the
-	// client's Authorization or Cookie must list them.
+	// Vary lists extra request headers whose values select different
+	// entries. Everything sent upstream (path, query as sent, every
+	// forwarded header) always does. Default: none.
 	Vary []string `yaml:"vary"`
 	// StaleWhileRevalidate serves an expired entry for this long while one
 	// background request refreshes it. Default: off.
