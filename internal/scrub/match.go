@@ -472,16 +472,15 @@ func appendFirst(keys []byte, r rune) []byte {
 // secret that begins inside another's match (an attacker's guess written
 // just before it) is found too. With first set, scan stops at the first.
 func (s *Scrubber) scan(t []byte, from, to int, fold, first bool, ms []match) []match {
-	cand := &s.cand
+	f := &s.plain
 	if fold {
-		cand = &s.candFold
+		f = &s.folded
 	}
 	var keybuf [8]byte
-	for k, c := range t[from:to] {
-		if !cand[c] {
-			continue
+	for i := from; ; i++ {
+		if i = f.next(t, i, to); i >= to {
+			break
 		}
-		i := from + k
 		keys := firstBytes(t, i, fold, keybuf[:0])
 		best, pat := -1, -1
 		for ki, key := range keys {
@@ -502,6 +501,78 @@ func (s *Scrubber) scan(t []byte, from, to int, fold, first bool, ms []match) []
 		}
 	}
 	return ms
+}
+
+// A filter picks the places in a text where a spelling of some pattern
+// may start, by its first two bytes, so that the patterns are tried at
+// few of them.
+type filter struct {
+	// first marks the bytes a spelling may start with: a pattern's first
+	// byte, raw, or an escape introducer (% \ & +).
+	first [256]byte
+	// pairs holds the two-byte starts of the spellings. In text, most
+	// places whose byte is in first fail here: "\"" does not start a
+	// spelling of a pattern that begins with a letter, "&p" none at all.
+	pairs pairSet
+}
+
+// add lets spellings start with a then b.
+func (f *filter) add(a, b byte) {
+	f.first[a] = 1
+	f.pairs.add(a, b)
+}
+
+// escapes adds the starts of the escaped spellings of the patterns' first
+// characters, byFirst being the patterns by their first byte.
+func (f *filter) escapes(byFirst *[256][]int32) {
+	for _, h := range []byte("0123456789abcdefABCDEF") {
+		f.add('%', h) // %XX
+	}
+	f.add('\\', 'u')  // \uXXXX
+	f.add('\\', '\\') // \\uXXXX, \\/, \\\", \\\\ and the like
+	for letter, b := range shortEscape {
+		if b != 0 && byFirst[b] != nil {
+			f.add('\\', byte(letter))
+		}
+	}
+	for _, b := range []byte(`/"`) {
+		if byFirst[b] != nil {
+			f.add('\\', b)
+		}
+	}
+	f.add('&', '#') // &#61; &#x3D;
+	for _, e := range named {
+		if byFirst[e.r] != nil {
+			f.add('&', e.name[0])
+		}
+	}
+	if byFirst[' '] != nil {
+		for _, b := range allBytes {
+			f.add('+', b)
+		}
+	}
+}
+
+// next returns the first i' in [i, to) where a spelling may start, or to.
+// It reads t past to: a spelling that starts before to may end after it.
+func (f *filter) next(t []byte, i, to int) int {
+	for i < to {
+		// Eight bytes per branch where no pattern starts, which is most
+		// of a body.
+		if i+8 <= to {
+			w := t[i : i+8 : i+8]
+			if f.first[w[0]]|f.first[w[1]]|f.first[w[2]]|f.first[w[3]]|f.first[w[4]]|f.first[w[5]]|f.first[w[6]]|f.first[w[7]] == 0 {
+				i += 8
+				continue
+			}
+		}
+		for end := min(i+8, to); i < end; i++ {
+			if f.first[t[i]] != 0 && (i+1 >= len(t) || f.pairs.has(t[i], t[i+1])) {
+				return i
+			}
+		}
+	}
+	return to
 }
 
 func dup(keys []byte, k byte) bool {

@@ -23,9 +23,9 @@ func (s *Scrubber) Reader(src io.ReadCloser) io.ReadCloser {
 type reader struct {
 	src io.ReadCloser
 	w   *Writer
-	in  *[]byte // what src gave, pooled
-	out sink    // what w released, not yet read
-	err error   // of src, returned once out is drained
+	in  []byte // what src gave, pooled
+	out sink   // what w released, not yet read
+	err error  // of src, returned once out is drained
 }
 
 // sink collects what a Writer releases.
@@ -35,6 +35,9 @@ type sink struct {
 }
 
 func (k *sink) Write(p []byte) (int, error) {
+	if k.b == nil {
+		k.b = getBuf(len(p))
+	}
 	if k.r == len(k.b) {
 		k.b, k.r = k.b[:0], 0
 	}
@@ -48,14 +51,9 @@ func (z *reader) Read(p []byte) (int, error) {
 			return 0, z.err
 		}
 		if z.in == nil {
-			if b, ok := bufPool.Get().(*[]byte); ok && cap(*b) >= chunk {
-				z.in = b
-			} else {
-				b := make([]byte, 0, chunk+z.w.s.hold)
-				z.in = &b
-			}
+			z.in = getBuf(chunk)
 		}
-		in := (*z.in)[:chunk]
+		in := z.in[:chunk]
 		n, err := z.src.Read(in)
 		if n > 0 {
 			_, _ = z.w.Write(in[:n]) // a sink never fails
@@ -72,10 +70,9 @@ func (z *reader) Read(p []byte) (int, error) {
 
 func (z *reader) Close() error {
 	_ = z.w.Close()
-	if z.in != nil {
-		bufPool.Put(z.in)
-		z.in = nil
-	}
+	putBuf(z.in)
+	putBuf(z.out.b)
+	z.in, z.out.b = nil, nil
 	if z.err == nil {
 		z.err = io.ErrClosedPipe
 	}

@@ -112,9 +112,10 @@ type Scrubber struct {
 	// byFirst lists the patterns by the first byte of their first
 	// character, raw: the decoded first character of a spelling picks
 	// the patterns to try.
-	byFirst  [256][]int32
-	cand     [256]bool // bytes a spelling of some pattern may start with
-	candFold [256]bool // the same, letters in either case
+	byFirst [256][]int32
+	// plain and folded find where patterns may start in a text, folded
+	// with letters in either case (header names).
+	plain, folded filter
 	// hold is how many bytes after the last line break a stream holds.
 	hold int
 	// lines reports that no secret holds a CR or LF, so a match never
@@ -123,6 +124,28 @@ type Scrubber struct {
 	// after starts the release timer; tests replace it with a fake clock.
 	after func(time.Duration, func()) stopper
 }
+
+// pairSet is a set of byte pairs.
+type pairSet [1 << 16 / 64]uint64
+
+func (ps *pairSet) add(a, b byte) {
+	i := uint(a)<<8 | uint(b)
+	ps[i/64] |= 1 << (i % 64)
+}
+
+func (ps *pairSet) has(a, b byte) bool {
+	i := uint(a)<<8 | uint(b)
+	return ps[i/64]&(1<<(i%64)) != 0
+}
+
+// allBytes is every byte value.
+var allBytes = func() []byte {
+	b := make([]byte, 256)
+	for i := range b {
+		b[i] = byte(i)
+	}
+	return b
+}()
 
 // stopper is the part of *time.Timer a Writer uses.
 type stopper interface{ Stop() bool }
@@ -154,18 +177,35 @@ func New(secrets []secret.Value) *Scrubber {
 		}
 	}
 	for pi := range s.pats {
-		u := s.pats[pi].units[0]
+		p := &s.pats[pi]
+		u := p.units[0]
 		first := u.raw[0]
 		s.byFirst[first] = append(s.byFirst[first], int32(pi))
-		s.cand[first], s.candFold[first], s.candFold[u.other] = true, true, true
-		if first == ' ' {
-			s.cand['+'], s.candFold['+'] = true, true
+		s.plain.first[first] = max(s.plain.first[first], 1)
+		s.folded.first[first] = max(s.folded.first[first], 1)
+		s.folded.first[u.other] = max(s.folded.first[u.other], 1)
+		// The bytes that may follow a raw first byte: the next unit's
+		// first, raw (or in the other case, folded), or an introducer.
+		next := allBytes
+		other := first
+		switch {
+		case u.n > 1:
+			next = []byte{u.raw[1], '%'}
+		case len(p.units) > 1:
+			v := p.units[1]
+			next, other = []byte{v.raw[0], '%', '\\', '&', '+'}, v.other
+		}
+		for _, b := range next {
+			s.plain.pairs.add(first, b)
+			for _, a := range [2]byte{first, u.other} {
+				s.folded.pairs.add(a, b)
+				s.folded.pairs.add(a, other)
+			}
 		}
 	}
 	if len(s.pats) > 0 {
-		for _, c := range []byte(`%\&`) {
-			s.cand[c], s.candFold[c] = true, true
-		}
+		s.plain.escapes(&s.byFirst)
+		s.folded.escapes(&s.byFirst)
 	}
 	return s
 }

@@ -7,8 +7,8 @@ import (
 	"sync"
 )
 
-// chunk is how much of one Write is scanned at a time, so a Writer's
-// buffer stays at chunk plus the hold however large the writes are.
+// chunk is the size of a Writer's buffer (unless twice its hold is more):
+// a large Write is scanned a buffer at a time.
 const chunk = 32 << 10
 
 // errClosed is returned by a Writer used after Close.
@@ -25,7 +25,6 @@ type Writer struct {
 	flush func() error // nil: no flushing
 
 	mu      sync.Mutex
-	pooled  *[]byte // the buffer b came from, to put back at Close
 	b       []byte  // original bytes: released, kept as context, and held
 	scanned int     // starts before b[scanned] are decided
 	sent    int     // b[:sent] has gone to dst
@@ -67,8 +66,9 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return n, err
 	}
 	for done := 0; done < len(p); {
-		n := min(len(p)-done, chunk)
 		w.grab()
+		// After advance at most hold bytes stay, half the buffer.
+		n := min(len(p)-done, cap(w.b)-len(w.b))
 		w.b = append(w.b, p[done:done+n]...)
 		done += n
 		w.advance()
@@ -130,11 +130,8 @@ func (w *Writer) Close() error {
 		w.ms = w.s.scan(w.b, w.scanned, len(w.b), false, false, w.ms)
 		w.release(len(w.b))
 	}
-	if w.pooled != nil {
-		*w.pooled = w.b[:0]
-		bufPool.Put(w.pooled)
-		w.pooled, w.b, w.ms = nil, nil, nil
-	}
+	putBuf(w.b)
+	w.b, w.ms = nil, nil
 	return w.err
 }
 
@@ -158,21 +155,31 @@ func (w *Writer) fire(gen uint64) {
 	}
 }
 
-var bufPool sync.Pool // *[]byte of at least chunk + hold bytes
+// bufPool holds buffers of at least chunk bytes, as arrays: putting a
+// slice into a sync.Pool allocates its header each time.
+var bufPool sync.Pool
 
-// grab takes a buffer from the pool for the first write.
+// getBuf returns an empty buffer of at least n bytes.
+func getBuf(n int) []byte {
+	if p, ok := bufPool.Get().(*[chunk]byte); ok && n <= chunk {
+		return p[:0]
+	}
+	return make([]byte, 0, max(n, chunk))
+}
+
+// putBuf gives b back to the pool if it came from there.
+func putBuf(b []byte) {
+	if cap(b) == chunk {
+		bufPool.Put((*[chunk]byte)(b[:chunk]))
+	}
+}
+
+// grab takes a buffer for the first write: a pooled one unless the
+// secrets are so long that twice the hold does not fit in it.
 func (w *Writer) grab() {
-	if w.pooled != nil {
-		return
+	if w.b == nil {
+		w.b = getBuf(2 * max(w.s.hold, 1))
 	}
-	need := chunk + w.s.hold
-	if b, ok := bufPool.Get().(*[]byte); ok && cap(*b) >= need {
-		w.pooled = b
-	} else {
-		b := make([]byte, 0, need)
-		w.pooled = &b
-	}
-	w.b = (*w.pooled)[:0]
 }
 
 // advance decides what the release rule allows after a write, scans it
@@ -196,19 +203,34 @@ func (w *Writer) advance() {
 	w.compact()
 }
 
-// lastBreak returns the index of the last CR or LF in b, or -1.
+// lastBreak returns the index of the last CR or LF in b, or -1. It
+// searches forwards with IndexByte, which is vectorised (LastIndexByte is
+// not), at a cost of one call per line break in b.
 func lastBreak(b []byte) int {
-	return max(bytes.LastIndexByte(b, '\n'), bytes.LastIndexByte(b, '\r'))
+	last := -1
+	for _, c := range [2]byte{'\n', '\r'} {
+		for off := last + 1; off < len(b); {
+			i := bytes.IndexByte(b[off:], c)
+			if i < 0 {
+				break
+			}
+			last = max(last, off+i)
+			off += i + 1
+		}
+	}
+	return last
 }
 
 // release sends b[sent:r], masked, in one write to dst: the number and
-// sizes of writes (chunks on the wire) depend on r alone.
+// sizes of writes (chunks on the wire) depend on r alone. Bytes before
+// scanned are never read again, so they are masked in place; a timed
+// release sends bytes a later match may still start in, and masks a copy.
 func (w *Writer) release(r int) {
 	if r <= w.sent {
 		return
 	}
 	seg := w.b[w.sent:r]
-	masked := false
+	copied := false
 	for _, m := range w.ms {
 		if m.start >= r {
 			break
@@ -217,14 +239,11 @@ func (w *Writer) release(r int) {
 		if lo >= hi {
 			continue
 		}
-		if !masked {
+		if r > w.scanned && !w.closed && !copied {
 			w.out = append(w.out[:0], seg...)
-			masked = true
+			seg, copied = w.out, true
 		}
-		copy(w.out[lo-w.sent:hi-w.sent], maskOf(m.end - m.start)[lo-m.start:])
-	}
-	if masked {
-		seg = w.out
+		copy(seg[lo-w.sent:hi-w.sent], maskOf(m.end - m.start)[lo-m.start:])
 	}
 	w.sent = r
 	keep := w.ms[:0]
