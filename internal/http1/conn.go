@@ -376,10 +376,10 @@ func (c *conn) close() {
 //
 // The write deadline is set a quarter of the timeout ahead and moved
 // forward by the server's coarse clock (the watch loop's tick), not at
-// every write: on the way that does not block, a write costs one atomic
-// load (a clock read costs 200 ns on the virtual machines keyward is
-// measured on; a deadline, 550). A deadline that passes is a checkpoint,
-// not a verdict (see writeStalled).
+// every write: a write that does not block costs one atomic load, where a
+// clock read cost 200 ns and setting a deadline 550 ns on the 2-core
+// virtual machine this was measured on. A deadline that passes is a
+// checkpoint, not a verdict (see writeStalled).
 func (c *conn) write(p []byte) error {
 	if !c.armed || c.s.tick.Load()-c.armTick >= c.s.rearmTicks() {
 		c.armWrite(time.Now().Add(c.s.writeTimeout() / 4))
