@@ -41,12 +41,17 @@ func test(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	method, target := strings.ToUpper(pos[0]), pos[1]
 
-	rec := &recordingTransport{send: *send, next: gateway.NewTransport()}
+	rec := &recordingTransport{send: *send}
 	f, err := config.Load(*path)
 	if err != nil {
 		return err
 	}
-	g, warns, err := gateway.Compile(f, gateway.Options{Transport: rec})
+	// The recorder sends, with --send, through the config's outbound
+	// policy, exactly as serve would.
+	g, warns, err := gateway.Compile(f, gateway.Options{WrapTransport: func(policy http.RoundTripper) http.RoundTripper {
+		rec.next = policy
+		return rec
+	}})
 	for _, w := range warns {
 		fmt.Fprintf(stderr, "%s:%d: warning: %s: %s\n", w.File, w.Line, w.Path, w.Msg)
 	}

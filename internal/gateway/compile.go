@@ -17,6 +17,7 @@ import (
 	"github.com/keyward/keyward/internal/clientip"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/cors"
+	"github.com/keyward/keyward/internal/outbound"
 	"github.com/keyward/keyward/internal/placeholder"
 	"github.com/keyward/keyward/internal/proxy"
 	"github.com/keyward/keyward/internal/ratelimit"
@@ -144,7 +145,7 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 		g.secrets = append(g.secrets, v)
 	}
 	g.scrub = scrub.New(g.secrets)
-	g.proxy = &proxy.Proxy{Transport: g.opts.Transport, Scrubber: g.scrub, Now: g.opts.Now}
+	g.proxy = &proxy.Proxy{Transport: g.transport(), Scrubber: g.scrub, Now: g.opts.Now}
 	if c.usesCache {
 		g.cache = c.opts.Cache
 	}
@@ -233,12 +234,13 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 	return s
 }
 
-func (c *compiler) outbound(cfg *config.Config) *outboundPolicy {
-	p := &outboundPolicy{deny: defaultDeny}
+// outbound compiles the outbound address policy. It owns the upstream
+// connection pools, so a reload that changes it starts with new ones.
+func (c *compiler) outbound(cfg *config.Config) *outbound.Policy {
 	parse := func(field string, list []string) []netip.Prefix {
 		var out []netip.Prefix
 		for i, s := range list {
-			pfx, err := parsePrefix(s)
+			pfx, err := outbound.ParsePrefix(s)
 			if err != nil {
 				c.errorf(fmt.Sprintf("outbound.%s[%d]", field, i), "%q is not an IP address or CIDR", s)
 				continue
@@ -247,11 +249,7 @@ func (c *compiler) outbound(cfg *config.Config) *outboundPolicy {
 		}
 		return out
 	}
-	if len(cfg.Outbound.Deny) > 0 {
-		p.deny = append(slices.Clone(defaultDeny), parse("deny", cfg.Outbound.Deny)...)
-	}
-	p.allow = parse("allow", cfg.Outbound.Allow)
-	return p
+	return outbound.New(outbound.Options{Deny: parse("deny", cfg.Outbound.Deny), Allow: parse("allow", cfg.Outbound.Allow)})
 }
 
 func (c *compiler) clientIP(cfg *config.Config) *clientip.Resolver {

@@ -23,6 +23,7 @@ import (
 	"github.com/keyward/keyward/internal/clientip"
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/metrics"
+	"github.com/keyward/keyward/internal/outbound"
 	"github.com/keyward/keyward/internal/placeholder"
 	"github.com/keyward/keyward/internal/proxy"
 	"github.com/keyward/keyward/internal/ratelimit"
@@ -39,8 +40,11 @@ var Version = "dev"
 // Options are the process-wide parts a Gateway uses. They outlive reloads:
 // one Transport keeps its upstream connections across config changes.
 type Options struct {
-	// Transport sends upstream requests. If nil, NewTransport() is used.
-	Transport http.RoundTripper
+	// WrapTransport, if non-nil, wraps what sends upstream requests: it
+	// gets the config's outbound policy (which enforces the address rules
+	// and owns the connection pools) and returns the RoundTripper to use.
+	// `keyward test` records requests this way; benchmarks swap clients.
+	WrapTransport func(policy http.RoundTripper) http.RoundTripper
 	// Logger receives errors and events. If nil, nothing is logged.
 	Logger *slog.Logger
 	// AccessLog receives one line per request (when log.access is on). If
@@ -62,9 +66,6 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.Transport == nil {
-		o.Transport = NewTransport()
-	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -87,7 +88,7 @@ type Gateway struct {
 	secrets   []secret.Value
 	scrub     *scrub.Scrubber
 	proxy     *proxy.Proxy
-	outbound  *outboundPolicy
+	outbound  *outbound.Policy
 	clients   *clientip.Resolver
 	cache     *cache.Cache // nil when no route caches
 	faultLog  atomic.Int64 // unix ns of the last logged store fault
@@ -130,6 +131,35 @@ type headerSet struct {
 	name   string
 	value  placeholder.Template
 	static []string // prebuilt value when the template has no parameters
+}
+
+// transport is what the proxy sends on: the outbound policy, wrapped as
+// the options say.
+func (g *Gateway) transport() http.RoundTripper {
+	if g.opts.WrapTransport != nil {
+		return g.opts.WrapTransport(g.outbound)
+	}
+	return g.outbound
+}
+
+// Inherit is called before g serves, with the Gateway it replaces (nil
+// at start): when the outbound policy is unchanged, g keeps prev's
+// upstream connections instead of dialling new ones.
+func (g *Gateway) Inherit(prev *Gateway) {
+	if prev != nil && prev.outbound.Equal(g.outbound) {
+		g.outbound = prev.outbound
+		g.proxy.Transport = g.transport()
+	}
+}
+
+// Replaced is called once next serves in g's place. If next does not use
+// g's upstream connections (the outbound policy changed), they retire:
+// idle ones close at once, busy ones when their requests end, so a
+// tightened outbound.deny holds for every request from now on.
+func (g *Gateway) Replaced(next *Gateway) {
+	if next == nil || next.outbound != g.outbound {
+		g.outbound.Retire()
+	}
 }
 
 // Settings returns the process-level settings of this config.
@@ -178,19 +208,6 @@ type exchange struct {
 	errCode string
 	ctype   string        // Content-Type set by a request transform
 	in      *http.Request // the inbound request, once forwarding started
-}
-
-// exchangeKey finds the exchange in the outbound request's context, for
-// the dialler's outbound policy.
-type exchangeKey struct{}
-
-// Value returns the exchange for exchangeKey and asks the forwarding
-// context otherwise.
-func (x *exchange) Value(key any) any {
-	if key == (exchangeKey{}) {
-		return x
-	}
-	return x.Exchange.Value(key)
 }
 
 // ServeHTTP is the request path. Every refusal on the way is returned as

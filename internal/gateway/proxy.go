@@ -14,7 +14,7 @@ import (
 // else stay behind.
 func (g *Gateway) outboundRequest(r *http.Request, x *exchange) *http.Request {
 	ep := x.ep
-	out := r.WithContext(x)
+	out := r.WithContext(&x.Exchange)
 	x.url = url.URL{Scheme: ep.upstream.Scheme, Host: ep.upstream.Host, Path: x.rawPath, RawPath: x.path, RawQuery: x.query}
 	out.URL = &x.url
 	out.Host = ""

@@ -64,11 +64,14 @@ func benchGateway(b *testing.B, up string, tr http.RoundTripper) *gateway.Handle
 	if err != nil {
 		b.Fatal(err)
 	}
-	g, _, err := gateway.Compile(f, gateway.Options{
-		Transport: tr,
-		Logger:    slog.New(slog.NewJSONHandler(io.Discard, nil)),
-		Getenv:    func(string) string { return "bench-secret" },
-	})
+	o := gateway.Options{
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Getenv: func(string) string { return "bench-secret" },
+	}
+	if tr != nil {
+		o.WrapTransport = func(http.RoundTripper) http.RoundTripper { return tr }
+	}
+	g, _, err := gateway.Compile(f, o)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -77,7 +80,7 @@ func benchGateway(b *testing.B, up string, tr http.RoundTripper) *gateway.Handle
 
 // benchTransports are the upstream clients compared: net/http's Transport
 // tuned as the gateway used it before, and the gateway's own client
-// (internal/upstream, what gateway.NewTransport returns).
+// (internal/upstream under the outbound policy; nil: the gateway's default).
 var benchTransports = []struct {
 	name string
 	new  func() http.RoundTripper
@@ -85,7 +88,7 @@ var benchTransports = []struct {
 	{"stdlib", func() http.RoundTripper {
 		return &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 512, IdleConnTimeout: 90 * time.Second}
 	}},
-	{"upstream", gateway.NewTransport},
+	{"upstream", func() http.RoundTripper { return nil }},
 }
 
 // discardWriter is the least a ResponseWriter can be, so the handler

@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/internal/outbound"
 	"github.com/keyward/keyward/internal/scrub"
 )
 
@@ -169,10 +170,6 @@ type Error struct {
 func (e *Error) Error() string { return e.Err.Error() }
 func (e *Error) Unwrap() error { return e.Err }
 
-// DeniedError is implemented by the dialler's error for an address the
-// outbound policy refuses.
-type deniedError interface{ Denied() bool }
-
 // blockedResponseHeaders are upstream headers never passed to the client:
 // cookies belong to the upstream's site, the gateway answers CORS itself,
 // and Alt-Svc would advertise the upstream's endpoints as ours.
@@ -249,7 +246,6 @@ func (p *Proxy) fail(x *Exchange, err error, committed bool) *Error {
 		x.Duration = p.now().Sub(x.start)
 	}
 	e := &Error{Kind: Unavailable, Committed: committed, Err: err}
-	var denied deniedError
 	switch cause := context.Cause(x); {
 	case x.body.err != nil:
 		// The client's body failed while the upstream was reading it: the
@@ -263,7 +259,7 @@ func (p *Proxy) fail(x *Exchange, err error, committed bool) *Error {
 		e.Kind = ClientGone
 	case errors.Is(err, errEncoding):
 		e.Kind = Encoding
-	case errors.As(err, &denied) && denied.Denied():
+	case errors.As(err, new(*outbound.DeniedError)):
 		e.Kind = Denied
 	case isHookError(err):
 		e.Kind = Hook

@@ -46,9 +46,6 @@ func New(path string, opts gateway.Options) (*Server, error) {
 	if opts.Metrics == nil {
 		opts.Metrics = metrics.New()
 	}
-	if opts.Transport == nil {
-		opts.Transport = gateway.NewTransport()
-	}
 	s := &Server{path: path, opts: opts, log: opts.Logger}
 	f, err := config.Load(path)
 	if err != nil {
@@ -145,7 +142,9 @@ func (s *Server) Reload() error {
 		s.opts.Metrics.Reload(false, time.Now())
 		return err
 	}
+	g.Inherit(s.handler.Current())
 	old := s.handler.Swap(g)
+	old.Replaced(g)
 	if o, n := old.Settings(), g.Settings(); o.Listen != n.Listen || o.AdminListen != n.AdminListen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
 	}

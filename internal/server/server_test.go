@@ -252,3 +252,59 @@ func TestPublicListenerRefusesAmbiguousFraming(t *testing.T) {
 		t.Errorf("response:\n%s", got)
 	}
 }
+
+// TestReloadTightenedOutboundDenyClosesPools: a reload that adds the
+// upstream's address to outbound.deny holds for the very next request,
+// although traffic kept the old config's upstream connections warm and
+// one request is still in flight on one of them. Before, pooled
+// connections were reused as long as traffic flowed.
+func TestReloadTightenedOutboundDenyClosesPools(t *testing.T) {
+	up := newBlockingUpstream(t)
+	_, port, _ := net.SplitHostPort(up.srv.Listener.Addr().String())
+	// A host name, not an IP literal: the policy judges what names
+	// resolve to (an address written in the config is the operator's).
+	upstream := "http://localhost:" + port
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	write := func(deny string) {
+		t.Helper()
+		cfg := "listen: \"127.0.0.1:0\"\n" + deny + "routes:\n" +
+			"  - { name: a, path: /a, upstream: \"" + upstream + "/a\" }\n" +
+			"  - { name: slow, path: /slow, upstream: \"" + upstream + "/slow\" }\n"
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	srv, base, _, _ := start(t, path, io.Discard)
+	for range 5 { // warm the pool
+		if code, body := get(t, base+"/a"); code != 200 || body != "from /a" {
+			t.Fatalf("before: %d %q", code, body)
+		}
+	}
+	inflight := make(chan int, 1)
+	go func() {
+		code, _ := get(t, base+"/slow")
+		inflight <- code
+	}()
+	<-up.arrived
+
+	write("outbound: { deny: [\"127.0.0.0/8\", \"::1/128\"] }\n")
+	if err := srv.Reload(); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	for range 3 {
+		code, body := get(t, base+"/a")
+		if code != http.StatusBadGateway || !strings.Contains(body, "upstream_address_denied") {
+			t.Fatalf("after tightening: %d %q, want 502 upstream_address_denied", code, body)
+		}
+	}
+	// The request that started under the old config finishes on it, and
+	// its connection is closed, not pooled, when it ends.
+	close(up.release)
+	if code := <-inflight; code != 200 {
+		t.Errorf("in-flight request: %d", code)
+	}
+	if code, _ := get(t, base+"/a"); code != http.StatusBadGateway {
+		t.Errorf("after the in-flight request: %d, want 502", code)
+	}
+}
