@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -614,30 +615,36 @@ func ceilSeconds(d time.Duration) int64 {
 	return int64(math.Ceil(d.Seconds()))
 }
 
-// SetHeaders adds the IETF RateLimit-Policy and RateLimit fields
+// SetHeaders writes the IETF RateLimit-Policy and RateLimit fields
 // (draft-ietf-httpapi-ratelimit-headers-09) for every limit that was
-// checked, and sets Retry-After (RFC 9110 section 10.2.3) when the request
-// was denied by a limit. It writes nothing for a Result whose limits were
-// not reached because the store failed.
+// checked, and Retry-After (RFC 9110 section 10.2.3) when the request was
+// denied by a limit. It writes nothing for a Result whose limits were not
+// reached because the store failed.
 //
-// Both fields are lists, so the results of AllowRate and Spend for one
-// request each add one field line of their own limits, and a response
-// carries both. The first RateLimit-Policy line is shared between
+// Called with Spend's Result after AllowRate's of the same limiter, it
+// adds the budgets to the rate's field values, so that a response carries
+// every limit of its route in one line of each field, as a client expects;
+// otherwise it replaces them. The RateLimit-Policy value is shared between
 // responses to save an allocation; it must not be modified in place
 // (Header.Add and Set are fine).
 func (res *Result) SetHeaders(h http.Header) {
 	if res.l == nil || res.checked == 0 {
 		return
 	}
-	if p := res.l.policyHeader[res.step]; p != nil {
-		if old := h["Ratelimit-Policy"]; old == nil {
-			h["Ratelimit-Policy"] = p
-		} else {
-			h["Ratelimit-Policy"] = append(old, p[0])
-		}
+	l := res.l
+	old := h["Ratelimit"]
+	merge := res.step == stepSpend && len(old) == 1 && l.policyHeader[stepRate] != nil &&
+		slices.Equal(h["Ratelimit-Policy"], l.policyHeader[stepRate])
+	if merge {
+		h["Ratelimit-Policy"] = l.policyHeader[stepBoth]
+	} else if p := l.policyHeader[res.step]; p != nil {
+		h["Ratelimit-Policy"] = p
 	}
-	var buf [160]byte
+	var buf [256]byte
 	b := buf[:0]
+	if merge {
+		b = append(b, old[0]...)
+	}
 	item := func(name string, d Decision) {
 		if len(b) > 0 {
 			b = append(b, ", "...)
@@ -658,7 +665,11 @@ func (res *Result) SetHeaders(h http.Header) {
 	if res.checked&checkedBudget != 0 {
 		item("budget", res.Budget)
 	}
-	h["Ratelimit"] = append(h["Ratelimit"], string(b))
+	if merge {
+		old[0] = string(b)
+	} else {
+		h["Ratelimit"] = []string{string(b)}
+	}
 	if res.Allowed || res.Reason == ReasonStoreError {
 		return
 	}

@@ -57,39 +57,53 @@ func TestFaultPolicy(t *testing.T) {
 		{name: "fail open on timeout", policy: ratelimit.FailOpen, wantAllow: true, wantIs: context.DeadlineExceeded},
 		{name: "fail closed on timeout", policy: ratelimit.FailClosed, wantReason: ratelimit.ReasonStoreError, wantIs: context.DeadlineExceeded},
 	}
+	steps := []struct {
+		op   string
+		call func(*ratelimit.Limiter, ratelimit.Client) ratelimit.Result
+	}{
+		{op: "rate", call: func(l *ratelimit.Limiter, c ratelimit.Client) ratelimit.Result {
+			return l.AllowRate(context.Background(), c)
+		}},
+		{op: "budget", call: func(l *ratelimit.Limiter, c ratelimit.Client) ratelimit.Result {
+			return l.Spend(context.Background(), c)
+		}},
+	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			store := &faultyStore{err: tt.storeErr}
-			var reported []error
-			l, err := ratelimit.New(ratelimit.Options{
-				Name: "r", Store: store, OnStoreError: tt.policy, Timeout: 5 * time.Millisecond,
-				Rate:    ratelimit.Rate{Count: 1, Per: time.Second},
-				Budget:  ratelimit.Budget{Limit: 10, Window: ratelimit.Day},
-				OnFault: func(err error) { reported = append(reported, err) },
+		for _, st := range steps {
+			t.Run(tt.name+"/"+st.op, func(t *testing.T) {
+				store := &faultyStore{err: tt.storeErr}
+				var reported []error
+				l, err := ratelimit.New(ratelimit.Options{
+					Name: "r", Store: store, OnStoreError: tt.policy, Timeout: 5 * time.Millisecond,
+					Rate:         ratelimit.Rate{Count: 1, Per: time.Second},
+					ClientBudget: ratelimit.Budget{Limit: 5, Window: ratelimit.Day},
+					Budget:       ratelimit.Budget{Limit: 10, Window: ratelimit.Day},
+					OnFault:      func(err error) { reported = append(reported, err) },
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				res := st.call(l, ratelimit.Client{Key: "2001:db8:1:2::/64", Wide: "2001:db8:1::/48"})
+				if res.Allowed != tt.wantAllow || res.Reason != tt.wantReason {
+					t.Errorf("allowed %v reason %v, want %v %v", res.Allowed, res.Reason, tt.wantAllow, tt.wantReason)
+				}
+				var serr *ratelimit.StoreError
+				if !errors.As(res.Err, &serr) || serr.Op != st.op || !errors.Is(res.Err, tt.wantIs) {
+					t.Errorf("Err = %v, want a *StoreError for the %s check wrapping %v", res.Err, st.op, tt.wantIs)
+				}
+				if len(reported) != 1 || reported[0] != res.Err {
+					t.Errorf("OnFault got %v, want exactly the result's error", reported)
+				}
+				if store.calls.Load() != 1 {
+					t.Errorf("%d store calls, want 1: every key of a step is one call", store.calls.Load())
+				}
+				h := http.Header{}
+				res.SetHeaders(h)
+				if len(h) != 0 {
+					t.Errorf("SetHeaders after a fault wrote %v, want nothing", h)
+				}
 			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			res := l.Allow(context.Background(), "c")
-			if res.Allowed != tt.wantAllow || res.Reason != tt.wantReason {
-				t.Errorf("Allow = allowed %v reason %v, want %v %v", res.Allowed, res.Reason, tt.wantAllow, tt.wantReason)
-			}
-			var serr *ratelimit.StoreError
-			if !errors.As(res.Err, &serr) || serr.Op != "rate" || !errors.Is(res.Err, tt.wantIs) {
-				t.Errorf("Err = %v, want a *StoreError for the rate check wrapping %v", res.Err, tt.wantIs)
-			}
-			if len(reported) != 1 || reported[0] != res.Err {
-				t.Errorf("OnFault got %v, want exactly the result's error", reported)
-			}
-			if store.calls.Load() != 1 {
-				t.Errorf("%d store calls, want 1: a fault ends the check", store.calls.Load())
-			}
-			h := http.Header{}
-			res.SetHeaders(h)
-			if len(h) != 0 {
-				t.Errorf("SetHeaders after a fault wrote %v, want nothing", h)
-			}
-		})
+		}
 	}
 }
 
@@ -211,23 +225,36 @@ func TestSetHeadersAllocs(t *testing.T) {
 	l, err := ratelimit.New(ratelimit.Options{
 		Name: "r", Store: ratelimit.NewMemory(0), Now: clock.Now,
 		Rate: ratelimit.Rate{Count: 100, Per: time.Second}, Burst: 10,
-		Budget: ratelimit.Budget{Limit: 1 << 40, Window: ratelimit.Day},
+		ClientBudget: ratelimit.Budget{Limit: 50, Window: ratelimit.Hour},
+		Budget:       ratelimit.Budget{Limit: 1 << 40, Window: ratelimit.Day},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := l.Allow(context.Background(), "c")
+	c := ratelimit.Client{Key: "c"}
+	rate, spend := l.AllowRate(context.Background(), c), l.Spend(context.Background(), c)
 	h := http.Header{}
-	// One string and one slice for RateLimit; the policy is shared.
-	if n := testing.AllocsPerRun(100, func() { clear(h); res.SetHeaders(h) }); n > 2 {
-		t.Errorf("SetHeaders allocates %v times, want at most 2", n)
+	// One string and one slice for the rate's RateLimit, one string for
+	// the budgets added to it; the policy is shared.
+	if n := testing.AllocsPerRun(100, func() { clear(h); rate.SetHeaders(h); spend.SetHeaders(h) }); n > 3 {
+		t.Errorf("SetHeaders of both steps allocates %v times, want at most 3", n)
 	}
 	want := http.Header{
-		"Ratelimit-Policy": {`"rate";q=100;w=1, "budget";q=1099511627776;w=86400`},
-		"Ratelimit":        {`"rate";r=9;t=1, "budget";r=1099511627775;t=43200`},
+		"Ratelimit-Policy": {`"rate";q=100;w=1, "client-budget";q=50;w=3600, "budget";q=1099511627776;w=86400`},
+		"Ratelimit":        {`"rate";r=9;t=1, "client-budget";r=49;t=3600, "budget";r=1099511627775;t=43200`},
 	}
 	if diff := cmp.Diff(want, h); diff != "" {
-		t.Errorf("headers mismatch (-want +got):\n%s", diff)
+		t.Errorf("headers of both steps mismatch (-want +got):\n%s", diff)
+	}
+	// On a header without this limiter's rate line, a budget result
+	// replaces what is there.
+	spend.SetHeaders(h)
+	want = http.Header{
+		"Ratelimit-Policy": {`"client-budget";q=50;w=3600, "budget";q=1099511627776;w=86400`},
+		"Ratelimit":        {`"client-budget";r=49;t=3600, "budget";r=1099511627775;t=43200`},
+	}
+	if diff := cmp.Diff(want, h); diff != "" {
+		t.Errorf("headers of the budget step alone mismatch (-want +got):\n%s", diff)
 	}
 }
 
@@ -251,9 +278,9 @@ func BenchmarkMemoryLimiter(b *testing.B) {
 			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20,
 			Budget: ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
 		}},
-		{name: "ipv6/rate", ipv6: true, o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 16}},
+		{name: "ipv6/rate", ipv6: true, o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1000, Per: time.Second}, Burst: 1 << 20}},
 		{name: "ipv6/rate+budgets", ipv6: true, o: ratelimit.Options{
-			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 16,
+			Rate: ratelimit.Rate{Count: 1000, Per: time.Second}, Burst: 1 << 20,
 			ClientBudget: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day},
 			Budget:       ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
 		}},

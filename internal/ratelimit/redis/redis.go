@@ -167,6 +167,9 @@ return reply
 
 // GCRA implements ratelimit.Store.
 func (s *Store) GCRA(ctx context.Context, now time.Time, cells []ratelimit.RateCell) (bool, error) {
+	if len(cells) == 0 {
+		return true, nil
+	}
 	keys := make([]string, len(cells))
 	args := make([]any, 2, 2+2*len(cells))
 	args[0], args[1] = now.UnixMicro(), gcraGrace.Milliseconds()
@@ -189,6 +192,9 @@ func (s *Store) GCRA(ctx context.Context, now time.Time, cells []ratelimit.RateC
 
 // Budget implements ratelimit.Store.
 func (s *Store) Budget(ctx context.Context, now time.Time, n int64, cells []ratelimit.BudgetCell) (bool, error) {
+	if len(cells) == 0 {
+		return true, nil
+	}
 	keys := make([]string, len(cells))
 	args := make([]any, 1, 1+2*len(cells))
 	args[0] = n

@@ -351,8 +351,8 @@ func TestLimiter(t *testing.T, open Open) {
 			}},
 			steps: []step{
 				{client: "c1", want: allow(rate(2, 100*ms), none, rate(2, time.Minute)), headers: http.Header{
-					"Ratelimit-Policy": {`"rate";q=10;w=1`, `"budget";q=3;w=60`},
-					"Ratelimit":        {`"rate";r=2;t=1`, `"budget";r=2;t=60`},
+					"Ratelimit-Policy": {`"rate";q=10;w=1, "budget";q=3;w=60`},
+					"Ratelimit":        {`"rate";r=2;t=1, "budget";r=2;t=60`},
 				}},
 			},
 		},
@@ -737,7 +737,9 @@ func Bench(b *testing.B, l *ratelimit.Limiter) {
 }
 
 // BenchIPv6 is Bench with 1024 IPv6 clients (/64s) in 16 wide networks
-// (/48s), so that every step also checks the network.
+// (/48s), so that every step also checks the network. As with Bench, the
+// limiter must allow every request: the bursts of each client and each
+// network (WideFactor times the client's) must last the whole run.
 func BenchIPv6(b *testing.B, l *ratelimit.Limiter) {
 	clients := make([]ratelimit.Client, 1024)
 	for i := range clients {
