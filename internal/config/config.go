@@ -150,9 +150,15 @@ type Server struct {
 	// Default 100.
 	MaxHeaders int `yaml:"max_headers"`
 	// ReadBodyTimeout bounds how long a client may take to send a request
-	// body (a slow upload holds a connection and an upstream request).
-	// Default "60s".
+	// body, in total from the end of the request head (a slow upload holds
+	// a connection and an upstream request). Default "60s".
 	ReadBodyTimeout string `yaml:"read_body_timeout"`
+	// WriteTimeout closes a client connection that has taken none of a
+	// response for this long: a client that stops reading would otherwise
+	// hold its connection slot forever. It measures progress, so a slow
+	// reader that keeps reading, and a long stream, are never cut.
+	// Default "30s".
+	WriteTimeout string `yaml:"write_timeout"`
 }
 
 // Log configures logging.

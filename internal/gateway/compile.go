@@ -50,6 +50,7 @@ type Settings struct {
 	IdleTimeout         time.Duration
 	ShutdownTimeout     time.Duration
 	ReadBodyTimeout     time.Duration
+	WriteTimeout        time.Duration
 	MaxHeaderBytes      int
 	MaxHeaders          int
 	MaxConnections      int
@@ -202,6 +203,7 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 		IdleTimeout:       c.duration("server.idle_timeout", cfg.Server.IdleTimeout),
 		ShutdownTimeout:   c.duration("server.shutdown_timeout", cfg.Server.ShutdownTimeout),
 		ReadBodyTimeout:   c.duration("server.read_body_timeout", cfg.Server.ReadBodyTimeout),
+		WriteTimeout:      c.duration("server.write_timeout", cfg.Server.WriteTimeout),
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 		MaxHeaders:        cfg.Server.MaxHeaders,
 		MaxConnections:    cfg.Server.MaxConnections,
@@ -209,6 +211,12 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 	}
 	if _, _, err := net.SplitHostPort(s.Listen); err != nil {
 		c.errorf("listen", "bad address %q: want host:port or :port", s.Listen)
+	}
+	for field, d := range map[string]time.Duration{"server.read_header_timeout": s.ReadHeaderTimeout, "server.idle_timeout": s.IdleTimeout,
+		"server.read_body_timeout": s.ReadBodyTimeout, "server.write_timeout": s.WriteTimeout} {
+		if d <= 0 {
+			c.errorf(field, "must be a positive duration, like 30s")
+		}
 	}
 	if s.MaxHeaders < 0 {
 		c.errorf("server.max_headers", "must not be negative")

@@ -297,7 +297,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		return refused(http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = g.slowBodyGuard(w, http.MaxBytesReader(w, r.Body, ep.maxBody))
+		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)
 	}
 	if ep.validator != nil || ep.transform != nil && ep.transform.Request != nil {
 		if err := g.prepareBody(r, x); err != nil {

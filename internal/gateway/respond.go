@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/keyward/keyward/internal/abort"
 	"github.com/keyward/keyward/internal/accesslog"
 	"github.com/keyward/keyward/internal/proxy"
 	"github.com/keyward/keyward/internal/transform"
@@ -146,7 +147,7 @@ func clientBodyRefusal(err error) (status int, code, msg string) {
 // abortable reports whether the server serving r can cut a response short
 // when the handler panics with http.ErrAbortHandler.
 func abortable(r *http.Request) bool {
-	return r != nil && r.Context().Value(http.ServerContextKey) != nil
+	return r != nil && abort.Supported(r.Context())
 }
 
 // write writes the JSON error every refusal uses:

@@ -278,12 +278,9 @@ func (s *Server) forget(c *conn) {
 // handler may abort its response with panic(http.ErrAbortHandler) (see
 // internal/abort): keyward's forwarder does so when an upstream body
 // breaks off, so that the client sees the stream cut instead of ended.
-//
-// The gateway still looks for http.ServerContextKey: an idle *http.Server
-// is set there too, until it asks abort.Supported.
 func (s *Server) baseContext() context.Context {
 	s.ctxOnce.Do(func() {
-		s.ctx = context.WithValue(abort.WithSupport(context.Background()), http.ServerContextKey, &http.Server{})
+		s.ctx = abort.WithSupport(context.Background())
 	})
 	return s.ctx
 }

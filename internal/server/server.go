@@ -253,6 +253,8 @@ func Public(ln net.Listener, h http.Handler, st gateway.Settings, log *slog.Logg
 		Handler:           h,
 		ReadHeaderTimeout: st.ReadHeaderTimeout,
 		IdleTimeout:       st.IdleTimeout,
+		ReadBodyTimeout:   st.ReadBodyTimeout,
+		WriteTimeout:      st.WriteTimeout,
 		MaxHeaderBytes:    st.MaxHeaderBytes,
 		Logger:            log,
 	}
