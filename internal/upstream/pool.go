@@ -38,6 +38,7 @@ type conn struct {
 	nc     net.Conn
 	br     *bufio.Reader // attached for the length of one exchange
 	abort  func()        // nc.Close, made once: a context.AfterFunc target
+	sock   socket        // checks the socket under nc for pending bytes (see quiet)
 	reused bool
 	idleAt time.Time
 	closed atomic.Bool
@@ -197,6 +198,7 @@ func (p *hostPool) dial(ctx context.Context) (*conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, t.dialTimeout)
 	defer cancel()
 	nc, err := t.dial(dctx, "tcp", p.addr)
+	raw := nc
 	if err == nil && p.tls != nil {
 		tc := tls.Client(nc, p.tls)
 		if err = tc.HandshakeContext(dctx); err != nil {
@@ -217,6 +219,7 @@ func (p *hostPool) dial(ctx context.Context) (*conn, error) {
 	}
 	c := &conn{pool: p, nc: nc}
 	c.abort = func() { _ = nc.Close() }
+	c.sock.init(raw)
 	return c, nil
 }
 

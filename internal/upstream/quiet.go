@@ -20,13 +20,13 @@ import (
 func (c *conn) quiet() bool {
 	tc, ok := c.nc.(*tls.Conn)
 	if !ok {
-		return socketQuiet(c.nc)
+		return c.sock.isQuiet()
 	}
 	// The socket check sees raw records, so any record that arrived
 	// (a late session ticket too) counts: a spare handshake is cheaper
 	// than a crossed answer. Records already read from the socket sit in
 	// the tls.Conn's own buffers, where only a Read can see them.
-	return socketQuiet(tc.NetConn()) && tlsQuiet(tc)
+	return c.sock.isQuiet() && tlsQuiet(tc)
 }
 
 // aLongTimeAgo is a read deadline that has passed, for a Read that must

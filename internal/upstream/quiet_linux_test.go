@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -120,5 +121,68 @@ func TestUnsolicitedBytesWhenPooled(t *testing.T) {
 	}
 	if n := dials.n.Load(); n != 2 {
 		t.Errorf("dials = %d, want 2", n)
+	}
+}
+
+// waitReadable blocks until nc's socket has something to read (bytes or
+// a FIN), without reading it.
+func waitReadable(t *testing.T, nc net.Conn) {
+	t.Helper()
+	rc, err := nc.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN // false: wait until readable, then call again
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSocketCheck: the check tells a quiet socket from one with bytes or
+// a FIN waiting, reads nothing, and allocates nothing (it runs twice per
+// request).
+func TestSocketCheck(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	var s socket
+	s.init(client)
+	if !s.isQuiet() {
+		t.Fatal("a socket with nothing to read is not quiet")
+	}
+	if n := testing.AllocsPerRun(100, func() { s.isQuiet() }); n != 0 {
+		t.Errorf("a check allocates %v times, want 0", n)
+	}
+	io.WriteString(server, "x")
+	waitReadable(t, client)
+	for range 2 { // the peek leaves the byte where it was
+		if s.isQuiet() {
+			t.Fatal("a socket with a byte to read is quiet")
+		}
+	}
+	var b [2]byte
+	if n, err := client.Read(b[:]); n != 1 || err != nil {
+		t.Fatalf("read %d bytes, %v: the check consumed what it saw", n, err)
+	}
+	server.Close()
+	waitReadable(t, client)
+	if s.isQuiet() {
+		t.Fatal("a socket the peer closed is quiet")
 	}
 }
