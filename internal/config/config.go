@@ -45,6 +45,9 @@ type Config struct {
 	// CacheSize bounds the memory cache ("64MiB"); with a Redis store,
 	// Redis's own maxmemory applies. Default "64MiB".
 	CacheSize string `yaml:"cache_size"`
+	// Callers names the kinds of caller routes may require: verified users
+	// (JWT), API keys and attested visitors. Default: none.
+	Callers map[string]Caller `yaml:"callers"`
 }
 
 // Cache configures a route's response cache. Only GET (and HEAD, from a
@@ -253,6 +256,11 @@ type Route struct {
 	// Transform reshapes JSON bodies with jq on the way up and down.
 	// Default: bodies pass unchanged.
 	Transform *Transform `yaml:"transform"`
+	// Callers lists the kinds of caller (keys of the top-level callers:)
+	// the route accepts; a request that proves none of them is refused
+	// before limits, validation or any upstream call. Default: none (the
+	// route is public).
+	Callers []string `yaml:"callers"`
 }
 
 // Query controls which client query parameters reach the upstream and
