@@ -162,6 +162,7 @@ type Limiter struct {
 	policy        FaultPolicy
 	timeout       time.Duration // 0 for stores that need no deadline
 	store         Store
+	local         *Memory // store, if it is a Memory
 	now           func() time.Time
 	onFault       func(error)
 	rateKey       string // prefixes; the client key is appended
@@ -257,8 +258,8 @@ func New(o Options) (*Limiter, error) {
 	if l.now == nil {
 		l.now = time.Now
 	}
-	if _, local := o.Store.(*Memory); local {
-		l.timeout = 0
+	if m, local := o.Store.(*Memory); local {
+		l.local, l.timeout = m, 0
 	} else if l.timeout == 0 {
 		l.timeout = DefaultTimeout
 	}
@@ -419,7 +420,7 @@ func (l *Limiter) AllowRate(ctx context.Context, c Client) Result {
 		cells[1] = RateCell{Key: l.rateKey + c.Wide, Emission: l.wideEmission, Limit: l.wideLimit}
 		n = 2
 	}
-	ok, err := l.store.GCRA(ctx, now, cells[:n])
+	cells, ok, err := l.gcra(ctx, now, cells, n)
 	if err != nil {
 		return l.fault(res, "rate", err)
 	}
@@ -490,7 +491,7 @@ func (l *Limiter) Spend(ctx context.Context, c Client) Result {
 		cells[n] = BudgetCell{Key: l.budgetKey, Limit: l.budget.Limit, Window: l.budget.Window}
 		route, n = n, n+1
 	}
-	ok, err := l.store.Budget(ctx, now, 1, cells[:n])
+	cells, ok, err := l.spend(ctx, now, cells, n)
 	if err != nil {
 		return l.fault(res, "budget", err)
 	}
@@ -528,6 +529,31 @@ func budgetDecision(counted bool, c BudgetCell, now time.Time) Decision {
 		return Decision{Allowed: true, Remaining: max(c.Limit-c.Used, 0), Reset: reset}
 	}
 	return Decision{Reset: reset, RetryAfter: reset}
+}
+
+// gcra runs the first n cells through the store's GCRA. A Memory store,
+// the one that serves every request of a single instance, is called
+// directly, because a slice passed through the Store interface escapes to
+// the heap: that would be an allocation per request.
+func (l *Limiter) gcra(ctx context.Context, now time.Time, cells [2]RateCell, n int) ([2]RateCell, bool, error) {
+	if l.local != nil {
+		ok, err := l.local.GCRA(ctx, now, cells[:n])
+		return cells, ok, err
+	}
+	remote := cells
+	ok, err := l.store.GCRA(ctx, now, remote[:n])
+	return remote, ok, err
+}
+
+// spend is gcra for the store's Budget.
+func (l *Limiter) spend(ctx context.Context, now time.Time, cells [3]BudgetCell, n int) ([3]BudgetCell, bool, error) {
+	if l.local != nil {
+		ok, err := l.local.Budget(ctx, now, 1, cells[:n])
+		return cells, ok, err
+	}
+	remote := cells
+	ok, err := l.store.Budget(ctx, now, 1, remote[:n])
+	return remote, ok, err
 }
 
 // Allow is AllowRate and, if it allowed without a store fault, Spend, for
