@@ -117,6 +117,10 @@ func (x *exchange) ModifyResponse(resp *http.Response) error {
 		return &transform.RunError{Code: transform.CodeFailed, Status: http.StatusBadGateway, Side: transform.Response,
 			Message: "the upstream response could not be transformed", Detail: "upstream body larger than max_bytes", Kind: transform.ErrTooLarge}
 	}
+	// Masked before jq sees it: an expression that reshapes a string
+	// (case, base64, slices) would hide an echoed secret from the scan of
+	// its output.
+	x.g.scrub.MaskBytes(body)
 	res, err := t.Response.Run(resp.Request.Context(), body, resp.Header.Get("Content-Type"), x.ep.vars(x, x.in, false))
 	if err != nil {
 		return err

@@ -110,8 +110,10 @@ func (g *Gateway) refuseUpstream(w http.ResponseWriter, x *exchange, e *proxy.Er
 		}
 	}
 	if e.Committed {
-		if x.status != 499 {
-			x.errCode = "response_aborted"
+		// The head is out: the client can only see the response cut. The
+		// access log says what happened, never the upstream's 200.
+		if e.Kind != proxy.ClientGone {
+			x.status, x.errCode = status, code
 		}
 		if abortable(x.in) {
 			panic(http.ErrAbortHandler)

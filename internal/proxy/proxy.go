@@ -4,8 +4,12 @@
 // outbound request fresh, secrets included, and hands it over):
 //
 //	round trip → drop hop-by-hop headers → filter and scrub headers →
-//	decode and scrub the body → the route's response hook → write the head
-//	→ stream the body (flushing streams) → trailers
+//	decode the body → the route's response hook → write the head →
+//	stream the body through the scrubber (flushing streams) → trailers
+//
+// Bodies are masked as they are written (scrub.Writer): what the client
+// sees of a stream, its chunk boundaries and their timing, never depends
+// on whether some text is the start of a secret.
 //
 // It never follows redirects: a 3xx goes back to the client (Location
 // scrubbed), so credentials are never resent to wherever an upstream
@@ -207,6 +211,23 @@ func (p *Proxy) Forward(w http.ResponseWriter, out *http.Request, x *Exchange, h
 		res.Body.Close()
 		return p.fail(x, err, false)
 	}
+	stream := res.ContentLength < 0 || isEventStream(res.Header["Content-Type"])
+	buf := buffers.Get()
+	defer buffers.Put(buf)
+	var n int
+	var rerr error
+	if !stream {
+		// A body of known length is read before the head is sent, up to
+		// one buffer (most bodies whole): an upstream that breaks off or
+		// stalls within it is answered with a JSON error, not an empty
+		// or cut response. A stream's head goes out at once: a client
+		// waits on it (EventSource's open) before the first event.
+		n, rerr = readFull(res.Body, buf)
+		if rerr != nil && rerr != io.EOF {
+			res.Body.Close()
+			return p.fail(x, fmt.Errorf("reading the upstream body: %w", rerr), false)
+		}
+	}
 	h := w.Header()
 	for k, vs := range res.Header {
 		h[k] = append(h[k], vs...)
@@ -220,7 +241,16 @@ func (p *Proxy) Forward(w http.ResponseWriter, out *http.Request, x *Exchange, h
 		h.Add("Trailer", strings.Join(names, ", "))
 	}
 	w.WriteHeader(res.StatusCode)
-	if err := p.copyBody(w, res, x); err != nil {
+	var flush func() error
+	if stream {
+		flush = http.NewResponseController(w).Flush
+	}
+	sw := p.Scrubber.NewWriter(w, flush)
+	err = copyBody(sw, res.Body, buf, n, rerr, stream)
+	if cerr := sw.Close(); err == nil && cerr != nil {
+		err = clientError{cerr}
+	}
+	if err != nil {
 		res.Body.Close()
 		return p.fail(x, err, true)
 	}
@@ -240,6 +270,26 @@ func (p *Proxy) Forward(w http.ResponseWriter, out *http.Request, x *Exchange, h
 	return nil
 }
 
+// readFull reads into buf until it is full, the body ends (io.EOF) or a
+// read fails.
+func readFull(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// clientError is a failed write to the client: it went away, or stopped
+// reading (the server's write timeout).
+type clientError struct{ error }
+
+func (e clientError) Unwrap() error { return e.error }
+
 // fail classifies a failed exchange.
 func (p *Proxy) fail(x *Exchange, err error, committed bool) *Error {
 	if !committed {
@@ -251,6 +301,8 @@ func (p *Proxy) fail(x *Exchange, err error, committed bool) *Error {
 		// The client's body failed while the upstream was reading it: the
 		// transport's error is a consequence.
 		e.Kind, e.Err = ClientBody, x.body.err
+	case errors.As(err, new(clientError)):
+		e.Kind = ClientGone
 	case cause == ErrTimeout:
 		e.Kind = Timeout
 	case cause == ErrStalled:
@@ -346,24 +398,20 @@ func (b *bufferPool) Put(buf []byte) {
 
 var buffers = &bufferPool{}
 
-// copyBody streams the response body to the client. A stream (an event
-// stream, or a body of unknown length) is flushed after every read, so
-// each piece reaches the client as it arrives.
-func (p *Proxy) copyBody(w http.ResponseWriter, res *http.Response, x *Exchange) error {
-	var rc *http.ResponseController
-	if res.ContentLength < 0 || isEventStream(res.Header["Content-Type"]) {
-		rc = http.NewResponseController(w)
-	}
-	buf := buffers.Get()
-	defer buffers.Put(buf)
+// copyBody sends the body to the client through the scrubbing writer,
+// starting with the first n bytes already in buf (and the error that
+// ended that read). A stream is flushed after every read, so each piece
+// reaches the client as it arrives.
+func copyBody(w *scrub.Writer, body io.Reader, buf []byte, n int, rerr error, stream bool) error {
 	for {
-		n, rerr := res.Body.Read(buf)
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
-				return fmt.Errorf("writing to the client: %w", err)
+				return clientError{fmt.Errorf("writing to the client: %w", err)}
 			}
-			if rc != nil {
-				_ = rc.Flush()
+			if stream {
+				if err := w.Flush(); err != nil {
+					return clientError{fmt.Errorf("flushing to the client: %w", err)}
+				}
 			}
 		}
 		switch {
@@ -372,6 +420,7 @@ func (p *Proxy) copyBody(w http.ResponseWriter, res *http.Response, x *Exchange)
 		case rerr != nil:
 			return fmt.Errorf("reading the upstream body: %w", rerr)
 		}
+		n, rerr = body.Read(buf)
 	}
 }
 
@@ -401,7 +450,7 @@ func (p *Proxy) modifyResponse(res *http.Response, x *Exchange, hook ResponseHoo
 	// Trailer names are announced with the headers; their values arrive
 	// after the body, so they are filtered again when it is closed.
 	p.filterHeaders(res.Trailer)
-	if err := p.scrubBody(res); err != nil {
+	if err := p.decodeBody(res); err != nil {
 		return err
 	}
 	if hook != nil {
@@ -426,18 +475,17 @@ func (p *Proxy) filterHeaders(h http.Header) {
 	p.Scrubber.Headers(h)
 }
 
-// scrubBody masks secret values in the response body as it streams. A
-// gzip or deflate body is decoded first (and sent on as identity); any
-// other encoding is refused, because a secret inside it could not be
-// found.
-func (p *Proxy) scrubBody(res *http.Response) error {
+// decodeBody decodes a gzip or deflate body (sent on as identity) so that
+// the scrubber can read it; any other encoding is refused, because a
+// secret inside it could not be found. Masking itself happens as the
+// body is written (scrub.Writer).
+func (p *Proxy) decodeBody(res *http.Response) error {
 	if !p.Scrubber.Active() || res.Body == nil || res.Body == http.NoBody {
 		return nil
 	}
 	var dec io.ReadCloser
 	switch ce := contentEncoding(res.Header); ce {
 	case "", "identity":
-		res.Body = p.Scrubber.Reader(res.Body)
 		return nil
 	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(res.Body)
@@ -454,7 +502,7 @@ func (p *Proxy) scrubBody(res *http.Response) error {
 	default:
 		return errEncoding
 	}
-	res.Body = p.Scrubber.Reader(decoded{dec, res.Body})
+	res.Body = decoded{dec, res.Body}
 	delete(res.Header, "Content-Encoding")
 	delete(res.Header, "Content-Length")
 	res.ContentLength = -1
