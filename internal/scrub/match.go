@@ -61,15 +61,15 @@ func newPattern(s, name string) pattern {
 	return p
 }
 
-// MinBase64 is the shortest base64 core that is searched for: 8
+// minBase64 is the shortest base64 core that is searched for: 8
 // characters are 48 bits, which random text and base64 blobs (images in
 // JSON) match by chance about once in 2^48 positions. Every core of a
 // secret of 7 bytes or more is at least that long, so base64 is searched
 // for those secrets only, at all three alignments or not at all.
-const MinBase64 = 8
+const minBase64 = 8
 
 // base64MinSecret is the shortest secret whose three cores are all at
-// least MinBase64 characters.
+// least minBase64 characters.
 const base64MinSecret = 7
 
 // base64Cores returns the parts of base64(x + s + y) that depend on s

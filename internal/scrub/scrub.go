@@ -26,59 +26,73 @@
 // at the three alignments and in the standard and URL alphabets, each
 // core matched like a secret (so "\/" and "\u002B" in a JSON-quoted
 // base64 are found). That covers a Basic credential "user:secret" and a
-// base64 document holding the secret. Cores are searched for secrets of
-// at least 7 bytes, whose cores are all at least MinBase64 (8) characters
-// long: shorter ones would match base64 blobs by chance. Secrets shorter
-// than MinLen (4 bytes) are not scrubbed at all. Other transformations
-// (hashes, base64 with line breaks inside a core, an encoding applied on
-// top of base64 other than the spellings above) are out of scope: no
-// scanner can recognise every encoding of a value.
+// base64 document holding the secret; the one or two characters at each
+// end of a core, which mix in bits of x or y, stay visible. Cores are
+// searched for secrets of at least 7 bytes, whose cores are all at least
+// 8 characters (48 bits) long: a shorter core would match base64 blobs
+// (images in JSON) by chance, and a secret that short is searched for in
+// all its spellings but not through base64. Secrets shorter than MinLen
+// (4 bytes) are not scrubbed at all. Other transformations (hashes, base64
+// with a line break inside a core, percent-encoding applied twice) are out
+// of scope: no scanner can recognise every encoding of a value.
 //
-// A body is scanned once, byte by byte, against a table of the bytes a
-// spelling of a pattern can start with (its first character raw, and the
-// escape introducers % \ &). Only there are the patterns that begin with
-// the decoded character tried, unit by unit; a unit's spellings differ in
-// their first byte, except where the unit is itself "%", "\" or "&", and
-// those branches are memoised.
+// # Cost
+//
+// A body is scanned once. A table of the bytes a spelling may start with
+// (a pattern's first byte, and the escape introducers % \ & +) skips
+// eight bytes per branch; where one is found, a set of byte pairs (the
+// first two bytes of a spelling: "\u" and "%3" may start one, "\"" only
+// if a pattern starts with a quote) rejects most places; only at the rest
+// is the first character decoded and the patterns that begin with it
+// tried, unit by unit. A unit's spellings differ in their first byte,
+// except where the unit is itself "\", "%" or "&" ("\\" is one escaped
+// backslash or two raw ones); there every reading is tried and memoised,
+// so a text of backslashes against a secret with a run of r backslashes
+// costs O(r*r) steps per position, not exponential time.
 //
 // # Masking
 //
 // Every start position is tried, and a match is masked from its start to
 // the end of its longest spelling, so a secret that begins inside another
-// match is still masked. In a body the mask has the match's length
-// ("[REDACTED]" padded with "*"), so Content-Length stays right; where
-// matches overlap, the later one's mask is written over the earlier's.
-// String and Headers replace each run of overlapping matches with
-// [REDACTED], Mask with [secret:NAME].
+// match (after an attacker's text that ends the way the secret begins) is
+// masked whole. In a body the mask has the match's length ("[REDACTED]"
+// padded with "*", or "*"s when shorter), so Content-Length stays right;
+// where matches overlap, the later one's mask is written over the
+// earlier's. String and Headers replace each run of overlapping matches
+// with [REDACTED], Mask with [secret:NAME].
 //
 // # Streaming without an oracle
 //
-// A body is scrubbed as it streams (Writer), so some bytes must be held
-// until it is known whether a secret continues past them. Holding exactly
-// the bytes that could start a secret leaks: a client that makes the
-// upstream reflect a guess sees where the gateway splits its output, and
-// learns whether the guess is a prefix of a secret, one character at a
-// time. So what is held never depends on what the bytes are, only on
-// where line breaks are and on lengths:
+// A streamed body is scrubbed as it is written (Writer), so some bytes
+// must be held until it is known whether a secret continues past them.
+// Holding exactly the bytes that could start a secret, as keyward once
+// did, leaks: a client that makes the upstream reflect a guess sees where
+// the gateway splits its stream, and so whether the guess is a prefix of
+// a secret; character by character, any secret was recovered in about
+// 2,000 requests. So what is held never depends on what the bytes are,
+// only on where line breaks are and on lengths:
 //
 //   - everything up to and including the last CR or LF is released at
-//     once: no spelling of a secret contains a raw CR or LF (unless a
-//     secret itself does; then this rule is off for every secret), so a
-//     match cannot span one. Server-sent events and NDJSON lines end with
-//     a line break, so they are never delayed;
-//   - of the bytes after it, the last Hold (10 times the longest secret
-//     or base64 core, less one; spellMax) are held: a match starting
-//     before them is complete in what has arrived;
-//   - held bytes go out with the next write, at the end of the body, or
-//     when the upstream has been silent for ReleaseDelay after a flush.
+//     once: no spelling of a secret contains a raw CR or LF, so no match
+//     spans one. Server-sent events and NDJSON lines end with a line
+//     break, so they are not delayed at all. (If a secret itself holds a
+//     CR or LF, this rule is off, for every secret.)
+//   - of the bytes after it, the last hold bytes are held: 10 (spellMax)
+//     times the longest secret or base64 core, less one, a number fixed
+//     by the config. A match that starts before them is complete in what
+//     has arrived.
+//   - held bytes go out with the next write (as far as the rule allows),
+//     at the end of the body, or when the upstream has been silent for
+//     ReleaseDelay after a flush; one write per release, so the chunks on
+//     the wire follow the same rule.
 //
-// A tail released by the timer may hold the start of a secret the next
-// write completes. It is kept (the buffer keeps the bytes whose matches
-// are undecided), and the continuation is masked; the start already sent
-// cannot be recalled, and the delay bounds how long the stream waits for
-// it. The time spent matching does depend on the text (a partial match
-// costs a few nanoseconds per matched character, like any comparison);
-// that is far below what a client can measure through the network.
+// A tail released by the timer may end with the start of a secret that
+// the next write completes. The bytes whose matches are undecided are
+// kept, and the continuation is masked; the start already sent cannot be
+// recalled, and ReleaseDelay bounds how long a stream waits for it. The
+// time spent matching does depend on the text (a partial match costs a
+// few nanoseconds per matched character, like any comparison), far below
+// what a client can measure through the network.
 package scrub
 
 import (
@@ -101,8 +115,9 @@ const MinLen = 4
 
 // ReleaseDelay is how long a streamed body's held bytes wait for the
 // upstream to send more before they are released anyway. It delays only
-// a stream whose writes do not end with a line break, by at most this
-// much per pause of the upstream.
+// a stream whose writes do not end with a line break, by this much per
+// pause of the upstream. (A stream that trickles without line breaks and
+// never pauses that long lags by the held bytes until it does.)
 const ReleaseDelay = 50 * time.Millisecond
 
 // Scrubber finds and masks secret values. The zero value and nil scrub
@@ -212,15 +227,6 @@ func New(secrets []secret.Value) *Scrubber {
 
 // Active reports whether there is anything to scrub.
 func (s *Scrubber) Active() bool { return s != nil && len(s.pats) > 0 }
-
-// Hold is how many bytes after its last line break a streamed body holds
-// back at most; it depends on the lengths of the secrets only.
-func (s *Scrubber) Hold() int {
-	if !s.Active() {
-		return 0
-	}
-	return s.hold
-}
 
 // Contains reports whether text holds any secret, in any spelling.
 func (s *Scrubber) Contains(text string) bool {

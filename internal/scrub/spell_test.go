@@ -291,7 +291,7 @@ func TestBase64(t *testing.T) {
 		}
 		long := New([]secret.Value{secret.New("s", "abcdefg")})
 		for _, p := range long.pats[1:] {
-			if len(p.units) < MinBase64 {
+			if len(p.units) < minBase64 {
 				t.Errorf("core of %d characters", len(p.units))
 			}
 		}

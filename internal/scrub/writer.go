@@ -49,9 +49,10 @@ func (s *Scrubber) NewWriter(dst io.Writer, flush func() error) *Writer {
 }
 
 // Write masks p and passes on what can no longer be part of a secret:
-// everything up to the last line break, and all but the last Hold bytes
-// after it. The rest is held for the next Write, Flush's timer or Close.
-// It returns a write error of dst (which it keeps returning).
+// everything up to the last line break, and after it all but the last
+// few hundred bytes (a number the config fixes). Those are held for the
+// next Write, Flush's timer or Close. It returns a write error of dst,
+// and keeps returning it.
 func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -201,6 +202,11 @@ func (w *Writer) advance() {
 	}
 	w.release(e)
 	w.compact()
+	if len(w.b) == 0 {
+		// Nothing held: an idle stream (between events) keeps no buffer.
+		putBuf(w.b)
+		w.b = nil
+	}
 }
 
 // lastBreak returns the index of the last CR or LF in b, or -1. It

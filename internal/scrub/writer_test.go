@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -111,7 +112,7 @@ func mustWrite(t *testing.T, w *Writer, s string) {
 func TestWriterReleaseRule(t *testing.T) {
 	c := &clock{}
 	s := withClock(New([]secret.Value{secret.New("k", "tok-0123456789")}), c)
-	hold := s.Hold()
+	hold := s.hold
 	// A 14-byte secret has base64 cores of 18 characters, each spelled
 	// in at most 10 bytes.
 	if hold != 10*18-1 {
@@ -532,4 +533,76 @@ func TestWriterConcurrentTimer(t *testing.T) {
 	if rec.out.String() != want.String() {
 		t.Error("output differs from input")
 	}
+}
+
+// TestWriterLargeAndRandomWrites: a body written whole (larger than the
+// buffer, so scanned in pieces) or in random pieces comes out as
+// MaskBytes makes it.
+func TestWriterLargeAndRandomWrites(t *testing.T) {
+	s := newTest()
+	in := body()
+	want := bytes.Clone(in)
+	s.MaskBytes(want)
+	if len(in) <= chunk {
+		t.Fatalf("body of %d bytes does not exceed the buffer", len(in))
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for name, sizes := range map[string]func() int{
+		"whole":  func() int { return len(in) },
+		"random": func() int { return 1 + rng.IntN(3*chunk/2) },
+		"small":  func() int { return 1 + rng.IntN(7) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			rec := &recorder{}
+			w := s.NewWriter(rec, nil)
+			for p := in; len(p) > 0; {
+				n := min(len(p), sizes())
+				mustWrite(t, w, string(p[:n]))
+				p = p[n:]
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(rec.out.Bytes(), want) {
+				t.Error("output differs from MaskBytes")
+			}
+		})
+	}
+}
+
+// TestWriterSecretWithLineBreak: a secret that holds a line break can be
+// spelled across one, so line breaks release nothing early: every write
+// keeps its last bytes until more comes.
+func TestWriterSecretWithLineBreak(t *testing.T) {
+	c := &clock{}
+	s := withClock(New([]secret.Value{secret.New("pem", "line one\nline two")}), c)
+	rec := &recorder{}
+	w := s.NewWriter(rec, rec.flush)
+	mustWrite(t, w, "data: x\n\n")
+	_ = w.Flush()
+	if got, want := rec.take(), []string{"flush"}; !cmp.Equal(got, want) {
+		t.Errorf("%v, want %v: the event was released although a secret spans lines", got, want)
+	}
+	mustWrite(t, w, "key: line one\nline two\n")
+	_ = w.Close()
+	if got := rec.out.String(); got != "data: x\n\nkey: [REDACTED]*******\n" {
+		t.Errorf("output %q", got)
+	}
+}
+
+// TestWriterIdleStreamHoldsNoBuffer: between events, a stream holds no
+// buffer (an open event stream costs a pooled 32 KiB only while a write
+// is being scanned).
+func TestWriterIdleStreamHoldsNoBuffer(t *testing.T) {
+	s := withClock(New([]secret.Value{secret.New("k", "tok-0123456789")}), &clock{})
+	w := s.NewWriter(&recorder{}, nil)
+	mustWrite(t, w, "data: one\n\n")
+	if w.b != nil {
+		t.Errorf("%d bytes of buffer kept with nothing held", cap(w.b))
+	}
+	mustWrite(t, w, "data: tw")
+	if w.b == nil {
+		t.Error("held bytes without a buffer")
+	}
+	_ = w.Close()
 }
