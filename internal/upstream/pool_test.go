@@ -198,3 +198,36 @@ func TestRetire(t *testing.T) {
 	}
 	tr.Retire() // idempotent
 }
+
+// BenchmarkTLSCheck is what the check of a TLS connection's own buffers
+// adds to a request over TLS, twice (the socket check comes on top).
+func BenchmarkTLSCheck(b *testing.B) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", srv.TLS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.(*tls.Conn).Handshake()
+		_, _ = io.Copy(io.Discard, c) // until the client closes
+	}()
+	roots := srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "example.com"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tc.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !tlsQuiet(tc) {
+			b.Fatal("not quiet")
+		}
+	}
+}

@@ -186,3 +186,31 @@ func TestSocketCheck(t *testing.T) {
 		t.Fatal("a socket the peer closed is quiet")
 	}
 }
+
+// BenchmarkSocketCheck is the cost the check adds to a request, twice
+// (when the connection is pooled and when it is taken).
+func BenchmarkSocketCheck(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer server.Close()
+	var s socket
+	s.init(client)
+	b.ReportAllocs()
+	for b.Loop() {
+		if !s.isQuiet() {
+			b.Fatal("not quiet")
+		}
+	}
+}

@@ -105,8 +105,10 @@ const (
 )
 
 // Transport is an HTTP/1.1 http.RoundTripper with a per-host pool of
-// keep-alive connections. It is safe for concurrent use; create one per
-// process, because its pool is what makes connections outlive requests.
+// keep-alive connections. It is safe for concurrent use. Its pool is what
+// makes connections outlive requests, so one Transport serves as long as
+// the rules its dialer enforces hold (internal/outbound keeps one per
+// outbound policy, and retires it when a reload changes the policy).
 type Transport struct {
 	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
 	dialTimeout time.Duration
