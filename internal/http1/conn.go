@@ -244,7 +244,7 @@ func check(req *http.Request) (status int, code, msg string) {
 	if req.ProtoAtLeast(1, 1) && req.Host == "" {
 		return http.StatusBadRequest, "bad_request", "missing Host header"
 	}
-	if !validHost(req.Host) {
+	if !httpsyntax.ValidHost(req.Host) {
 		return http.StatusBadRequest, "bad_request", "malformed Host header"
 	}
 	for name, vs := range req.Header {

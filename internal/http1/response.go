@@ -453,23 +453,3 @@ func validValue(s string) bool {
 	}
 	return true
 }
-
-// validHost reports whether s uses only the bytes a Host header may
-// (net/http's httpguts.ValidHostHeader).
-func validHost(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !isHostByte[s[i]] {
-			return false
-		}
-	}
-	return true
-}
-
-var isHostByte [256]bool
-
-func init() {
-	for c := 0; c < 256; c++ {
-		alnum := c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-		isHostByte[c] = alnum || c < 0x80 && strings.ContainsRune("!$%&'()*+,-.:;=[]_~", rune(c))
-	}
-}
