@@ -12,11 +12,11 @@ import (
 	"time"
 )
 
-// benchBody is the size of the shared benchmark's upstream answer
-// (../shared/bench/upstream: 2065 bytes of JSON).
+// benchBody is the size of the benchmark's upstream answer
+// (bench/upstream: 2065 bytes of JSON).
 var benchBody = bytes.Repeat([]byte("x"), 2065)
 
-// stdlibTransport is gateway.NewTransport's configuration, repeated here
+// stdlibTransport is net/http's Transport tuned as the gateway once used it,
 // because internal/gateway cannot be imported from this package's tests.
 func stdlibTransport() *http.Transport {
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
@@ -81,7 +81,7 @@ func httptestUpstream(b *testing.B) string {
 }
 
 // BenchmarkRoundTrip compares this client with the gateway's tuned
-// net/http Transport on the shared job's exchange: a GET with two headers
+// net/http Transport on the benchmark job's exchange (bench/README.md): a GET with two headers
 // and a 2 KB answer read to EOF. Against the raw upstream, allocs/op are
 // the client's alone; against httptest they include net/http's server.
 func BenchmarkRoundTrip(b *testing.B) {

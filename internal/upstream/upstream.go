@@ -5,7 +5,7 @@
 // net/http's Transport runs two goroutines per connection (a reader and a
 // writer) and hands every exchange between them over channels; on a 2-core
 // machine that bookkeeping, not HTTP parsing, was the largest cost of a
-// proxied request (../shared/PERFORMANCE-NOTES.md: readLoop and writeLoop
+// proxied request (docs/PERFORMANCE-NOTES.md: readLoop and writeLoop
 // together ~33 % of CPU). This client does the exchange on the calling
 // goroutine instead: the request is written with a pooled bufio.Writer (one
 // write syscall for a bodiless request), the response is parsed by
