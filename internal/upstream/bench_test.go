@@ -16,8 +16,8 @@ import (
 // (bench/upstream: 2065 bytes of JSON).
 var benchBody = bytes.Repeat([]byte("x"), 2065)
 
-// stdlibTransport is net/http's Transport tuned as the gateway once used it,
-// because internal/gateway cannot be imported from this package's tests.
+// stdlibTransport is net/http's Transport tuned as the gateway used it
+// before internal/upstream, for comparison.
 func stdlibTransport() *http.Transport {
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
