@@ -88,6 +88,13 @@ type ClientIP struct {
 	// IPv6Prefix keys IPv6 clients by their network, since one user
 	// controls a whole /64. Default 64.
 	IPv6Prefix int `yaml:"ipv6_prefix"`
+	// IPv6WidePrefix is the wider network an IPv6 client is also counted
+	// in, together with the other clients there: one /48 holds 65,536
+	// /64s, each otherwise a fresh client. 0 turns it off. Default 48.
+	IPv6WidePrefix *int `yaml:"ipv6_wide_prefix"`
+	// IPv6WideFactor is how many clients' rate, burst and client budget
+	// the clients of one wide network share in total. Default 8.
+	IPv6WideFactor int `yaml:"ipv6_wide_factor"`
 }
 
 // Limits bounds how much a client, and all clients together, may call a

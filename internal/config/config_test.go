@@ -43,9 +43,10 @@ func mustParse(t *testing.T, src string) *File {
 func TestParseDefaults(t *testing.T) {
 	f := mustParse(t, sample)
 	c := f.Config
-	on := true
+	on, wide := true, 48
 	want := Config{
-		Listen: ":9000",
+		Listen:   ":9000",
+		ClientIP: ClientIP{IPv6WidePrefix: &wide},
 		Server: Server{ReadHeaderTimeout: "10s", IdleTimeout: "120s", MaxHeaderBytes: 64 << 10, ShutdownTimeout: "30s",
 			ReadBodyTimeout: "60s", WriteTimeout: "30s", MaxConnections: 10000, MaxHeaders: 100},
 		Log: Log{Access: &on},

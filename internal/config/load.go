@@ -338,6 +338,10 @@ func (c *Config) setDefaults() {
 	if s.ReadBodyTimeout == "" {
 		s.ReadBodyTimeout = "60s"
 	}
+	if c.ClientIP.IPv6WidePrefix == nil {
+		wide := 48
+		c.ClientIP.IPv6WidePrefix = &wide
+	}
 	if c.Log.Access == nil {
 		on := true
 		c.Log.Access = &on

@@ -16,7 +16,7 @@ import (
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/gatewaytest"
 	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
-	"github.com/keyward/keyward/internal/ratelimit/redis/redistest"
+	"github.com/keyward/keyward/internal/redisstore/redistest"
 )
 
 const cacheConfig = `

@@ -275,10 +275,19 @@ func (c *compiler) clientIP(cfg *config.Config) *clientip.Resolver {
 	if err != nil {
 		c.errorf("client_ip.header", "%v", err)
 	}
-	if ci.IPv6Prefix < 0 || ci.IPv6Prefix > 128 {
-		c.errorf("client_ip.ipv6_prefix", "%d is not a prefix length (0-128)", ci.IPv6Prefix)
+	wide := 0
+	if ci.IPv6WidePrefix != nil {
+		wide = *ci.IPv6WidePrefix
 	}
-	return clientip.New(trusted, ci.IPv6Prefix, h)
+	if f := ci.IPv6WideFactor; f < 0 || f > 1<<20 {
+		c.errorf("client_ip.ipv6_wide_factor", "%d: want 1 to 1048576 (the number of clients a wide network counts as)", f)
+	}
+	r, err := clientip.NewResolver(clientip.Options{TrustedProxies: trusted, Header: h, IPv6Prefix: ci.IPv6Prefix, IPv6WidePrefix: wide})
+	for _, e := range unjoin(err) {
+		field, msg, _ := strings.Cut(e.Error(), " ")
+		c.errorf("client_ip."+field, "%s", msg)
+	}
+	return r
 }
 
 // store checks the store setting; the process opens it (see
@@ -288,10 +297,11 @@ func (c *compiler) store(cfg *config.Config) {
 	case s == "" || s == "memory":
 	case strings.HasPrefix(s, "redis://") || strings.HasPrefix(s, "rediss://"):
 		if _, err := url.Parse(s); err != nil {
-			c.errorf("store", "bad Redis URL: %v", err)
+			// url.Parse's error repeats the URL, password included.
+			c.errorf("store", "not a valid Redis URL (it is not repeated here: it may hold a password); want redis://[:PASSWORD@]HOST:PORT/DB")
 		}
 	default:
-		c.errorf("store", "%q: want memory or a redis:// URL", s)
+		c.errorf("store", "want memory or a redis:// URL (the value is not repeated here: it may hold a password)")
 	}
 	if c.opts.LimitStore == nil {
 		// check, test and routes compile without a process: give them a
@@ -303,26 +313,14 @@ func (c *compiler) store(cfg *config.Config) {
 // defaultBurst lets a page fire a handful of requests at once.
 const defaultBurst = 10
 
-// limits compiles a route's limits in two parts. The per-client rate is
-// checked early, on every request: it holds off request pressure, and a
-// refusal counts against it. The budgets (the route's, and each
-// client's) are the ceiling of the upstream bill, so they are spent only
-// when a request goes upstream: a request refused on the way, or answered
-// from the cache, costs none of them.
+// limits compiles a route's limits. The limiter works in two steps: the
+// per-client rate is checked early, on every request (it holds off
+// request pressure, and a refusal counts against it); the budgets (the
+// route's, and each client's) are the ceiling of the upstream bill, so
+// they are spent only when a request goes upstream: a request refused on
+// the way, or answered from the cache, costs none of them.
 func (c *compiler) limits(path string, lc *config.Limits, ep *endpoint) {
-	if lc.Rate == "" && lc.Budget == "" && lc.ClientBudget == "" {
-		c.errorf(path, "set rate, budget or client_budget")
-		return
-	}
-	rate, budget := *lc, *lc
-	rate.Budget, rate.ClientBudget = "", ""
-	budget.Rate, budget.Burst = "", 0
-	if rate.Rate != "" {
-		ep.rate = c.limiter(path, &rate, ep)
-	}
-	if budget.Budget != "" || budget.ClientBudget != "" {
-		ep.budget = c.limiter(path, &budget, ep)
-	}
+	ep.limiter = c.limiter(path, lc, ep)
 }
 
 func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
@@ -381,7 +379,8 @@ func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 }
 
 func (c *compiler) limiter(path string, lc *config.Limits, ep *endpoint) *ratelimit.Limiter {
-	o := ratelimit.Options{Name: ep.name, Burst: lc.Burst, Store: c.opts.LimitStore, Now: c.opts.Now, OnFault: c.onFault}
+	o := ratelimit.Options{Name: ep.name, Burst: lc.Burst, Store: c.opts.LimitStore, Now: c.opts.Now, OnFault: c.onFault,
+		WideFactor: int64(c.f.Config.ClientIP.IPv6WideFactor)}
 	if ep.stage != "" {
 		o.Name = ep.stage + "/" + ep.name
 	}

@@ -111,8 +111,7 @@ type endpoint struct {
 	idleTimeout       time.Duration
 	maxBody           int64
 	cors              *cors.Policy
-	rate              *ratelimit.Limiter   // per-client rate, checked early; nil: none
-	budget            *ratelimit.Limiter   // client and route budgets, spent only on what goes upstream; nil: none
+	limiter           *ratelimit.Limiter   // nil: no limits
 	cache             *cache.Policy        // nil: not cached
 	cacheRoute        string               // route identity in cache keys
 	vary              string               // request headers the cache varies on, for the response's Vary
@@ -206,7 +205,8 @@ type exchange struct {
 	query   string
 	status  int
 	errCode string
-	ctype   string        // Content-Type set by a request transform
+	ctype   string // Content-Type set by a request transform
+	client  ratelimit.Client
 	in      *http.Request // the inbound request, once forwarding started
 }
 
@@ -276,8 +276,9 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		w.Header()["Allow"] = ep.allow
 		return refused(http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed; allowed: "+ep.allow[0])
 	}
-	if ep.rate != nil {
-		if err := g.limit(w, r, x, ep.rate); err != nil {
+	if ep.limiter != nil {
+		x.client = g.client(r)
+		if err := g.limit(w, x, ep.limiter.AllowRate(r.Context(), x.client)); err != nil {
 			return err
 		}
 	}
@@ -321,8 +322,8 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 // relays the answer. Budgets count what goes upstream: a request refused
 // on the way here, or answered from the cache, costs none of them.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) error {
-	if x.ep.budget != nil {
-		if err := g.limit(w, r, x, x.ep.budget); err != nil {
+	if l := x.ep.limiter; l != nil {
+		if err := g.limit(w, x, l.Spend(r.Context(), x.client)); err != nil {
 			return err
 		}
 	}
@@ -355,7 +356,7 @@ func (g *Gateway) serveCached(w http.ResponseWriter, r *http.Request, x *exchang
 			// A background refresh runs after this request has ended: it
 			// gets an exchange of its own.
 			bx := &exchange{g: g, ep: ep, params: x.params, start: g.opts.Now(),
-				path: x.path, rawPath: x.rawPath, query: x.query}
+				path: x.path, rawPath: x.rawPath, query: x.query, client: x.client}
 			if err := g.forward(cw, cr, bx); err != nil {
 				g.refuse(cw, bx, err)
 			}

@@ -7,13 +7,22 @@ import (
 	"github.com/keyward/keyward/internal/ratelimit"
 )
 
-// limit applies l to the client. A refusal (429, or 503 when the store
-// failed and the route fails closed) is returned; refused requests are not
-// counted.
-func (g *Gateway) limit(w http.ResponseWriter, r *http.Request, x *exchange, l *ratelimit.Limiter) error {
+// client is whom r is counted against: its address keyed by the
+// resolver (an IPv6 client by its /64), and for IPv6 its wide network.
+func (g *Gateway) client(r *http.Request) ratelimit.Client {
 	var buf [64]byte
-	key := string(g.clients.AppendKey(buf[:0], g.clients.ClientIP(r)))
-	res := l.Allow(r.Context(), key)
+	ip := g.clients.ClientIP(r)
+	c := ratelimit.Client{Key: string(g.clients.AppendKey(buf[:0], ip))}
+	if w := g.clients.AppendWideKey(buf[:0], ip); len(w) > 0 {
+		c.Wide = string(w)
+	}
+	return c
+}
+
+// limit turns a limiter's answer into headers and, for a refusal, the
+// error (429, or 503 when the store failed and the route fails closed).
+// Refused requests are not counted.
+func (g *Gateway) limit(w http.ResponseWriter, x *exchange, res ratelimit.Result) error {
 	res.SetHeaders(w.Header())
 	if m := g.opts.Metrics; m != nil && res.Budget != (ratelimit.Decision{}) {
 		m.BudgetRemaining(x.ep.name, res.Budget.Remaining)

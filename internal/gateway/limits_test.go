@@ -13,7 +13,7 @@ import (
 	"github.com/keyward/keyward/internal/gatewaytest"
 	"github.com/keyward/keyward/internal/ratelimit"
 	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
-	"github.com/keyward/keyward/internal/ratelimit/redis/redistest"
+	"github.com/keyward/keyward/internal/redisstore/redistest"
 )
 
 func forwardedFor(ip string) http.Header {

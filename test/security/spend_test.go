@@ -86,3 +86,48 @@ routes:
 		})
 	}
 }
+
+// TestIPv6AllocationCannotMultiplyItsAllowance: clients are keyed per
+// /64, and one /48 holds 65,536 of them; the /48 as a whole shares
+// ipv6_wide_factor clients' allowance (8 by default), so rotating
+// through fresh /64s buys at most 8 clients' worth. Another /48 is
+// unaffected, and so is IPv4.
+func TestIPv6AllocationCannotMultiplyItsAllowance(t *testing.T) {
+	const yaml = `
+client_ip: { trusted_proxies: ["127.0.0.1/32"] }
+routes:
+  - name: geocode
+    path: /geocode
+    upstream: "{{UP}}/api/geocode"
+    limits: { rate: 1/h, burst: 1 }
+`
+	h := newHarness(t, yaml, nil)
+	admitted := func(xff string) bool {
+		t.Helper()
+		res := h.Raw("GET", "/geocode", http.Header{"X-Forwarded-For": {xff}}, "")
+		h.Up.Take()
+		switch res.Status {
+		case http.StatusOK:
+			return true
+		case http.StatusTooManyRequests:
+			return false
+		}
+		t.Fatalf("status %d: %s", res.Status, res.Body)
+		return false
+	}
+	n := 0
+	for i := range 64 {
+		if admitted(fmt.Sprintf("2001:db8:aaaa:%x::1", i)) {
+			n++
+		}
+	}
+	if n != 8 {
+		t.Errorf("64 /64s of one /48 got %d requests through, want 8 (the wide factor times one client's burst)", n)
+	}
+	if !admitted("2001:db8:bbbb:1::1") {
+		t.Errorf("a client of another /48 was refused")
+	}
+	if !admitted("203.0.113.7") || admitted("203.0.113.7") {
+		t.Errorf("an IPv4 client does not get exactly its own burst")
+	}
+}
