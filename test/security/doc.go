@@ -25,6 +25,19 @@
 //     scheme, port, case) and preflights;
 //   - faults_test.go: upstreams that hang, stall, reset, send huge headers
 //     or bodies, clients that go away, the outbound address policy;
+//   - scrub_oracle_test.go, scrub_spellings_test.go: the stream's shape
+//     never depends on secret content; every spelling of a secret is
+//     masked;
+//   - upstream_pool_test.go: unsolicited upstream bytes never answer
+//     another client's request;
+//   - cache_variants_test.go, cache_store_test.go: everything sent
+//     upstream keys the cache; what must not be stored is not;
+//   - bodies_test.go, clientbody_test.go: bodies keyward cannot parse are
+//     refused; client body faults are client errors;
+//   - spend_test.go: budgets count only what goes upstream, other origins
+//     never reach it, IPv6 allocations cannot multiply an allowance;
+//   - server_writetimeout_test.go, faults_logged_test.go: clients that stop
+//     reading are cut off; upstream breaks are logged as such;
 //   - fuzz_test.go: FuzzGatewayRequest, whose invariants hold for any path,
 //     query and header a client can send.
 //
