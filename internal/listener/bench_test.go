@@ -83,7 +83,7 @@ func BenchmarkGuard(b *testing.B) {
 			reportCPU(b, start)
 		})
 		b.Run(bc.name+"/guarded", func(b *testing.B) {
-			l := Guard(newFakeListener(), Options{MaxConns: -1}).(*guardListener)
+			l := Guard(newFakeListener(), Options{MaxConns: -1})
 			c := l.wrap(&loopConn{msg: []byte(bc.msg)})
 			buf := make([]byte, 4096)
 			b.SetBytes(int64(len(bc.msg)))
@@ -94,6 +94,43 @@ func BenchmarkGuard(b *testing.B) {
 				if err != nil || n != len(bc.msg) {
 					b.Fatalf("read %d, %v; want %d", n, err, len(bc.msg))
 				}
+			}
+			reportCPU(b, start)
+		})
+	}
+}
+
+// loopListener hands out one loopConn per Accept, never blocking: the cost
+// of the guard's accept path without a kernel in it.
+type loopListener struct{ msg []byte }
+
+func (l *loopListener) Accept() (net.Conn, error) { return &loopConn{msg: l.msg}, nil }
+func (l *loopListener) Close() error              { return nil }
+func (l *loopListener) Addr() net.Addr            { return &net.TCPAddr{} }
+
+// BenchmarkAccept measures a connection's way through the guard's accept
+// path: each op accepts one connection, reads its request and closes it,
+// with the default connection limit (slot accounting included) and
+// without one.
+func BenchmarkAccept(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		max  int
+	}{{"limited", 0}, {"unlimited", -1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			l := Guard(&loopListener{msg: []byte(benchGET)}, Options{MaxConns: bc.max})
+			buf := make([]byte, 4096)
+			b.ReportAllocs()
+			start := cpuTime()
+			for b.Loop() {
+				c, err := l.Accept()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Read(buf); err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
 			}
 			reportCPU(b, start)
 		})

@@ -55,7 +55,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // picked by split and read with buffers of varying size, and returns what
 // the guard passed, the framing of each head it passed, and the connection.
 func guardStream(t testing.TB, data []byte, split uint8) ([]byte, []framing, *conn) {
-	l := Guard(newFakeListener(), Options{MaxConns: -1, MaxHeaderBytes: 8 << 10, MaxHeaders: 20}).(*guardListener)
+	l := Guard(newFakeListener(), Options{MaxConns: -1, MaxHeaderBytes: 8 << 10, MaxHeaders: 20})
 	arrive := []int{int(split)%7 + 1, 4096, int(split)/7 + 1, 3}
 	reads := []int{4096, int(split)%13 + 2, 4096, 1000}
 	c := l.wrap(&feedConn{data: data, sizes: arrive})

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,7 +58,7 @@ func (rc *recorder) requests() []string {
 
 // serve starts an http.Server on 127.0.0.1 behind Guard and returns its
 // address, its recorder and the guarded listener.
-func serve(t *testing.T, opts Options) (string, *recorder, *guardListener) {
+func serve(t *testing.T, opts Options) (string, *recorder, *Listener) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -83,7 +84,7 @@ func serve(t *testing.T, opts Options) (string, *recorder, *guardListener) {
 		_ = srv.Close()
 		<-done
 	})
-	return ln.Addr().String(), rc, g.(*guardListener)
+	return ln.Addr().String(), rc, g
 }
 
 func dial(t *testing.T, addr string) net.Conn {
@@ -491,7 +492,7 @@ func TestPipelinedRefusalWaitsForRunningHandler(t *testing.T) {
 	}
 	g := Guard(ln, Options{})
 	rejected := make(chan struct{})
-	g.(*guardListener).onReject = func(*violation) { close(rejected) }
+	g.onReject = func(*violation) { close(rejected) }
 	release := make(chan struct{})
 	started := make(chan struct{})
 	ctxErr := make(chan error, 1)
@@ -596,15 +597,19 @@ func TestMaxConns(t *testing.T) {
 	get(c1, bufio.NewReader(c1), "/1")
 	get(c2, bufio.NewReader(c2), "/2")
 
-	// The third connection completes its TCP handshake in the backlog,
-	// but is not accepted while two are open: the slots are all taken,
-	// and Accept takes a slot before it takes a connection.
+	// The third connection is taken from the kernel but held, not
+	// served, while two are open: the slots are all taken, and net/http's
+	// server offers no idle connection to close (Options.Idle is nil).
 	c3 := dial(t, addr)
 	if _, err := io.WriteString(c3, "GET /3 HTTP/1.1\r\nHost: k\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(g.slots); n != 2 {
+	waitFor(t, "the third connection to wait", func() bool { return g.Waiting() == 1 })
+	if n := g.Open(); n != 2 {
 		t.Fatalf("%d slots taken, want 2", n)
+	}
+	if !g.Crowded() {
+		t.Error("Crowded() is false with a connection waiting")
 	}
 	if diff := cmp.Diff([]string{"GET /1", "GET /2"}, rc.requests()); diff != "" {
 		t.Fatalf("served before a slot was free (-want +got):\n%s", diff)
@@ -616,6 +621,22 @@ func TestMaxConns(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"GET /1", "GET /2", "GET /3"}, rc.requests()); diff != "" {
 		t.Errorf("requests the handler saw (-want +got):\n%s", diff)
+	}
+	if n := g.Waiting(); n != 0 {
+		t.Errorf("Waiting() = %d once admitted, want 0", n)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after the safety
+// timeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(safety)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -644,7 +665,7 @@ func (f *fakeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 
 func TestCloseReleasesSlotOnce(t *testing.T) {
 	fl := newFakeListener()
-	l := Guard(fl, Options{MaxConns: 2}).(*guardListener)
+	l := Guard(fl, Options{MaxConns: 2})
 	for range 3 {
 		a, _ := net.Pipe()
 		fl.conns <- a
@@ -660,19 +681,19 @@ func TestCloseReleasesSlotOnce(t *testing.T) {
 	c1.Close()
 	c1.Close()
 	c1.Close()
-	if n := len(l.slots); n != 1 {
+	if n := l.Open(); n != 1 {
 		t.Fatalf("after closing one conn three times, %d slots taken, want 1", n)
 	}
 	c3, err := l.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(l.slots); n != 2 {
+	if n := l.Open(); n != 2 {
 		t.Fatalf("%d slots taken, want 2", n)
 	}
 	c2.Close()
 	c3.Close()
-	if n := len(l.slots); n != 0 {
+	if n := l.Open(); n != 0 {
 		t.Fatalf("%d slots taken after closing all, want 0", n)
 	}
 }
@@ -681,29 +702,166 @@ func TestCloseWakesWaitingAccept(t *testing.T) {
 	fl := newFakeListener()
 	l := Guard(fl, Options{MaxConns: 1})
 	a, _ := net.Pipe()
+	b, _ := net.Pipe()
 	fl.conns <- a
 	if _, err := l.Accept(); err != nil {
 		t.Fatal(err)
 	}
+	fl.conns <- b // taken and held: no slot is free
 	errc := make(chan error, 1)
 	go func() {
 		_, err := l.Accept()
 		errc <- err
 	}()
+	waitFor(t, "Accept to hold the second connection", func() bool { return l.Waiting() == 1 })
 	l.Close()
 	if err := <-errc; !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
 	}
 }
 
+// idleServer is an IdleCloser over the connections the test accepted:
+// those marked idle are closed on request, in order.
+type idleServer struct {
+	mu    sync.Mutex
+	idle  []net.Conn
+	asked []int
+}
+
+func (s *idleServer) CloseIdle(n int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.asked = append(s.asked, n)
+	k := min(n, len(s.idle))
+	for _, c := range s.idle[:k] {
+		c.Close()
+	}
+	s.idle = s.idle[k:]
+	return k
+}
+
+func (s *idleServer) requests() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]int(nil), s.asked...)
+}
+
+// TestAtLimitClosesIdle: with every slot taken, a new connection is
+// admitted at once by closing an idle one (the server's longest idle),
+// not after the idle timeout; a busy table holds it until a connection
+// ends.
+func TestAtLimitClosesIdle(t *testing.T) {
+	fl := newFakeListener()
+	srv := &idleServer{}
+	l := Guard(fl, Options{MaxConns: 2, Idle: srv})
+	var conns []net.Conn
+	for range 2 {
+		a, _ := net.Pipe()
+		fl.conns <- a
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	srv.mu.Lock()
+	srv.idle = []net.Conn{conns[1]}
+	srv.mu.Unlock()
+
+	a, _ := net.Pipe()
+	fl.conns <- a
+	if _, err := l.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.requests(); !slices.Equal(got, []int{1}) {
+		t.Errorf("CloseIdle calls %v, want [1]", got)
+	}
+	if n, r := l.Open(), l.Reclaimed(); n != 2 || r != 1 {
+		t.Errorf("Open() = %d, Reclaimed() = %d; want 2, 1", n, r)
+	}
+
+	// Nothing idle now: the next one waits for a busy connection to end.
+	b, _ := net.Pipe()
+	fl.conns <- b
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := l.Accept()
+		accepted <- err
+	}()
+	waitFor(t, "the connection to wait", func() bool { return l.Waiting() == 1 })
+	select {
+	case err := <-accepted:
+		t.Fatalf("admitted over the limit (%v)", err)
+	default:
+	}
+	conns[0].Close()
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+	if n := l.Waiting(); n != 0 {
+		t.Errorf("Waiting() = %d after admission, want 0", n)
+	}
+}
+
+// TestSetOptionsMaxConns: a lowered limit closes idle connections down to
+// it and admits no one until busy ones end; a raised one admits a waiting
+// connection at once.
+func TestSetOptionsMaxConns(t *testing.T) {
+	fl := newFakeListener()
+	srv := &idleServer{}
+	l := Guard(fl, Options{MaxConns: 4, Idle: srv})
+	var conns []net.Conn
+	for range 4 {
+		a, _ := net.Pipe()
+		fl.conns <- a
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	srv.mu.Lock()
+	srv.idle = []net.Conn{conns[3]} // one idle, three busy
+	srv.mu.Unlock()
+
+	l.SetOptions(Options{MaxConns: 2, Idle: srv})
+	if n := l.Open(); n != 3 {
+		t.Fatalf("Open() = %d after lowering the limit to 2 with one idle connection; want 3 (busy ones are not cut)", n)
+	}
+	if !l.Crowded() {
+		t.Error("Crowded() is false with more open than the limit")
+	}
+	b, _ := net.Pipe()
+	fl.conns <- b
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := l.Accept()
+		accepted <- err
+	}()
+	waitFor(t, "the connection to wait", func() bool { return l.Waiting() == 1 })
+	conns[0].Close() // 2 open: still at the limit
+	select {
+	case err := <-accepted:
+		t.Fatalf("admitted at the lowered limit (%v)", err)
+	default:
+	}
+	l.SetOptions(Options{MaxConns: 3, Idle: srv})
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+	if n := l.Open(); n != 3 {
+		t.Errorf("Open() = %d, want 3", n)
+	}
+}
+
 func TestUnlimitedConns(t *testing.T) {
 	fl := newFakeListener()
-	l := Guard(fl, Options{MaxConns: -1}).(*guardListener)
-	if l.slots != nil {
-		t.Fatal("MaxConns -1 has a slot limit")
+	l := Guard(fl, Options{MaxConns: -1})
+	if n := l.maxConns(); n >= 0 {
+		t.Fatalf("MaxConns -1 has a slot limit of %d", n)
 	}
-	if d := Guard(fl, Options{}).(*guardListener); cap(d.slots) != defaultMaxConns {
-		t.Errorf("default MaxConns %d, want %d", cap(d.slots), defaultMaxConns)
+	if d := Guard(fl, Options{}); d.maxConns() != defaultMaxConns {
+		t.Errorf("default MaxConns %d, want %d", d.maxConns(), defaultMaxConns)
 	}
 }
 

@@ -46,10 +46,12 @@ import (
 // Options configures Guard. The zero value is ready to use.
 type Options struct {
 	// MaxConns bounds the client connections open at once. When all slots
-	// are taken, Accept waits for one to close instead of refusing:
-	// connections queue in the kernel's accept backlog, so a burst is
-	// served late rather than reset, and a client that gives up simply goes
-	// away. Zero means 10000; a negative value means no limit.
+	// are taken, a new connection waits for one instead of being refused:
+	// Accept takes it from the kernel and holds it, asks Idle to close its
+	// longest-idle keep-alive connection, and admits it when a slot is
+	// free. Connections behind it queue in the kernel's accept backlog, so
+	// a burst is served late rather than reset, and a client that gives up
+	// simply goes away. Zero means 10000; a negative value means no limit.
 	MaxConns int
 	// MaxHeaderBytes bounds a request head: the request line, the header
 	// lines and the empty line ending them. A longer head is answered with
@@ -59,6 +61,25 @@ type Options struct {
 	// MaxHeaders bounds the header lines of a request head (and of a chunked
 	// body's trailer section). More are answered with 431. Zero means 100.
 	MaxHeaders int
+	// Idle is the server behind the guard, which knows which of its
+	// connections are idle. At the limit, the guard asks it to close the
+	// longest-idle keep-alive connection for each connection waiting, as
+	// nginx does: an idle keep-alive slot is worth less than a client that
+	// cannot get in. Nil: a waiting connection waits for one to close by
+	// itself (idle ones after the server's idle timeout).
+	Idle IdleCloser
+}
+
+// IdleCloser is the server behind the guard, as the guard needs it when
+// its connection table is full. internal/http1's Server implements it.
+type IdleCloser interface {
+	// CloseIdle closes up to n idle keep-alive connections, longest idle
+	// first, and reports how many it closed. An idle connection is one
+	// between requests that has not begun to read the next request: an
+	// HTTP/1.1 client retries an idempotent request on a connection
+	// closed while idle (RFC 9112 section 9.3.1). Each close frees a slot
+	// through the connection's Close.
+	CloseIdle(n int) int
 }
 
 const (
@@ -78,73 +99,189 @@ const (
 // Guard returns a listener whose connections are checked by the framing guard
 // and whose number is bounded by opts.MaxConns. Closing the returned listener
 // closes ln and wakes an Accept waiting for a free slot.
-func Guard(ln net.Listener, opts Options) net.Listener {
-	l := &guardListener{Listener: ln, done: make(chan struct{})}
-	l.maxHeaderBytes = opts.MaxHeaderBytes
-	if l.maxHeaderBytes <= 0 {
-		l.maxHeaderBytes = http.DefaultMaxHeaderBytes
-	}
-	l.maxHeaders = opts.MaxHeaders
-	if l.maxHeaders <= 0 {
-		l.maxHeaders = defaultMaxHeaders
-	}
-	switch {
-	case opts.MaxConns == 0:
-		l.slots = make(chan struct{}, defaultMaxConns)
-	case opts.MaxConns > 0:
-		l.slots = make(chan struct{}, opts.MaxConns)
-	}
+func Guard(ln net.Listener, opts Options) *Listener {
+	l := &Listener{Listener: ln, done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	l.set(opts)
 	return l
 }
 
-type guardListener struct {
+// Listener is the guarded listener Guard returns. Its limits can change
+// while it serves (SetOptions), and it reports its connections for metrics
+// and readiness.
+type Listener struct {
 	net.Listener
-	maxHeaderBytes int
-	maxHeaders     int
-	slots          chan struct{} // one element per open connection; nil: unlimited
-	done           chan struct{}
-	closeOnce      sync.Once
+	limits    atomic.Pointer[limits]
+	max       atomic.Int64  // connection limit; negative: none
+	open      atomic.Int64  // connections accepted and not yet closed
+	held      atomic.Int64  // connections accepted, waiting for a slot
+	reclaimed atomic.Uint64 // idle connections closed to make room
+	wake      chan struct{} // a slot was freed or the limit rose
+	done      chan struct{}
+	closeOnce sync.Once
 	// Test hooks, copied to each connection.
 	onHead   func(framing)
 	onReject func(*violation)
 }
 
-// Accept waits for a free connection slot, then for a connection.
-func (l *guardListener) Accept() (net.Conn, error) {
-	if l.slots != nil {
-		select {
-		case l.slots <- struct{}{}:
-		case <-l.done:
-			return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
-		}
+// limits are the Options a new connection is checked with.
+type limits struct {
+	maxHeaderBytes int
+	maxHeaders     int
+	idle           IdleCloser
+}
+
+func (l *Listener) set(opts Options) {
+	lim := &limits{maxHeaderBytes: opts.MaxHeaderBytes, maxHeaders: opts.MaxHeaders, idle: opts.Idle}
+	if lim.maxHeaderBytes <= 0 {
+		lim.maxHeaderBytes = http.DefaultMaxHeaderBytes
 	}
+	if lim.maxHeaders <= 0 {
+		lim.maxHeaders = defaultMaxHeaders
+	}
+	l.limits.Store(lim)
+	switch {
+	case opts.MaxConns == 0:
+		l.max.Store(defaultMaxConns)
+	case opts.MaxConns > 0:
+		l.max.Store(int64(opts.MaxConns))
+	default:
+		l.max.Store(-1)
+	}
+}
+
+// SetOptions replaces the limits, as a config reload does. Connections
+// accepted afterwards are checked with the new header limits; those open
+// keep the ones they were accepted with. A new MaxConns applies at once:
+// a raised limit admits a waiting connection, a lowered one closes idle
+// keep-alive connections down to it (through opts.Idle) and admits no one
+// until the connections still busy have ended; none of them is cut.
+func (l *Listener) SetOptions(opts Options) {
+	l.set(opts)
+	l.signal()
+	if over := l.Open() - l.maxConns(); l.maxConns() >= 0 && over > 0 && opts.Idle != nil {
+		l.reclaimed.Add(uint64(opts.Idle.CloseIdle(over)))
+	}
+}
+
+// Open reports how many connections are open: accepted and not yet
+// closed, each holding a slot.
+func (l *Listener) Open() int { return int(l.open.Load()) }
+
+// Waiting reports how many connections wait for a slot: the one Accept
+// holds and, while it holds one, those queued behind it in the kernel's
+// accept backlog (where the platform reports it). Zero while slots are
+// free.
+func (l *Listener) Waiting() int {
+	n := int(l.held.Load())
+	if n == 0 {
+		return 0
+	}
+	return n + backlog(l.Listener)
+}
+
+// Crowded reports whether a connection should close at the end of its
+// response instead of staying open idle: connections are waiting for a
+// slot, or more are open than a lowered limit allows. internal/http1
+// asks it after each response.
+func (l *Listener) Crowded() bool {
+	if l.held.Load() > 0 {
+		return true
+	}
+	max := l.max.Load()
+	return max >= 0 && l.open.Load() > max
+}
+
+// Reclaimed reports how many idle keep-alive connections the guard has
+// closed to admit waiting ones or to meet a lowered limit.
+func (l *Listener) Reclaimed() uint64 { return l.reclaimed.Load() }
+
+func (l *Listener) maxConns() int { return int(l.max.Load()) }
+
+// Accept takes the next connection and returns it once it has a slot. At
+// the limit, it holds the connection and asks the server to close idle
+// ones (Options.Idle) until a slot is free.
+func (l *Listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
-		l.release()
 		return nil, err
+	}
+	if l.acquire() {
+		return l.wrap(c), nil
+	}
+	return l.admit(c)
+}
+
+// admit holds c until a slot is free, closing idle connections to free
+// one. Each wake (a slot freed, the limit changed) is a new attempt.
+func (l *Listener) admit(c net.Conn) (net.Conn, error) {
+	l.held.Add(1)
+	defer l.held.Add(-1)
+	select { // a stale wake from before the hold
+	case <-l.wake:
+	default:
+	}
+	for !l.acquire() {
+		if idle := l.limits.Load().idle; idle != nil {
+			l.reclaimed.Add(uint64(idle.CloseIdle(1)))
+		}
+		if l.acquire() {
+			break
+		}
+		select {
+		case <-l.wake:
+		case <-l.done:
+			c.Close()
+			return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
+		}
 	}
 	return l.wrap(c), nil
 }
 
-func (l *guardListener) wrap(c net.Conn) *conn {
+// acquire takes a slot if one is free.
+func (l *Listener) acquire() bool {
+	max := l.max.Load()
+	for {
+		n := l.open.Load()
+		if max >= 0 && n >= max {
+			return false
+		}
+		if l.open.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (l *Listener) wrap(c net.Conn) *conn {
+	lim := l.limits.Load()
 	return &conn{
 		Conn: c,
 		l:    l,
-		ps:   parser{maxHeaderBytes: l.maxHeaderBytes, maxHeaders: l.maxHeaders},
+		ps:   parser{maxHeaderBytes: lim.maxHeaderBytes, maxHeaders: lim.maxHeaders},
 
 		onHead:   l.onHead,
 		onReject: l.onReject,
 	}
 }
 
-func (l *guardListener) release() {
-	if l.slots != nil {
-		<-l.slots
+// release frees a slot and wakes an Accept holding a connection. The
+// order (free, then look for a waiter) pairs with admit's (count itself,
+// then try): one of the two sees the other.
+func (l *Listener) release() {
+	l.open.Add(-1)
+	if l.held.Load() > 0 {
+		l.signal()
+	}
+}
+
+func (l *Listener) signal() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
 	}
 }
 
 // Close closes the underlying listener and wakes a waiting Accept.
-func (l *guardListener) Close() error {
+func (l *Listener) Close() error {
 	l.closeOnce.Do(func() { close(l.done) })
 	return l.Listener.Close()
 }
@@ -159,7 +296,7 @@ func (l *guardListener) Close() error {
 // back, so a valid request costs one scan and no copy.
 type conn struct {
 	net.Conn
-	l  *guardListener
+	l  *Listener
 	ps parser
 
 	buf        []byte
