@@ -76,3 +76,32 @@ func BenchmarkServer(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkConnect measures a request on a new connection, behind the
+// guard: dial, accept, one small request, close. It is the accept path as
+// a client meets it.
+func BenchmarkConnect(b *testing.B) {
+	ts := start(b, &http1.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	})}, guard)
+	req := []byte("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+	buf := make([]byte, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.ReadFull(c, buf[:1])
+		for err == nil && n > 0 {
+			n, err = c.Read(buf)
+		}
+		c.Close()
+		if err != io.EOF {
+			b.Fatal(err)
+		}
+	}
+}

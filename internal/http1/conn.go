@@ -92,15 +92,17 @@ type hangUpWatcher interface {
 // the handler and writes the response; only the watcher (and Close from
 // Shutdown) touch it from elsewhere.
 type conn struct {
-	s      *Server
-	rw     net.Conn
-	remote string
-	state  atomic.Int32
-	cr     connReader
-	br     *bufio.Reader // nil while idle
-	res    response      // reused by each request; handlers must not keep it
-	body   *body         // the running request's, nil without one
-	born   time.Time
+	s       *Server
+	rw      net.Conn
+	crowd   crowdReporter // rw's listener, if it reports waiting connections
+	remote  string
+	state   atomic.Int32
+	idleSeq atomic.Int64 // the server's idleSeq when it last went idle
+	cr      connReader
+	br      *bufio.Reader // nil while idle
+	res     response      // reused by each request; handlers must not keep it
+	body    *body         // the running request's, nil without one
+	born    time.Time
 
 	// Writes (see write). Only one goroutine writes at a time: the
 	// connection's, or a body reader sending 100 Continue, ordered by the
@@ -196,9 +198,10 @@ func (c *conn) serve() {
 			c.refuse(err)
 			return
 		}
-		if !c.serveRequest(req) || s.shutdown.Load() {
+		if !c.serveRequest(req) || s.shutdown.Load() || c.crowded() {
 			return
 		}
+		c.idleSeq.Store(s.idleSeq.Add(1))
 		c.state.Store(stateIdle)
 		timeout = s.idleTimeout()
 	}
@@ -327,12 +330,17 @@ func (c *conn) serveRequest(req *http.Request) bool {
 
 // runHandler calls the handler. A panic closes the connection: net/http's
 // http.ErrAbortHandler (a response cut off mid-stream) silently, anything
-// else logged and, if nothing was sent yet, answered with a 500.
+// else logged and, if nothing was sent yet, answered with a 500. An event
+// stream the server itself ended (see endsCleanly) is finished, not cut.
 func (c *conn) runHandler(w *response, req *http.Request) (ok bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			ok = false
-			if v != http.ErrAbortHandler {
+			switch {
+			case v == http.ErrAbortHandler && w.endsCleanly():
+				w.closeAfter = true
+				w.finish()
+			case v != http.ErrAbortHandler:
 				c.s.logger().Error("http1: handler panic", "panic", v)
 				if !w.committed {
 					w.buf = w.buf[:0]
@@ -441,14 +449,21 @@ func (c *conn) armWrite(t time.Time) {
 	_ = c.rw.SetWriteDeadline(t)
 }
 
-// cancelRequest cancels the running request's context with cause.
-func (c *conn) cancelRequest(cause error) {
+// cancelRequest cancels the running request's context with cause, and
+// reports whether a request was running.
+func (c *conn) cancelRequest(cause error) bool {
 	c.wmu.Lock()
-	if c.cancel != nil {
-		c.cancel(cause)
+	defer c.wmu.Unlock()
+	if c.cancel == nil {
+		return false
 	}
-	c.wmu.Unlock()
+	c.cancel(cause)
+	return true
 }
+
+// crowded reports whether the connection should close after its response
+// to give its slot to one waiting (see crowdReporter).
+func (c *conn) crowded() bool { return c.crowd != nil && c.crowd.Crowded() }
 
 func (c *conn) setCancel(f context.CancelCauseFunc) {
 	c.wmu.Lock()

@@ -51,3 +51,16 @@ func Conns(s *Server) int {
 	defer s.mu.Unlock()
 	return len(s.conns)
 }
+
+// IdleConns reports how many of s's connections wait between requests.
+func IdleConns(s *Server) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.conns {
+		if c.state.Load() == stateIdle {
+			n++
+		}
+	}
+	return n
+}

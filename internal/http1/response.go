@@ -191,6 +191,22 @@ func (w *response) finish() {
 	w.release()
 }
 
+// endsCleanly reports whether a response its handler aborted should be
+// finished instead of cut, because the server's shutdown ended it: an
+// event stream (text/event-stream, chunked) that is intact so far. An
+// event stream has no length to fall short of: its client discards an
+// event left incomplete and, seeing the stream end, reconnects (to
+// another instance) as it would after any server's restart, where a cut
+// stream is a fault its client reports. A response of any other type is
+// cut, so that its client cannot take a truncated body for a whole one.
+func (w *response) endsCleanly() bool {
+	if !w.c.s.cutting.Load() || !w.committed || !w.chunked || w.err != nil {
+		return false
+	}
+	ct, _, _ := strings.Cut(w.header.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+}
+
 // release returns the output buffer to the pool.
 func (w *response) release() {
 	if w.buf != nil {
@@ -287,7 +303,7 @@ func (w *response) appendHead(b []byte, final bool) []byte {
 		b = strconv.AppendInt(b, length, 10)
 		b = append(b, "\r\n"...)
 	}
-	if w.req.Close || w.c.s.shutdown.Load() || httpsyntax.HasToken(h["Connection"], "close") {
+	if w.req.Close || w.c.s.shutdown.Load() || w.c.crowded() || httpsyntax.HasToken(h["Connection"], "close") {
 		w.closeAfter = true
 	}
 	switch {

@@ -37,11 +37,14 @@
 package http1
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -82,6 +85,9 @@ type Server struct {
 	// Logger receives handler panics. Nil: slog.Default().
 	Logger *slog.Logger
 
+	limits    atomic.Pointer[Limits] // set by SetLimits: replaces the fields above
+	idleSeq   atomic.Int64           // counts connections going idle: orders them for CloseIdle
+	cutting   atomic.Bool            // Shutdown's time is up: requests are being ended
 	ctxOnce   sync.Once
 	ctx       context.Context
 	tick      atomic.Int64 // watch loop ticks, from 1: the server's coarse clock
@@ -94,6 +100,31 @@ type Server struct {
 	shutdown  atomic.Bool
 }
 
+// Limits are the timeouts and size limits of a Server that a config
+// reload may change while it serves (SetLimits). Each field means what the
+// Server field of the same name does, zero included.
+type Limits struct {
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	WriteTimeout      time.Duration
+	ReadBodyTimeout   time.Duration
+	MaxHeaderBytes    int
+}
+
+// SetLimits replaces the server's timeouts and size limits (the fields of
+// the same names, which it then ignores) while it serves. Each new value
+// applies from the next time it is used: a new connection, a connection's
+// next request or its next wait between requests, the next write of a
+// response. A connection already waiting between requests keeps the idle
+// timeout it began waiting with.
+func (s *Server) SetLimits(l Limits) { s.limits.Store(&l) }
+
+// crowdReporter is a listener that knows when connections wait for a slot
+// (the framing guard, listener.Listener): a connection that finishes a
+// response then closes instead of staying open idle, so that one waiting
+// gets its slot.
+type crowdReporter interface{ Crowded() bool }
+
 // Serve accepts connections on ln and serves each on its own goroutine
 // until ln fails or the server shuts down; then it returns
 // http.ErrServerClosed.
@@ -102,6 +133,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		return http.ErrServerClosed
 	}
 	defer s.track(ln, false)
+	crowd, _ := ln.(crowdReporter)
 	s.loopOnce.Do(func() { go s.watchLoop() })
 	var backoff time.Duration
 	for {
@@ -120,7 +152,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := s.newConn(rw)
+		c := s.newConn(rw, crowd)
 		if c == nil {
 			rw.Close()
 			return http.ErrServerClosed
@@ -129,25 +161,98 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// ErrShutdown is the cause of a request's context cancelled because the
+// server's drain time ran out (Shutdown's context ended before the
+// request did): a handler tells it from a client that went away with
+// context.Cause, and logs the request as ended by the shutdown.
+var ErrShutdown = errors.New("http1: server shutting down: the drain time is up")
+
+// DrainError is what Shutdown returns when its context ends before every
+// request has: the requests still running were ended.
+type DrainError struct {
+	// Requests is how many requests were still running.
+	Requests int
+	// Err is the context's error.
+	Err error
+}
+
+func (e *DrainError) Error() string {
+	return fmt.Sprintf("http1: drain time is up: ended %d requests: %v", e.Requests, e.Err)
+}
+
+// Unwrap returns the context's error.
+func (e *DrainError) Unwrap() error { return e.Err }
+
+// cutGrace is the most a shutdown whose drain time is up gives the
+// requests it ends to finish their responses: a stream gets its clean end
+// (see endsCleanly), a handler waiting for its upstream answers. When
+// Shutdown's context has a deadline, the requests are ended this long
+// before it (a quarter of the time left, if that is less), so that all of
+// it happens within the deadline: a supervisor's kill timer is usually
+// the same figure as the drain time.
+const cutGrace = time.Second
+
 // Shutdown stops accepting, closes idle connections, and waits for the
-// others to finish their requests, or for ctx to end (then it closes them
-// and returns ctx.Err()).
+// others to finish their requests. If ctx ends first (or comes within
+// cutGrace of its deadline), it ends the requests still running: their
+// contexts are cancelled with ErrShutdown as the cause, the responses get
+// a moment to end (an event stream is ended cleanly, see endsCleanly),
+// then every connection left is closed, and Shutdown returns a
+// *DrainError wrapping ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdown.Store(true)
 	s.closeListeners()
+	grace := cutGrace
+	var cutAt <-chan time.Time
+	if d, ok := ctx.Deadline(); ok {
+		left := time.Until(d)
+		grace = min(grace, left/4)
+		t := time.NewTimer(left - grace)
+		defer t.Stop()
+		cutAt = t.C
+	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if s.closeIdle() {
+		if s.closeIdle(false) {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			s.Close()
-			return ctx.Err()
+			return s.cut(grace, ctx.Err())
+		case <-cutAt:
+			return s.cut(grace, context.DeadlineExceeded)
 		case <-tick.C:
 		}
 	}
+}
+
+// cut ends the requests still running when the drain time is up: it
+// cancels them with ErrShutdown, closes the connections without one,
+// waits up to grace for the rest to close, then closes them.
+func (s *Server) cut(grace time.Duration, cause error) error {
+	s.cutting.Store(true)
+	s.mu.Lock()
+	running := 0
+	for c := range s.conns {
+		if c.cancelRequest(ErrShutdown) {
+			running++
+		}
+	}
+	s.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !s.closeIdle(true) {
+		select {
+		case <-t.C:
+			s.Close()
+			return &DrainError{Requests: running, Err: cause}
+		case <-tick.C:
+		}
+	}
+	return &DrainError{Requests: running, Err: cause}
 }
 
 // Close closes the listeners and every connection at once.
@@ -232,16 +337,16 @@ func (s *Server) closeListeners() {
 }
 
 // closeIdle closes the connections waiting for a request, and new ones
-// that have sent nothing for newGrace, and reports whether none are left.
-// The closing happens outside the lock: a guarded connection with a
-// refusal to send lingers in Close.
-func (s *Server) closeIdle() bool {
+// that have sent nothing for newGrace (all new ones if all is set), and
+// reports whether none are left. The closing happens outside the lock: a
+// guarded connection with a refusal to send lingers in Close.
+func (s *Server) closeIdle(all bool) bool {
 	now := time.Now()
 	var idle []*conn
 	s.mu.Lock()
 	for c := range s.conns {
 		if c.state.CompareAndSwap(stateIdle, stateClosing) ||
-			now.Sub(c.born) >= newGrace && c.state.CompareAndSwap(stateNew, stateClosing) {
+			(all || now.Sub(c.born) >= newGrace) && c.state.CompareAndSwap(stateNew, stateClosing) {
 			idle = append(idle, c)
 		}
 	}
@@ -253,8 +358,43 @@ func (s *Server) closeIdle() bool {
 	return left == 0
 }
 
-func (s *Server) newConn(rw net.Conn) *conn {
-	c := &conn{s: s, rw: rw, remote: rw.RemoteAddr().String(), wdone: make(chan struct{}, 1), born: time.Now()}
+// CloseIdle closes up to n of the connections waiting between requests,
+// longest idle first, and reports how many it closed. The framing guard
+// (listener.IdleCloser) calls it when its connection table is full, to
+// admit a new connection. A connection is idle from the end of a response
+// until the first byte of its next request arrives: an HTTP/1.1 client
+// retries an idempotent request on a connection closed while idle (RFC
+// 9112 section 9.3.1), as it must for any keep-alive timeout. A new
+// connection that has not sent its first request is not idle.
+func (s *Server) CloseIdle(n int) int {
+	if n <= 0 {
+		return 0
+	}
+	var idle []*conn
+	s.mu.Lock()
+	for c := range s.conns {
+		if c.state.Load() == stateIdle {
+			idle = append(idle, c)
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(idle, func(a, b *conn) int { return cmp.Compare(a.idleSeq.Load(), b.idleSeq.Load()) })
+	closed := 0
+	for _, c := range idle {
+		if closed == n {
+			break
+		}
+		// A connection that has begun a request since is not idle any more.
+		if c.state.CompareAndSwap(stateIdle, stateClosing) {
+			c.rw.Close()
+			closed++
+		}
+	}
+	return closed
+}
+
+func (s *Server) newConn(rw net.Conn, crowd crowdReporter) *conn {
+	c := &conn{s: s, rw: rw, crowd: crowd, remote: rw.RemoteAddr().String(), wdone: make(chan struct{}, 1), born: time.Now()}
 	c.cr.c = c
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -285,23 +425,39 @@ func (s *Server) baseContext() context.Context {
 	return s.ctx
 }
 
+// The accessors below read a limit from SetLimits' values if set, else
+// from the fields, and apply the default. A limits load is one atomic
+// pointer load: write reads the write timeout on every call.
+
 func (s *Server) readHeaderTimeout() time.Duration {
-	if s.ReadHeaderTimeout > 0 {
-		return s.ReadHeaderTimeout
+	d := s.ReadHeaderTimeout
+	if l := s.limits.Load(); l != nil {
+		d = l.ReadHeaderTimeout
+	}
+	if d > 0 {
+		return d
 	}
 	return 10 * time.Second
 }
 
 func (s *Server) idleTimeout() time.Duration {
-	if s.IdleTimeout > 0 {
-		return s.IdleTimeout
+	d := s.IdleTimeout
+	if l := s.limits.Load(); l != nil {
+		d = l.IdleTimeout
+	}
+	if d > 0 {
+		return d
 	}
 	return 120 * time.Second
 }
 
 func (s *Server) writeTimeout() time.Duration {
-	if s.WriteTimeout > 0 {
-		return s.WriteTimeout
+	d := s.WriteTimeout
+	if l := s.limits.Load(); l != nil {
+		d = l.WriteTimeout
+	}
+	if d > 0 {
+		return d
 	}
 	return 30 * time.Second
 }
@@ -315,15 +471,23 @@ func (s *Server) rearmTicks() int64 {
 }
 
 func (s *Server) readBodyTimeout() time.Duration {
-	if s.ReadBodyTimeout > 0 {
-		return s.ReadBodyTimeout
+	d := s.ReadBodyTimeout
+	if l := s.limits.Load(); l != nil {
+		d = l.ReadBodyTimeout
+	}
+	if d > 0 {
+		return d
 	}
 	return 60 * time.Second
 }
 
 func (s *Server) maxHeaderBytes() int {
-	if s.MaxHeaderBytes > 0 {
-		return s.MaxHeaderBytes
+	n := s.MaxHeaderBytes
+	if l := s.limits.Load(); l != nil {
+		n = l.MaxHeaderBytes
+	}
+	if n > 0 {
+		return n
 	}
 	return http.DefaultMaxHeaderBytes
 }
