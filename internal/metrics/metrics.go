@@ -8,6 +8,8 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +30,8 @@ type Metrics struct {
 	limited   *prometheus.CounterVec
 	budget    *prometheus.GaugeVec
 	storeErrs *prometheus.CounterVec
+	connOnce  sync.Once                  // registers the connection collectors (connections.go)
+	conns     atomic.Pointer[connSource] // what they read
 }
 
 // New registers every collector on a fresh registry.
