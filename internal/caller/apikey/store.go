@@ -1,0 +1,105 @@
+package apikey
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyward/keyward/internal/caller"
+	"github.com/keyward/keyward/internal/ratelimit"
+)
+
+// Record is one stored key: everything about it but the key itself.
+type Record struct {
+	// Kind is the caller kind the key belongs to ("partners").
+	Kind string
+	// Name names the key within its kind (a partner, an app); it is the
+	// caller id in limits and logs. Names are never reused, even after a
+	// revocation, so that a new key never inherits an old one's counts.
+	Name string
+	// Hash is the key's SHA-256.
+	Hash Hash
+	// Created is when the key was made.
+	Created time.Time
+	// Expires is when the key stops working; zero means never.
+	Expires time.Time
+	// Revoked is when the key was revoked; zero means it was not.
+	Revoked time.Time
+	// LastUsed is the last use a store knows of; zero means none. It is
+	// recorded at most once a minute, so it lags.
+	LastUsed time.Time
+	// Limits is the key's own plan; nil means the route's limits.
+	Limits *Limits
+}
+
+// Limits is a key's plan as written: it replaces the route's per-caller
+// limits for this key. An empty field keeps the route's value.
+type Limits struct {
+	// Rate is the key's sustained rate, e.g. "600/m".
+	Rate string `yaml:"rate,omitempty"`
+	// Burst is how many requests the key may send at once.
+	Burst int64 `yaml:"burst,omitempty"`
+	// Budget caps the key's requests per calendar window, e.g.
+	// "100000/month".
+	Budget string `yaml:"budget,omitempty"`
+}
+
+// Plan compiles l; nil stays nil.
+func (l *Limits) Plan() (*caller.Plan, error) {
+	if l == nil {
+		return nil, nil
+	}
+	var p caller.Plan
+	var err error
+	if l.Rate != "" {
+		if p.Rate, err = ratelimit.ParseRate(l.Rate); err != nil {
+			return nil, err
+		}
+	}
+	if l.Burst < 0 {
+		return nil, fmt.Errorf("burst %d: want a positive number", l.Burst)
+	}
+	p.Burst = l.Burst
+	if l.Budget != "" {
+		if p.Budget, err = ratelimit.ParseBudget(l.Budget); err != nil {
+			return nil, err
+		}
+	}
+	return &p, nil
+}
+
+// Store is where a Verifier finds keys.
+type Store interface {
+	// Lookup returns the record whose hash is h, and whether there is one.
+	// An error means the store could not be read.
+	Lookup(ctx context.Context, h Hash) (Stored, bool, error)
+	// Used notes that the key with hash h was used at t. It is best
+	// effort and must not block the request.
+	Used(h Hash, t time.Time)
+}
+
+// Stored is what a lookup returns: the record, with its plan compiled.
+type Stored struct {
+	Record
+	// Plan is Record.Limits compiled; nil when the key has none.
+	Plan *caller.Plan
+}
+
+// Admin is how `keyward keys` manages keys.
+type Admin interface {
+	// Add stores a new record. A name already used in the kind, even by a
+	// revoked key, is refused with ErrNameTaken.
+	Add(ctx context.Context, r Record) error
+	// List returns the records of kind ("" for every kind), oldest first.
+	List(ctx context.Context, kind string) ([]Record, error)
+	// Revoke marks the key kind/name revoked at t. A key that does not
+	// exist, or is already revoked, is ErrNotFound.
+	Revoke(ctx context.Context, kind, name string, t time.Time) error
+}
+
+// Errors of Admin.
+var (
+	ErrNameTaken = errors.New("a key of that kind already has that name (names are never reused, even after a revocation)")
+	ErrNotFound  = errors.New("no active key of that kind has that name")
+)
