@@ -169,6 +169,11 @@ type Server struct {
 	// reader that keeps reading, and a long stream, are never cut.
 	// Default "30s".
 	WriteTimeout string `yaml:"write_timeout"`
+	// MaxBufferedBytes bounds the request bodies all requests hold in
+	// memory at once (bodies that are validated, transformed, or sent on a
+	// route with a budget are read whole first); a request that would
+	// cross it gets 503 busy with Retry-After. Default "64MiB".
+	MaxBufferedBytes string `yaml:"max_buffered_bytes"`
 }
 
 // Log configures logging.

@@ -332,6 +332,9 @@ func (c *Config) setDefaults() {
 	if s.MaxHeaders == 0 {
 		s.MaxHeaders = 100
 	}
+	if s.MaxBufferedBytes == "" {
+		s.MaxBufferedBytes = "64MiB"
+	}
 	if s.WriteTimeout == "" {
 		s.WriteTimeout = "30s"
 	}

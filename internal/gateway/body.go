@@ -19,20 +19,11 @@ import (
 // prepareBody validates the request and runs the request transform. Both
 // need the whole body, so only routes that use them buffer it (bounded by
 // max_body).
-func (g *Gateway) prepareBody(r *http.Request, x *exchange) error {
+func (g *Gateway) prepareBody(w http.ResponseWriter, r *http.Request, x *exchange) error {
 	ep := x.ep
-	var body []byte
-	if r.Body != nil && r.Body != http.NoBody {
-		var tooLarge bool
-		var err error
-		body, tooLarge, err = validate.ReadBody(r.Body, ep.maxBody)
-		switch {
-		case tooLarge:
-			return refused(http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds "+strconv.FormatInt(ep.maxBody, 10)+" bytes")
-		case err != nil:
-			status, code, msg := clientBodyRefusal(err)
-			return refused(status, code, msg)
-		}
+	body, err := g.readBody(w, r, x, ep.maxBody)
+	if err != nil {
+		return err
 	}
 	ctype := r.Header.Get("Content-Type")
 	if vs := ep.validator.Check(r.URL.Query(), r.Header, ctype, body); len(vs) > 0 {
@@ -55,12 +46,17 @@ func (g *Gateway) prepareBody(r *http.Request, x *exchange) error {
 			r.Method = t.Method
 		}
 	}
+	setBody(r, body)
+	return nil
+}
+
+// setBody makes body r's body, to be sent upstream as it is.
+func setBody(r *http.Request, body []byte) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
 	if len(body) == 0 {
 		r.Body = http.NoBody
 	}
-	return nil
 }
 
 // vars are what a jq expression may read besides its input; secrets only

@@ -51,6 +51,7 @@ type Settings struct {
 	ShutdownTimeout     time.Duration
 	ReadBodyTimeout     time.Duration
 	WriteTimeout        time.Duration
+	MaxBufferedBytes    int64
 	MaxHeaderBytes      int
 	MaxHeaders          int
 	MaxConnections      int
@@ -146,6 +147,10 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 		g.secrets = append(g.secrets, v)
 	}
 	g.scrub = scrub.New(g.secrets)
+	g.buffers = g.opts.BodyBuffers
+	if g.buffers == nil {
+		g.buffers = NewBodyBuffers(g.settings.MaxBufferedBytes)
+	}
 	g.proxy = &proxy.Proxy{Transport: g.transport(), Scrubber: g.scrub, Now: g.opts.Now}
 	if c.usesCache {
 		g.cache = c.opts.Cache
@@ -195,6 +200,14 @@ func (c *compiler) duration(path, s string) time.Duration {
 	return d
 }
 
+func (c *compiler) size(path, s string) int64 {
+	n, err := config.ParseSize(s)
+	if err != nil {
+		c.errorf(path, "%v", err)
+	}
+	return n
+}
+
 func (c *compiler) settings(cfg *config.Config) Settings {
 	s := Settings{
 		Listen:            cfg.Listen,
@@ -204,6 +217,7 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 		ShutdownTimeout:   c.duration("server.shutdown_timeout", cfg.Server.ShutdownTimeout),
 		ReadBodyTimeout:   c.duration("server.read_body_timeout", cfg.Server.ReadBodyTimeout),
 		WriteTimeout:      c.duration("server.write_timeout", cfg.Server.WriteTimeout),
+		MaxBufferedBytes:  c.size("server.max_buffered_bytes", cfg.Server.MaxBufferedBytes),
 		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
 		MaxHeaders:        cfg.Server.MaxHeaders,
 		MaxConnections:    cfg.Server.MaxConnections,
@@ -321,6 +335,7 @@ const defaultBurst = 10
 // the way, or answered from the cache, costs none of them.
 func (c *compiler) limits(path string, lc *config.Limits, ep *endpoint) {
 	ep.limiter = c.limiter(path, lc, ep)
+	ep.spends = lc.Budget != "" || lc.ClientBudget != ""
 }
 
 func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {

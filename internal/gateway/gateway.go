@@ -59,6 +59,10 @@ type Options struct {
 	// Cache stores responses of routes with a cache block. It outlives
 	// reloads. If nil, Compile uses a private memory cache.
 	Cache *cache.Cache
+	// BodyBuffers bounds the request bodies held in memory by all requests
+	// (server.max_buffered_bytes). It outlives reloads. If nil, Compile
+	// makes one from the config's bound.
+	BodyBuffers *BodyBuffers
 	// LimitStore holds rate-limit and budget state. It outlives reloads so
 	// a new config continues the old one's counts. If nil, Compile uses a
 	// private memory store.
@@ -91,6 +95,7 @@ type Gateway struct {
 	outbound  *outbound.Policy
 	clients   *clientip.Resolver
 	cache     *cache.Cache // nil when no route caches
+	buffers   *BodyBuffers
 	faultLog  atomic.Int64 // unix ns of the last logged store fault
 }
 
@@ -112,6 +117,7 @@ type endpoint struct {
 	maxBody           int64
 	cors              *cors.Policy
 	limiter           *ratelimit.Limiter   // nil: no limits
+	spends            bool                 // a budget is spent on each upstream call
 	cache             *cache.Policy        // nil: not cached
 	cacheRoute        string               // route identity in cache keys
 	vary              string               // request headers the cache varies on, for the response's Vary
@@ -206,6 +212,7 @@ type exchange struct {
 	status  int
 	errCode string
 	ctype   string // Content-Type set by a request transform
+	held    int64  // body bytes reserved against g.buffers
 	client  ratelimit.Client
 	in      *http.Request // the inbound request, once forwarding started
 }
@@ -219,6 +226,11 @@ func (g *Gateway) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	w.Header()["X-Request-Id"] = x.id[:]
 	// finish runs even when refuse cuts the connection with a panic.
 	defer g.finish(w, r, x)
+	defer func() {
+		if x.held > 0 {
+			g.buffers.give(x.held)
+		}
+	}()
 	if err := g.serve(w, r, x); err != nil {
 		g.refuse(w, x, err)
 	}
@@ -300,10 +312,20 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)
 	}
-	if ep.validator != nil || ep.transform != nil && ep.transform.Request != nil {
-		if err := g.prepareBody(r, x); err != nil {
+	switch {
+	case ep.validator != nil || ep.transform != nil && ep.transform.Request != nil:
+		if err := g.prepareBody(w, r, x); err != nil {
 			return err
 		}
+	case ep.spends && r.Body != nil && r.Body != http.NoBody:
+		// A budget is spent only on a request that will go upstream
+		// whole: a body over max_body found while streaming it would cost
+		// the budget and an upstream call for nothing.
+		body, err := g.readBody(w, r, x, ep.maxBody)
+		if err != nil {
+			return err
+		}
+		setBody(r, body)
 	}
 
 	if ep.cache != nil {

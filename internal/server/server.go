@@ -123,9 +123,18 @@ func (s *Server) compile() (*gateway.Gateway, error) {
 }
 
 func (s *Server) compileFile(f *config.File) (*gateway.Gateway, error) {
+	if s.opts.BodyBuffers == nil {
+		// One bound for every config, so bodies held across a reload count.
+		s.opts.BodyBuffers = gateway.NewBodyBuffers(0)
+	}
 	g, warns, err := gateway.Compile(f, s.opts)
 	for _, w := range warns {
 		s.log.Warn("config", "warning", w.Error())
+	}
+	if err == nil {
+		// Compiling is pure; the bound changes only with a config that
+		// will serve (a failed reload keeps the last good one).
+		s.opts.BodyBuffers.SetMax(g.Settings().MaxBufferedBytes)
 	}
 	return g, err
 }
