@@ -37,6 +37,7 @@ Usage:
   keyward test   [-c keyward.yaml] METHOD PATH [-H 'K: V']... [-d BODY] [--stage S] [--send]
                                        show the upstream request a call would make
   keyward routes [-c keyward.yaml]     list the public routes
+  keyward keys   create|list|revoke    manage API keys (keyward keys help)
   keyward demo   [-listen ADDR]        run a stand-in API with keyward in front of it
   keyward version                      print the version
   keyward help                         print this help
@@ -60,6 +61,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = test(ctx, rest, stdout, stderr)
 	case "routes":
 		err = routes(rest, stdout, stderr)
+	case "keys":
+		err = keys(ctx, rest, stdout, stderr)
 	case "demo":
 		err = runDemo(ctx, rest, stdout, stderr)
 	case "version", "-version", "--version":

@@ -49,7 +49,7 @@ type File struct {
 	used      map[Hash]time.Time // uses not yet written
 	flushedAt time.Time
 	flushing  bool
-	flushed   chan struct{} // for tests: closed and replaced after each flush
+	flushed   chan struct{} // closed and replaced after each write
 }
 
 var (
@@ -190,6 +190,32 @@ func (f *File) Used(h Hash, t time.Time) {
 		f.flushed = make(chan struct{})
 		f.usedMu.Unlock()
 	}()
+}
+
+// Flush writes the uses not yet written, after any write under way. The
+// server calls it when it stops, so the last minute of uses is kept.
+func (f *File) Flush() error {
+	f.usedMu.Lock()
+	for f.flushing {
+		done := f.flushed
+		f.usedMu.Unlock()
+		<-done
+		f.usedMu.Lock()
+	}
+	batch := f.used
+	f.used = map[Hash]time.Time{}
+	f.flushing = true
+	f.usedMu.Unlock()
+	var err error
+	if len(batch) > 0 {
+		err = mergeLastUsed(f.path, batch)
+	}
+	f.usedMu.Lock()
+	f.flushing = false
+	close(f.flushed)
+	f.flushed = make(chan struct{})
+	f.usedMu.Unlock()
+	return err
 }
 
 // Add stores r.

@@ -1,0 +1,284 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyward/keyward/internal/caller/apikey"
+	"github.com/keyward/keyward/internal/config"
+)
+
+const keysUsage = `Usage:
+  keyward keys create KIND --name NAME [--expires 90d] [--rate 600/m] [--burst N] [--budget 100000/month] [-c FILE] [-o FILE]
+                       make a key; it is printed once, alone on the first line
+  keyward keys list [KIND] [-c FILE] [-o FILE]
+                       names, dates and last uses (never keys)
+  keyward keys revoke KIND NAME [-c FILE]
+                       revoke a key; every instance refuses it within a second
+`
+
+// keysEnv is what `keyward keys` takes from outside, so tests can fix it.
+type keysEnv struct {
+	now    func() time.Time
+	random io.Reader
+}
+
+// keys runs `keyward keys`.
+func keys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runKeys(ctx, keysEnv{now: time.Now, random: rand.Reader}, args, stdout, stderr)
+}
+
+func runKeys(ctx context.Context, env keysEnv, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, keysUsage)
+		return usageError{errors.New("want create, list or revoke")}
+	}
+	switch args[0] {
+	case "create":
+		return keysCreate(ctx, env, args[1:], stdout, stderr)
+	case "list":
+		return keysList(ctx, env, args[1:], stdout, stderr)
+	case "revoke":
+		return keysRevoke(ctx, env, args[1:], stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, keysUsage)
+		return nil
+	}
+	fmt.Fprint(stderr, keysUsage)
+	return usageError{fmt.Errorf("unknown keys command %q", args[0])}
+}
+
+// keyStore returns the keys file of the api_keys caller kind, from the
+// config at path. Only the file is read: a route with a problem must not
+// stop anyone from revoking a key.
+func keyStore(path, kind string) (*apikey.File, error) {
+	f, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	c, ok := f.Config.Callers[kind]
+	if !ok || c.APIKeys == nil {
+		var kinds []string
+		for name, c := range f.Config.Callers {
+			if c.APIKeys != nil {
+				kinds = append(kinds, name)
+			}
+		}
+		slices.Sort(kinds)
+		if len(kinds) == 0 {
+			return nil, fmt.Errorf("%s: no caller kind has api_keys (add one under callers:)", path)
+		}
+		return nil, fmt.Errorf("%s: caller kind %q has no api_keys (kinds with api_keys: %s)", path, kind, strings.Join(kinds, ", "))
+	}
+	return apikey.OpenFile(apikey.KeysPath(*c.APIKeys, filepath.Dir(path)), apikey.FileOptions{}), nil
+}
+
+func keysCreate(ctx context.Context, env keysEnv, args []string, stdout, stderr io.Writer) error {
+	fs, path := newFlags("keys create", stderr)
+	name := fs.String("name", "", "the key's name (a partner, an app): its id in limits and logs")
+	expires := fs.String("expires", "", "lifetime, e.g. 90d or 12h (default: never)")
+	rate := fs.String("rate", "", "the key's own rate, replacing the route's per-caller rate, e.g. 600/m")
+	burst := fs.Int64("burst", 0, "the key's own burst")
+	budget := fs.String("budget", "", "the key's own budget per calendar window, e.g. 100000/month")
+	out := fs.String("o", "", "write the key to this new file (mode 0600) instead of stdout")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{errors.New("want: keys create KIND --name NAME")}
+	}
+	kind := pos[0]
+	if *name == "" {
+		return usageError{errors.New("--name is required")}
+	}
+	now := env.now().UTC().Truncate(time.Second)
+	r := apikey.Record{Kind: kind, Name: *name, Created: now}
+	if *expires != "" {
+		d, err := parseLifetime(*expires)
+		if err != nil {
+			return usageError{err}
+		}
+		r.Expires = now.Add(d)
+	}
+	if *rate != "" || *burst != 0 || *budget != "" {
+		r.Limits = &apikey.Limits{Rate: *rate, Burst: *burst, Budget: *budget}
+		if _, err := r.Limits.Plan(); err != nil {
+			return usageError{fmt.Errorf("limits: %w", err)}
+		}
+	}
+	store, err := keyStore(*path, kind)
+	if err != nil {
+		return err
+	}
+	key, h, err := apikey.Generate(env.random)
+	if err != nil {
+		return err
+	}
+	r.Hash = h
+	// The output file is made before the key is stored, so that a key is
+	// never stored that nobody could be shown.
+	w := stdout
+	if *out != "" {
+		f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("opening the key's output file: %w", err)
+		}
+		defer f.Close()
+		w = f
+	}
+	if err := store.Add(ctx, r); err != nil {
+		if errors.Is(err, apikey.ErrNameTaken) {
+			return fmt.Errorf("key %s/%s: %w", kind, *name, err)
+		}
+		return err
+	}
+	if _, err := fmt.Fprintln(w, key); err != nil {
+		return fmt.Errorf("writing the key: %w", err)
+	}
+	exp := "never expires"
+	if !r.Expires.IsZero() {
+		exp = "expires " + r.Expires.Format(time.RFC3339)
+	}
+	where := "above"
+	if *out != "" {
+		where = "in " + *out
+	}
+	fmt.Fprintf(stderr, "created key %s/%s (%s); its hash is in %s.\nThe key %s is shown once: give it to its holder now.\n",
+		kind, *name, exp, store.Path(), where)
+	return nil
+}
+
+// parseLifetime reads "90d" (days, which time.ParseDuration lacks) or a
+// Go duration ("12h").
+func parseLifetime(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days <= 0 || days > 36500 {
+			return 0, fmt.Errorf("--expires %q: want a number of days like 90d, or a duration like 12h", s)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("--expires %q: want a number of days like 90d, or a duration like 12h", s)
+	}
+	return d, nil
+}
+
+func keysList(ctx context.Context, env keysEnv, args []string, stdout, stderr io.Writer) error {
+	fs, path := newFlags("keys list", stderr)
+	out := fs.String("o", "", "write the list to this file instead of stdout")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageError{fmt.Errorf("unexpected argument %q", pos[1])}
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	var kinds []string
+	for name, c := range cfg.Config.Callers {
+		if c.APIKeys != nil && (len(pos) == 0 || pos[0] == name) {
+			kinds = append(kinds, name)
+		}
+	}
+	if len(pos) == 1 && len(kinds) == 0 {
+		_, err := keyStore(*path, pos[0]) // for its message
+		return err
+	}
+	slices.Sort(kinds)
+	// Kinds may share a file; each file is read once and filtered by kind.
+	rows := [][]string{{"KIND", "NAME", "CREATED", "EXPIRES", "LAST USED", "STATUS", "LIMITS"}}
+	now := env.now()
+	for _, kind := range kinds {
+		store, err := keyStore(*path, kind)
+		if err != nil {
+			return err
+		}
+		list, err := store.List(ctx, kind)
+		if err != nil {
+			return err
+		}
+		for _, r := range list {
+			rows = append(rows, []string{r.Kind, r.Name, day(r.Created), dash(day(r.Expires)), dash(day(r.LastUsed)), status(r, now), limitsText(r.Limits)})
+		}
+	}
+	w := stdout
+	if *out != "" {
+		f, err := os.Create(*out)
+		if err != nil {
+			return fmt.Errorf("opening the output file: %w", err)
+		}
+		defer f.Close()
+		w = f
+	}
+	table(w, rows)
+	return nil
+}
+
+func day(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02 15:04")
+}
+
+func status(r apikey.Record, now time.Time) string {
+	switch {
+	case !r.Revoked.IsZero():
+		return "revoked " + r.Revoked.UTC().Format("2006-01-02")
+	case !r.Expires.IsZero() && !now.Before(r.Expires):
+		return "expired"
+	}
+	return "active"
+}
+
+func limitsText(l *apikey.Limits) string {
+	if l == nil {
+		return "-"
+	}
+	var parts []string
+	if l.Rate != "" {
+		parts = append(parts, "rate "+l.Rate)
+	}
+	if l.Burst != 0 {
+		parts = append(parts, "burst "+strconv.FormatInt(l.Burst, 10))
+	}
+	if l.Budget != "" {
+		parts = append(parts, "budget "+l.Budget)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func keysRevoke(ctx context.Context, env keysEnv, args []string, stderr io.Writer) error {
+	fs, path := newFlags("keys revoke", stderr)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return usageError{errors.New("want: keys revoke KIND NAME")}
+	}
+	store, err := keyStore(*path, pos[0])
+	if err != nil {
+		return err
+	}
+	if err := store.Revoke(ctx, pos[0], pos[1], env.now().UTC().Truncate(time.Second)); err != nil {
+		return fmt.Errorf("revoking %s/%s: %w", pos[0], pos[1], err)
+	}
+	fmt.Fprintf(stderr, "revoked key %s/%s in %s; serving instances refuse it within a second.\n", pos[0], pos[1], store.Path())
+	return nil
+}
