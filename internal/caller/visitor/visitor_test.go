@@ -485,3 +485,47 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// TestNoSecretInErrors: whatever goes wrong, neither the answer nor the
+// error handed to logs quotes a proof, a visitor token or a secret.
+func TestNoSecretInErrors(t *testing.T) {
+	f := newFixture(t, nil)
+	const canary = "CANARYTOK-5e1f"
+	good := f.exchange(t, `{"turnstile":"good-`+canary+`"}`, nil)
+	bodies := []string{good.body}
+	for _, body := range []string{
+		`{"turnstile":"good-` + canary + `"}`, // replay
+		`{"turnstile":"bad-` + canary + `"}`,
+		`{"turnstile":"elsewhere-` + canary + `"}`,
+		`{"turnstile":"wrong-action-` + canary + `"}`,
+		`{"turnstile":"old-` + canary + `"}`,
+		`{"turnstile":"` + strings.Repeat(canary, 200) + `"}`,
+		`{"turnstile":` + canary,
+	} {
+		bodies = append(bodies, f.exchange(t, body, nil).body)
+	}
+	f.sv.down.Store(true)
+	bodies = append(bodies, f.exchange(t, `{"turnstile":"good2-`+canary+`"}`, nil).body)
+	ac := f.ac.mint(t, f.clk.Now(), func(c gojwt.MapClaims) { c["aud"] = "projects/1" })
+	bodies = append(bodies, f.exchange(t, "", http.Header{AppCheckHeader: {ac}}).body)
+	_, err := f.verify(good.grant.Token[:len(good.grant.Token)-2] + "AA")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	texts := append(bodies[1:], err.Error())
+	for _, e := range f.results {
+		if e != nil {
+			texts = append(texts, e.Error())
+		}
+	}
+	parts := strings.Split(ac, ".")
+	for _, text := range texts {
+		for _, c := range []string{canary, signingCanary, turnstileCanary, good.grant.Token[len(Prefix):], parts[1], parts[2]} {
+			if strings.Contains(text, c) {
+				t.Errorf("%q quotes a credential", text)
+			}
+		}
+	}
+	if len(f.results) != 10 {
+		t.Errorf("%d results reported, want 10", len(f.results))
+	}
+}
