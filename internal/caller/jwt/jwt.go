@@ -262,6 +262,10 @@ func CheckURL(s string) error {
 	return fmt.Errorf("%q must be https://", s)
 }
 
+// Source returns where the token is read, so the gateway can keep it from
+// going upstream (a query parameter is never forwarded).
+func (v *Verifier) Source() caller.Source { return v.from }
+
 // Verify checks the request's token.
 func (v *Verifier) Verify(ctx context.Context, r *http.Request) (caller.Identity, error) {
 	tok, ok := v.from.Token(r)

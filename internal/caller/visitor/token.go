@@ -106,6 +106,9 @@ type Verifier struct {
 
 var _ caller.Verifier = (*Verifier)(nil)
 
+// Source returns where the token is read: always Bearer.
+func (v *Verifier) Source() caller.Source { return caller.Bearer }
+
 // Verify checks the request's visitor token.
 func (v *Verifier) Verify(_ context.Context, r *http.Request) (caller.Identity, error) {
 	tok, ok := caller.Bearer.Token(r)
