@@ -33,8 +33,17 @@ type Server struct {
 	log      *slog.Logger
 	handler  *gateway.Handler
 	ready    atomic.Bool
-	storeURL string      // as opened at start; a change needs a restart
-	closers  []io.Closer // the store's connections
+	draining atomic.Bool
+	public   atomic.Pointer[publicServer] // set while Serve runs
+	storeURL string                       // as opened at start; a change needs a restart
+	closers  []io.Closer                  // the store's connections
+}
+
+// publicServer is the public listener's server and guard, which a reload
+// gives new settings.
+type publicServer struct {
+	srv   *http1.Server
+	guard *listener.Listener
 }
 
 // New loads and compiles the config at path. A config that fails here is
@@ -154,8 +163,15 @@ func (s *Server) Reload() error {
 	g.Inherit(s.handler.Current())
 	old := s.handler.Swap(g)
 	old.Replaced(g)
-	if o, n := old.Settings(), g.Settings(); o.Listen != n.Listen || o.AdminListen != n.AdminListen {
+	o, n := old.Settings(), g.Settings()
+	if o.Listen != n.Listen || o.AdminListen != n.AdminListen {
 		s.log.Warn("listen addresses changed; they take effect on restart")
+	}
+	if changed := serverChanges(o, n); len(changed) > 0 {
+		if p := s.public.Load(); p != nil {
+			p.apply(n)
+		}
+		s.log.Info("server settings changed", "settings", changed)
 	}
 	s.opts.Metrics.Reload(true, time.Now())
 	s.log.Info("config reloaded", "routes", len(g.Routes()))
@@ -191,36 +207,56 @@ func (s *Server) Listen() (public, admin net.Listener, err error) {
 }
 
 // Serve serves on the listeners until ctx ends, then stops accepting and
-// waits for in-flight requests up to the shutdown timeout. admin may be nil.
+// waits for in-flight requests up to the shutdown timeout (the serving
+// config's: a reload may change it). Requests still running then are
+// ended (see http1.Server.Shutdown) and logged; that is a routine stop,
+// not an error. admin may be nil.
 func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	st := s.Settings()
 	errLog := log.New(errorLogWriter{s.log}, "", 0)
-	srv, public := Public(public, s.handler, st, s.log)
-	type server interface{ Shutdown(context.Context) error }
-	servers := []server{srv}
+	srv, guard := Public(public, s.handler, st, s.log)
+	p := &publicServer{srv: srv, guard: guard}
+	s.public.Store(p)
+	defer s.public.Store(nil)
+	if n := s.Settings(); n != st {
+		p.apply(n) // a reload came between the two reads
+	}
+	s.opts.Metrics.ObserveConnections(guard)
 	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(public) }()
+	go func() { errc <- srv.Serve(guard) }()
+	var asrv *http.Server
 	if admin != nil {
-		asrv := &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
-		servers = append(servers, asrv)
+		asrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
 		go func() { errc <- asrv.Serve(admin) }()
 	}
 	s.ready.Store(true)
-	s.log.Info("serving", "listen", public.Addr().String(), "routes", len(s.handler.Current().Routes()))
+	s.log.Info("serving", "listen", guard.Addr().String(), "routes", len(s.handler.Current().Routes()))
 
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	s.draining.Store(true)
 	s.ready.Store(false)
-	s.log.Info("shutting down", "timeout", st.ShutdownTimeout.String())
-	sctx, cancel := context.WithTimeout(context.Background(), st.ShutdownTimeout)
+	timeout := s.Settings().ShutdownTimeout
+	s.log.Info("shutting down", "timeout", timeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	for _, hs := range servers {
-		if e := hs.Shutdown(sctx); e != nil {
-			err = errors.Join(err, fmt.Errorf("draining: %w", e))
-		}
+	// The admin listener serves on through the drain: /readyz says 503
+	// to the load balancer meanwhile.
+	var drain *http1.DrainError
+	switch e := srv.Shutdown(sctx); {
+	case errors.As(e, &drain):
+		s.log.Warn("shutdown timeout reached; requests still running were ended",
+			"requests", drain.Requests, "timeout", timeout.String())
+	case e != nil:
+		err = errors.Join(err, fmt.Errorf("draining: %w", e))
+	}
+	if asrv != nil {
+		// Health checks and scrapes are not worth waiting for once the
+		// public side is done.
+		_ = asrv.Close()
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
@@ -238,26 +274,46 @@ func (s *Server) adminHandler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		if !s.ready.Load() {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		reason := s.notReady()
+		if reason != "" {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready\n"))
+			_, _ = fmt.Fprintf(w, "{\"ready\":false,\"reason\":%q}\n", reason)
 			return
 		}
-		_, _ = w.Write([]byte("ready\n"))
+		_, _ = w.Write([]byte("{\"ready\":true}\n"))
 	})
 	mux.Handle("GET /metrics", s.opts.Metrics.Handler())
 	return mux
 }
 
+// notReady says why the instance should get no new traffic (the reason
+// /readyz gives with its 503), or "" if it should. A full connection table
+// counts: a load balancer that sends more clients to this instance makes
+// them wait.
+func (s *Server) notReady() string {
+	switch {
+	case s.draining.Load():
+		return "draining"
+	case !s.ready.Load():
+		return "starting"
+	}
+	if p := s.public.Load(); p != nil && p.guard.Waiting() > 0 {
+		return "connections_waiting"
+	}
+	return ""
+}
+
 // Public returns the server for keyward's public listener and the listener
 // it serves: the framing guard in front (it refuses ambiguous request
 // framing, smuggling, before anything parses it, and bounds connections and
-// header lines), keyward's HTTP/1.1 server behind it (internal/http1,
-// faster and leaner than net/http's; the guard's checks and
-// http.ReadRequest keep its parsing strict), with st's limits. Tests serve
-// the gateway the same way.
-func Public(ln net.Listener, h http.Handler, st gateway.Settings, log *slog.Logger) (*http1.Server, net.Listener) {
+// header lines; at the connection limit it has the server close its
+// longest-idle keep-alive connection), keyward's HTTP/1.1 server behind it
+// (internal/http1, faster and leaner than net/http's; the guard's checks
+// and http.ReadRequest keep its parsing strict), with st's limits. Tests
+// serve the gateway the same way.
+func Public(ln net.Listener, h http.Handler, st gateway.Settings, log *slog.Logger) (*http1.Server, *listener.Listener) {
 	srv := &http1.Server{
 		Handler:           h,
 		ReadHeaderTimeout: st.ReadHeaderTimeout,
@@ -267,11 +323,55 @@ func Public(ln net.Listener, h http.Handler, st gateway.Settings, log *slog.Logg
 		MaxHeaderBytes:    st.MaxHeaderBytes,
 		Logger:            log,
 	}
-	return srv, listener.Guard(ln, listener.Options{
+	return srv, listener.Guard(ln, guardOptions(st, srv))
+}
+
+func guardOptions(st gateway.Settings, srv *http1.Server) listener.Options {
+	return listener.Options{
 		MaxConns:       st.MaxConnections,
 		MaxHeaderBytes: st.MaxHeaderBytes,
 		MaxHeaders:     st.MaxHeaders,
+		Idle:           srv,
+	}
+}
+
+// apply gives the public listener a reloaded config's settings: the
+// server's timeouts and sizes for new connections and requests, the
+// guard's limits (a lowered max_connections closes idle connections and
+// admits no one until under it; busy ones finish).
+func (p *publicServer) apply(st gateway.Settings) {
+	p.srv.SetLimits(http1.Limits{
+		ReadHeaderTimeout: st.ReadHeaderTimeout,
+		IdleTimeout:       st.IdleTimeout,
+		WriteTimeout:      st.WriteTimeout,
+		ReadBodyTimeout:   st.ReadBodyTimeout,
+		MaxHeaderBytes:    st.MaxHeaderBytes,
 	})
+	p.guard.SetOptions(guardOptions(st, p.srv))
+}
+
+// serverChanges names the server.* settings that differ between o and n,
+// all of which a reload applies (shutdown_timeout when the drain begins).
+func serverChanges(o, n gateway.Settings) []string {
+	var changed []string
+	for _, f := range []struct {
+		name string
+		same bool
+	}{
+		{"server.read_header_timeout", o.ReadHeaderTimeout == n.ReadHeaderTimeout},
+		{"server.idle_timeout", o.IdleTimeout == n.IdleTimeout},
+		{"server.write_timeout", o.WriteTimeout == n.WriteTimeout},
+		{"server.read_body_timeout", o.ReadBodyTimeout == n.ReadBodyTimeout},
+		{"server.max_header_bytes", o.MaxHeaderBytes == n.MaxHeaderBytes},
+		{"server.max_headers", o.MaxHeaders == n.MaxHeaders},
+		{"server.max_connections", o.MaxConnections == n.MaxConnections},
+		{"server.shutdown_timeout", o.ShutdownTimeout == n.ShutdownTimeout},
+	} {
+		if !f.same {
+			changed = append(changed, f.name)
+		}
+	}
+	return changed
 }
 
 // errorLogWriter sends net/http's own error log (TLS handshakes, bad

@@ -220,6 +220,9 @@ func TestAdminEndpoints(t *testing.T) {
 		}
 		runtime.Gosched()
 	}
+	if code, body := get(t, admin+"/readyz"); code != 200 || body != "{\"ready\":true}\n" {
+		t.Errorf("readyz: %d %q", code, body)
+	}
 	if code, body := get(t, admin+"/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("healthz: %d %q", code, body)
 	}
