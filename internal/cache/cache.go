@@ -16,14 +16,49 @@
 // Redis round trip on every miss and a stall on every lock holder's crash,
 // to save at most n-1 calls per TTL).
 //
-// The cache never fails a request: a store fault is a miss, reported
-// through Options.OnFault.
+// # Faults
+//
+// The cache never fails a request. A shared store (Redis) sits behind a
+// small in-memory tier (Options.MemoryTier): reads try memory first, writes
+// go to both, and a store fault is reported through Options.OnFault and
+// answered from memory, or else treated as a miss. So an outage of Redis
+// costs each instance at most one upstream call per key per TTL, as one
+// instance on its own would make, instead of one per request.
+//
+// An upstream that fails — fetch writes a 5xx (the gateway's 502 and 504
+// included), breaks off a body, or panics — fails once per key: the
+// requests waiting for that call get the stale entry if stale_if_error
+// still allows it, or else the same failure, and never call the upstream
+// themselves; for Options.FailureWindow after it, new requests for the key
+// are answered the same way, so a failing key costs at most one upstream
+// call per window and a hung upstream holds nobody longer than one
+// timeout. While a stale entry can still replace it, a response is held
+// back until it is complete, so a body that breaks off midway is replaced
+// too rather than cut.
+//
+// # The limits' on_store_error and the cache
+//
+// A route's limits.on_store_error decides what the rate limiter does when
+// the shared store fails; the cache behaves the same under both choices
+// (hits from the memory tier, one upstream call per key and TTL per
+// instance). What differs is what reaches the cache:
+//
+//   - fail_open (default): rate limits and budgets are not enforced while
+//     the store fails; requests reach the cache, hits are served, and
+//     misses go upstream unmetered by the shared budget — bounded by the
+//     cache to one call per key per TTL per instance.
+//   - fail_closed: a route with a rate limit answers 503 store_unavailable
+//     before the cache, so even its hits are refused. On a route with only
+//     a budget, hits are served (a budget is spent only by a call that
+//     goes upstream) and misses are refused with that 503 — which, being a
+//     5xx, a stale entry within stale_if_error replaces.
 package cache
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"sync"
@@ -40,6 +75,17 @@ const DefaultTimeout = 50 * time.Millisecond
 // not. It only applies if fetch itself sets no shorter limit.
 const DefaultRefreshTimeout = 30 * time.Second
 
+// DefaultMemoryTier bounds the in-memory tier in front of a shared store
+// when Options does not: a few hundred typical API responses, the hot
+// ones, which is what keeps the upstream calm while Redis is away.
+const DefaultMemoryTier = 8 << 20
+
+// DefaultFailureWindow is how long a failed upstream call answers later
+// requests for its key when Options does not say: long enough that a storm
+// of requests for a failing key makes one upstream call per second, short
+// enough that a key recovers within a second of its upstream.
+const DefaultFailureWindow = time.Second
+
 // Options configures a Cache.
 type Options struct {
 	// Timeout bounds each store call; 0 means DefaultTimeout. It does not
@@ -48,6 +94,24 @@ type Options struct {
 	// RefreshTimeout bounds a stale-while-revalidate background request;
 	// 0 means DefaultRefreshTimeout.
 	RefreshTimeout time.Duration
+	// MemoryTier bounds, in bytes, the in-memory tier kept in front of a
+	// store that is not a *Memory (Redis): entries are read from it first
+	// and written to both, so that a store outage does not remove the
+	// cache. 0 means DefaultMemoryTier; a negative value means no tier. A
+	// *Memory store needs none and gets none.
+	MemoryTier int64
+	// FailureWindow is how long, after an upstream call for a key failed,
+	// requests for the key are answered from that failure (the stale
+	// entry, or the failure itself) without calling the upstream. 0 means
+	// DefaultFailureWindow; a negative value means none, leaving only the
+	// coalescing of concurrent requests.
+	FailureWindow time.Duration
+	// Unavailable, if not nil, answers a request that waited for another
+	// request's upstream call when that call failed with no response to
+	// pass on (fetch broke off after the head, or panicked) and no stale
+	// entry can replace it: the gateway writes its JSON 502 there. nil
+	// means a plain-text 502. Cache-Status is set before it is called.
+	Unavailable http.HandlerFunc
 	// Now returns the current time; nil means time.Now. Tests inject a fake
 	// clock so they never sleep.
 	Now func() time.Time
@@ -59,7 +123,8 @@ type Options struct {
 }
 
 // StoreError is a store fault seen by a Cache. The request it happened on
-// was served as a miss (Get) or its response was not stored (Set).
+// was served from the memory tier or as a miss (Get), or its response was
+// kept in the memory tier only (Set).
 type StoreError struct {
 	// Op is "get" or "set".
 	Op string
@@ -87,20 +152,30 @@ func (e *RefreshError) Error() string {
 	return fmt.Sprintf("cache: background revalidation panicked: %v", e.Panic)
 }
 
+// maxFailing bounds the failed flights kept for their failure window, so
+// that an upstream failing for many distinct keys costs bounded memory
+// (each keeps at most maxFailureBody bytes of its answer); past it a
+// failure is not kept and its key is only coalesced.
+const maxFailing = 1024
+
 // Cache answers requests from a Store. It is safe for concurrent use. A
 // config reload may keep the Cache (and so its entries and in-flight
 // coalescing) and change only the policies passed to Serve.
 type Cache struct {
 	store          Store
+	near           *Memory       // the memory tier in front of a shared store; nil if none
 	timeout        time.Duration // 0 for stores that need no deadline
 	refreshTimeout time.Duration
+	failureWindow  time.Duration // 0 for none
+	unavailable    http.HandlerFunc
 	now            func() time.Time
 	onFault        func(error)
 
 	mu      sync.Mutex
-	flights map[Key]*flight
-	landed  atomic.Uint64 // flights landed so far; see Serve
-	onWait  func()        // test hook: a request starts waiting for a flight
+	flights map[Key]*flight // in flight, or failed and within the failure window
+	failing int             // flights in the map that failed
+	landed  atomic.Uint64   // flights landed so far; see Serve
+	onWait  func()          // test hook: a request starts waiting for a flight
 
 	background sync.WaitGroup
 }
@@ -111,6 +186,8 @@ func New(store Store, o Options) *Cache {
 		store:          store,
 		timeout:        o.Timeout,
 		refreshTimeout: o.RefreshTimeout,
+		failureWindow:  o.FailureWindow,
+		unavailable:    o.Unavailable,
 		now:            o.Now,
 		onFault:        o.OnFault,
 		flights:        make(map[Key]*flight),
@@ -120,11 +197,26 @@ func New(store Store, o Options) *Cache {
 	}
 	if _, local := store.(*Memory); local {
 		c.timeout = 0
-	} else if c.timeout <= 0 {
-		c.timeout = DefaultTimeout
+	} else {
+		if c.timeout <= 0 {
+			c.timeout = DefaultTimeout
+		}
+		size := o.MemoryTier
+		if size == 0 {
+			size = DefaultMemoryTier
+		}
+		if size > 0 {
+			c.near = NewMemory(size, c.now)
+		}
 	}
 	if c.refreshTimeout <= 0 {
 		c.refreshTimeout = DefaultRefreshTimeout
+	}
+	switch {
+	case c.failureWindow == 0:
+		c.failureWindow = DefaultFailureWindow
+	case c.failureWindow < 0:
+		c.failureWindow = 0
 	}
 	return c
 }
@@ -146,6 +238,16 @@ func (c *Cache) Wait() { c.background.Wait() }
 // would answer each of them anyway, and running them one after another
 // would only add latency. A waiter learns that as soon as the leader's
 // header shows it, so a streamed response does not hold the waiters back.
+//
+// If the call fails — fetch writes a 5xx, the body breaks off, or fetch
+// panics — waiters are answered at once with their stale entry, if
+// stale_if_error allows one, or else with the failure (the same 5xx, or
+// Options.Unavailable), and so are requests for the key during
+// Options.FailureWindow after it. A panic is passed on to the leader's
+// client, unless nothing of the response had reached it yet and a stale
+// entry replaces it. If the leader's own client went away before the call
+// ended, that says nothing about the upstream: one waiter calls fetch
+// again for the others.
 //
 // With stale-while-revalidate, a stale entry is served and fetch is called
 // once more in the background, on another goroutine, after Serve may have
@@ -173,7 +275,7 @@ func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy
 		return
 	}
 	landed := c.landed.Load()
-	e := c.get(r.Context(), key)
+	e := c.get(r.Context(), key, p)
 	now := c.now()
 	fwd := "uri-miss"
 	var stale *Entry // usable if the upstream fails
@@ -192,133 +294,295 @@ func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy
 			stale = e
 		}
 	}
-	if r.Method == http.MethodHead {
-		c.forward(w, r, p, fwd, "head", stale, fetch)
-		return
-	}
-	if requestNoStore(r) {
-		c.forward(w, r, p, fwd, "request-no-store", stale, fetch)
+	if r.Method == http.MethodHead || requestNoStore(r) {
+		// Not coalesced (their responses are not stored), but a key that
+		// just failed answers them too.
+		if f := c.failed(key); f != nil {
+			c.answerFailed(w, r, f, stale)
+			return
+		}
+		why := "head"
+		if r.Method != http.MethodHead {
+			why = "request-no-store"
+		}
+		c.forward(w, r, p, fwd, why, stale, fetch)
 		return
 	}
 
-	f, leader := c.join(key)
-	if leader {
-		if c.landed.Load() != landed {
-			// A flight landed between the lookup and the join, maybe this
-			// key's, which stores before it lands: look again, or this
-			// request would call the upstream for a response just stored.
-			if e := c.get(r.Context(), key); e != nil && c.now().Before(e.Expires) {
-				f.publish(e, false, "", 0)
-				c.land(key, f)
-				c.write(w, r, e, statusHit(e, c.now()))
-				return
+	for {
+		f, leader := c.join(key)
+		if leader {
+			if c.landed.Load() != landed {
+				// A flight landed between the lookup and the join, maybe this
+				// key's, which stores before it lands: look again, or this
+				// request would call the upstream for a response just stored.
+				if e := c.get(r.Context(), key, p); e != nil && c.now().Before(e.Expires) {
+					f.publish(served, e, nil, "", 0)
+					c.land(key, f)
+					c.write(w, r, e, statusHit(e, c.now()))
+					return
+				}
+			}
+			c.lead(f, w, r, key, p, fwd, stale, true, fetch)
+			return
+		}
+		if c.onWait != nil {
+			c.onWait()
+		}
+		select {
+		case <-f.ready:
+		case <-r.Context().Done():
+			// The requester gave up or timed out; fetch answers that as it
+			// answers any cancelled request.
+			c.forward(w, r, p, fwd, "concurrent", nil, fetch)
+			return
+		}
+		switch f.outcome {
+		case abandoned:
+			// The flight has left the map; landed moved on, so that a new
+			// leader looks in the store again.
+			continue
+		case released:
+			c.forward(w, r, p, fwd, "concurrent", stale, fetch)
+		case failed:
+			c.answerFailed(w, r, f, stale)
+		default:
+			if f.fwd == "" {
+				c.write(w, r, f.entry, statusHit(f.entry, c.now()))
+			} else {
+				c.write(w, r, f.entry, statusCollapsed(f.entry, c.now(), f.fwd, f.fwdStatus))
 			}
 		}
-		c.lead(f, w, r, key, p, fwd, stale, fetch)
 		return
-	}
-	if c.onWait != nil {
-		c.onWait()
-	}
-	select {
-	case <-f.ready:
-	case <-r.Context().Done():
-		// The requester gave up or timed out; fetch answers that as it
-		// answers any cancelled request.
-		c.forward(w, r, p, fwd, "concurrent", nil, fetch)
-		return
-	}
-	switch {
-	case f.entry == nil:
-		c.forward(w, r, p, fwd, "concurrent", stale, fetch)
-	case f.stale:
-		c.write(w, r, f.entry, statusStale(f.entry, c.now(), f.fwd, f.fwdStatus, "stale-if-error"))
-	case f.fwd == "":
-		c.write(w, r, f.entry, statusHit(f.entry, c.now()))
-	default:
-		c.write(w, r, f.entry, statusCollapsed(f.entry, c.now(), f.fwd, f.fwdStatus))
 	}
 }
+
+// outcome is how a flight ended, and so what its waiters do.
+type outcome uint8
+
+const (
+	// served: the response was stored; waiters are answered from entry.
+	served outcome = iota + 1
+	// released: the response is not storable; waiters call fetch
+	// themselves.
+	released
+	// failed: the upstream call failed; waiters get their stale entry or
+	// the failure.
+	failed
+	// abandoned: the leader's client went away before the call ended;
+	// waiters start a new flight.
+	abandoned
+)
 
 // flight is one upstream call that requests for the same key wait for.
 type flight struct {
 	ready     chan struct{} // closed by publish
 	once      sync.Once
-	entry     *Entry // the response to serve waiters, nil to send them upstream
-	stale     bool   // entry is a stale one served because the upstream failed
+	outcome   outcome
+	entry     *Entry   // served: the response
+	fail      *failure // failed: the answer to pass on; nil if there is none
 	fwd       string
 	fwdStatus int
+	// until is, for a failed flight, the end of its failure window: until
+	// then it stays in Cache.flights and answers requests for its key.
+	// Guarded by Cache.mu.
+	until time.Time
 }
 
-func (f *flight) publish(e *Entry, stale bool, fwd string, status int) {
+// failure is a 5xx answer kept to pass on to the requests that a failed
+// flight answers.
+type failure struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (f *flight) publish(o outcome, e *Entry, fail *failure, fwd string, status int) {
 	f.once.Do(func() {
-		f.entry, f.stale, f.fwd, f.fwdStatus = e, stale, fwd, status
+		f.outcome, f.entry, f.fail, f.fwd, f.fwdStatus = o, e, fail, fwd, status
 		close(f.ready)
 	})
 }
 
-// join returns the flight for key, starting one if there is none; leader
-// reports whether the caller started it and must land it.
+// join returns the flight for key, starting one if there is none (or the
+// failed one there is past its window); leader reports whether the caller
+// started it and must land it.
 func (c *Cache) join(key Key) (f *flight, leader bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f := c.flights[key]; f != nil {
-		return f, false
+		if f.until.IsZero() || c.now().Before(f.until) {
+			return f, false
+		}
+		c.failing--
 	}
 	f = &flight{ready: make(chan struct{})}
 	c.flights[key] = f
 	return f, true
 }
 
-// land ends a flight. Until then, late requests that missed in the store
-// (because the entry was still being written to it) join the finished
-// flight and are served from it rather than going upstream.
-func (c *Cache) land(key Key, f *flight) {
+// failed returns the failed flight of key if its window is still open.
+func (c *Cache) failed(key Key) *flight {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if f := c.flights[key]; f != nil && !f.until.IsZero() && c.now().Before(f.until) {
+		return f
+	}
+	return nil
+}
+
+// land ends a flight. Until then, late requests that missed in the store
+// (because the entry was still being written to it) join the finished
+// flight and are served from it rather than going upstream. A failed
+// flight stays for the failure window, so that requests for its key are
+// answered from it instead of calling the failing upstream again.
+func (c *Cache) land(key Key, f *flight) {
+	<-f.ready // publish happened before; this orders the reads below
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.flights[key] != f {
+		return
+	}
+	// Counted under the lock, so that a request that joins after the
+	// delete sees the count changed.
+	c.landed.Add(1)
+	if f.outcome == failed && c.failureWindow > 0 {
+		now := c.now()
+		if c.failing >= maxFailing {
+			c.sweep(now)
+		}
+		if c.failing < maxFailing {
+			f.until = now.Add(c.failureWindow)
+			c.failing++
+			return
+		}
+	}
+	delete(c.flights, key)
+}
+
+// abandon ends a flight whose leader's client went away before the
+// upstream call ended, and sends its waiters back to start another. It
+// leaves the map before its waiters wake, so that they do not find it
+// again.
+func (c *Cache) abandon(key Key, f *flight, fwd string) {
+	c.mu.Lock()
 	if c.flights[key] == f {
-		// Counted under the lock, so that a request that joins after the
-		// delete sees the count changed.
 		c.landed.Add(1)
 		delete(c.flights, key)
+	}
+	c.mu.Unlock()
+	f.publish(abandoned, nil, nil, fwd, 0)
+}
+
+// sweep drops the failed flights whose window is over. c.mu is held.
+func (c *Cache) sweep(now time.Time) {
+	for k, f := range c.flights {
+		if !f.until.IsZero() && !now.Before(f.until) {
+			delete(c.flights, k)
+			c.failing--
+		}
 	}
 }
 
 // lead calls fetch for a flight, serves w, and publishes the result to the
-// flight's waiters and the store.
-func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key, p *Policy, fwd string, stale *Entry, fetch http.HandlerFunc) {
-	t := &tee{w: w, h: make(http.Header), c: c, p: p, fwd: fwd, store: true, stale: stale}
-	t.onGiveUp = func() { f.publish(nil, false, fwd, 0) }
-	r = r.WithContext(context.WithValue(r.Context(), teeKey{}, t))
+// flight's waiters and the store. client says whether r is a client's
+// request, whose end (the client went away) abandons the flight rather
+// than failing it.
+func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key, p *Policy, fwd string, stale *Entry, client bool, fetch http.HandlerFunc) {
+	t := &tee{w: w, h: make(http.Header), c: c, p: p, fwd: fwd, store: true, stale: stale, keepFailure: true}
+	t.onGiveUp = func() { f.publish(released, nil, nil, fwd, 0) }
+	ctx := r.Context()
+	r = r.WithContext(context.WithValue(ctx, teeKey{}, t))
+	gone := func() bool { return client && ctx.Err() != nil }
 	defer func() {
-		// Runs on a panic in fetch too (httputil.ReverseProxy panics with
-		// http.ErrAbortHandler when the upstream body breaks off), so that
-		// waiters never wait for a flight that will not land.
-		f.publish(nil, false, fwd, 0)
-		c.land(key, f)
+		v := recover()
+		if v == nil {
+			return
+		}
+		// fetch panicked: httputil.ReverseProxy and the gateway do, with
+		// http.ErrAbortHandler, when the upstream body breaks off after
+		// the head. Waiters must not wait for a flight that will not land,
+		// nor each call the upstream that just failed.
+		abort := v == http.ErrAbortHandler
+		if gone() {
+			c.abandon(key, f, fwd)
+		} else {
+			f.publish(failed, nil, nil, fwd, http.StatusBadGateway)
+			c.land(key, f)
+		}
+		if abort && stale != nil && !gone() && !t.committed() {
+			// Nothing reached the client: the stale entry can still be its
+			// answer, as it is the waiters'.
+			c.write(w, r, stale, statusStale(stale, c.now(), fwd, http.StatusBadGateway, "stale-if-error"))
+			return
+		}
+		panic(v)
 	}()
 	fetch(t, r)
-	if t.swallow {
-		c.write(w, r, stale, statusStale(stale, c.now(), fwd, t.status, "stale-if-error"))
-		f.publish(stale, true, fwd, t.status)
+	if gone() && (!t.wrote || t.status >= 500 || t.truncated()) {
+		c.abandon(key, f, fwd)
+		return
+	}
+	switch {
+	case !t.wrote || t.truncated():
+		// Nothing at all (net/http sends an empty 200), or a body shorter
+		// than its Content-Length: the call failed, with no answer to pass
+		// on.
+		f.publish(failed, nil, nil, fwd, http.StatusBadGateway)
+		c.land(key, f)
+		if stale != nil && !t.committed() {
+			c.write(w, r, stale, statusStale(stale, c.now(), fwd, http.StatusBadGateway, "stale-if-error"))
+		}
+		return
+	case t.status >= 500:
+		f.publish(failed, nil, t.fail, fwd, t.status)
+		c.land(key, f)
+		if t.swallow {
+			c.write(w, r, stale, statusStale(stale, c.now(), fwd, t.status, "stale-if-error"))
+		}
 		return
 	}
 	t.finish()
 	e := t.entry()
 	if e == nil {
+		f.publish(released, nil, nil, fwd, 0)
+		c.land(key, f)
 		return
 	}
-	f.publish(e, false, fwd, t.status)
-	ttl := e.Expires.Sub(c.now()) + p.staleWindow()
+	f.publish(served, e, nil, fwd, t.status)
+	defer c.land(key, f)
 	// The response is complete: store it even if the client has gone.
-	ctx := context.WithoutCancel(r.Context())
-	if c.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
+	c.set(context.WithoutCancel(ctx), key, e, e.Expires.Sub(c.now())+p.staleWindow())
+}
+
+// answerFailed answers a request for a key whose upstream call failed:
+// with stale if there is one, or else with the flight's failure.
+func (c *Cache) answerFailed(w http.ResponseWriter, r *http.Request, f *flight, stale *Entry) {
+	if stale != nil {
+		c.write(w, r, stale, statusStale(stale, c.now(), f.fwd, f.fwdStatus, "stale-if-error"))
+		return
 	}
-	if err := c.store.Set(ctx, key, e, ttl); err != nil {
-		c.fault(&StoreError{Op: "set", Err: err})
+	h := w.Header()
+	h["Cache-Status"] = append(h["Cache-Status"], statusFailed(f.fwd, f.fwdStatus))
+	if f.fail == nil {
+		if c.unavailable != nil {
+			c.unavailable(w, r)
+			return
+		}
+		h["Content-Type"] = []string{"text/plain; charset=utf-8"}
+		h["Cache-Control"] = []string{"no-store"}
+		h["Content-Length"] = []string{"21"}
+		w.WriteHeader(http.StatusBadGateway)
+		if r.Method != http.MethodHead {
+			_, _ = io.WriteString(w, "upstream unavailable\n")
+		}
+		return
+	}
+	addFields(h, f.fail.header)
+	h["Content-Length"] = []string{strconv.Itoa(len(f.fail.body))}
+	w.WriteHeader(f.fail.status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(f.fail.body) // the client went away; nothing to do
 	}
 }
 
@@ -335,7 +599,7 @@ func (c *Cache) forward(w http.ResponseWriter, r *http.Request, p *Policy, fwd, 
 }
 
 // revalidate refreshes a stale entry in the background, unless a request
-// for it is already in flight.
+// for it is already in flight or has just failed.
 func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.HandlerFunc) {
 	f, leader := c.join(key)
 	if !leader {
@@ -361,7 +625,7 @@ func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.Handl
 				c.fault(&RefreshError{Panic: v})
 			}
 		}()
-		c.lead(f, &discard{}, bg, key, p, "stale", nil, fetch)
+		c.lead(f, &discard{}, bg, key, p, "stale", nil, false, fetch)
 	}()
 }
 
@@ -376,21 +640,57 @@ func IsRevalidation(ctx context.Context) bool {
 	return v
 }
 
-// get looks key up, bounded by the store timeout; a fault is a miss.
-func (c *Cache) get(ctx context.Context, key Key) *Entry {
+// get looks key up: in the memory tier, and unless it holds a fresh
+// entry, in the store, bounded by the store timeout. If the store fails
+// or has nothing, the memory tier's stale entry, if any, is the answer,
+// so that stale-while-revalidate and stale-if-error still work during an
+// outage. A fault is reported; without a stale entry it is a miss.
+func (c *Cache) get(ctx context.Context, key Key, p *Policy) *Entry {
+	var near *Entry
+	if c.near != nil {
+		near, _ = c.near.Get(ctx, key) // a Memory never fails
+		if near != nil && c.now().Before(near.Expires) {
+			return near
+		}
+	}
+	sctx := ctx
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	e, err := c.store.Get(sctx, key)
+	if err != nil {
+		if !errors.Is(err, context.Canceled) || context.Cause(sctx) != context.Canceled {
+			c.fault(&StoreError{Op: "get", Err: err})
+		}
+		return near
+	}
+	if e == nil {
+		return near
+	}
+	if c.near != nil {
+		// Read through, so that the next hit costs no store call, and an
+		// outage finds the entries this instance serves in memory.
+		_ = c.near.Set(ctx, key, e, e.Expires.Sub(c.now())+p.staleWindow())
+	}
+	return e
+}
+
+// set stores e under key for ttl in the memory tier and the store; a
+// store fault is reported, and the entry is then in memory only.
+func (c *Cache) set(ctx context.Context, key Key, e *Entry, ttl time.Duration) {
+	if c.near != nil {
+		_ = c.near.Set(ctx, key, e, ttl) // a Memory never fails
+	}
 	if c.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	e, err := c.store.Get(ctx, key)
-	if err != nil {
-		if !errors.Is(err, context.Canceled) || context.Cause(ctx) != context.Canceled {
-			c.fault(&StoreError{Op: "get", Err: err})
-		}
-		return nil
+	if err := c.store.Set(ctx, key, e, ttl); err != nil {
+		c.fault(&StoreError{Op: "set", Err: err})
 	}
-	return e
 }
 
 func (c *Cache) fault(err error) {
@@ -405,15 +705,7 @@ func (c *Cache) fault(err error) {
 // answered 304 (RFC 9110 section 13.2.2).
 func (c *Cache) write(w http.ResponseWriter, r *http.Request, e *Entry, status string) {
 	h := w.Header()
-	for k, vs := range e.Header {
-		// The stored slices are shared: cap them so that a later Add
-		// copies instead of writing into them.
-		if old, ok := h[k]; ok {
-			h[k] = append(old, vs...)
-		} else {
-			h[k] = vs[:len(vs):len(vs)]
-		}
-	}
+	addFields(h, e.Header)
 	h["Age"] = []string{strconv.FormatInt(max(0, int64(c.now().Sub(e.Date)/time.Second)), 10)}
 	h["Cache-Status"] = append(h["Cache-Status"], status)
 	if e.Status == http.StatusOK && notModified(r, e.Header) {
@@ -427,5 +719,18 @@ func (c *Cache) write(w http.ResponseWriter, r *http.Request, e *Entry, status s
 	w.WriteHeader(e.Status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(e.Body) // the client went away; nothing to do
+	}
+}
+
+// addFields adds the fields of a stored header to h.
+func addFields(h, stored http.Header) {
+	for k, vs := range stored {
+		// The stored slices are shared: cap them so that a later Add
+		// copies instead of writing into them.
+		if old, ok := h[k]; ok {
+			h[k] = append(old, vs...)
+		} else {
+			h[k] = vs[:len(vs):len(vs)]
+		}
 	}
 }

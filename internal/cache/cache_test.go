@@ -36,6 +36,7 @@ type harness struct {
 	serve    atomic.Pointer[http.HandlerFunc]
 	onWait   func() // set by an option; see Cache.onWait
 	modify   func(*http.Response) error
+	timeout  time.Duration // the route timeout fetch enforces, 0 for none
 
 	mu     sync.Mutex
 	faults []error
@@ -49,6 +50,24 @@ func withModifyResponse(f func(*http.Response) error) harnessOpt {
 
 func withOnWait(f func()) harnessOpt {
 	return func(h *harness, _ *Options, _ *Store) { h.onWait = f }
+}
+
+// withRouteTimeout makes fetch end the upstream call after d and answer
+// as the gateway does: a JSON 504 after the timeout, a JSON 502 for any
+// other failure before the head.
+func withRouteTimeout(d time.Duration) harnessOpt {
+	return func(h *harness, _ *Options, _ *Store) { h.timeout = d }
+}
+
+func gatewayError(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := http.StatusBadGateway, "upstream_unavailable"
+	if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+		status, code = http.StatusGatewayTimeout, "upstream_timeout"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	io.WriteString(w, `{"error":{"code":"`+code+`"}}`+"\n")
 }
 
 func withStore(s Store) harnessOpt {
@@ -82,7 +101,16 @@ func newHarness(t *testing.T, po PolicyOptions, upstream http.HandlerFunc, opts 
 		ModifyResponse: h.modify,
 		ErrorLog:       discardLog,
 	}
-	h.front = httptest.NewServer(h.handler(proxy.ServeHTTP))
+	fetch := proxy.ServeHTTP
+	if h.timeout > 0 {
+		proxy.ErrorHandler = gatewayError
+		fetch = func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), h.timeout)
+			defer cancel()
+			proxy.ServeHTTP(w, r.WithContext(ctx))
+		}
+	}
+	h.front = httptest.NewServer(h.handler(fetch))
 	t.Cleanup(h.front.Close)
 	h.client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	t.Cleanup(h.client.CloseIdleConnections)
@@ -343,6 +371,9 @@ func TestNotStored(t *testing.T) {
 				method = http.MethodGet
 			}
 			h.do(method, "/a", tt.reqHeader...)
+			// Past the failure window of the 5xx case, which would answer
+			// the second request without calling the upstream.
+			h.clk.Advance(DefaultFailureWindow)
 			got := h.do(method, "/a", tt.reqHeader...)
 			h.wantCalls(2)
 			if got.header.Get("Cache-Status") != tt.wantStatus {
@@ -566,7 +597,8 @@ func TestConfiguredStatuses(t *testing.T) {
 }
 
 // TestTruncated: an upstream body shorter than its Content-Length breaks
-// the client's response off and is not stored.
+// the client's response off and is not stored; for the failure window
+// after it, requests for the key get a 502 without an upstream call.
 func TestTruncated(t *testing.T) {
 	h := newHarness(t, PolicyOptions{TTL: time.Minute}, func(w http.ResponseWriter, r *http.Request) {
 		conn, buf, err := http.NewResponseController(w).Hijack()
@@ -578,14 +610,25 @@ func TestTruncated(t *testing.T) {
 		buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\nshort")
 		buf.Flush()
 	})
-	for range 2 {
-		res, err := h.client.Get(h.front.URL + "/a")
+	// A new connection each time: net/http's client retries a GET that
+	// failed on a reused one before any response.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := range 2 {
+		res, err := client.Get(h.front.URL + "/a")
 		if err == nil {
 			_, err = io.ReadAll(res.Body)
 			res.Body.Close()
 		}
 		if err == nil {
-			t.Error("truncated body read without error")
+			t.Errorf("request %d: truncated body read without error", i)
+		}
+		if i == 0 {
+			got := h.get("/a")
+			if got.status != http.StatusBadGateway || got.header.Get("Cache-Status") != "keyward; fwd=uri-miss; fwd-status=502; collapsed" {
+				t.Errorf("within the failure window: %d %q", got.status, got.header.Get("Cache-Status"))
+			}
+			h.wantCalls(1)
+			h.clk.Advance(DefaultFailureWindow)
 		}
 	}
 	h.wantCalls(2)
@@ -880,15 +923,18 @@ func TestStaleIfError(t *testing.T) {
 		t.Error("the 5xx's fields leaked into the stale response")
 	}
 
+	// Each step is past the failure window of the one before.
+	h.clk.Advance(DefaultFailureWindow)
 	h.setUpstream(func(w http.ResponseWriter, r *http.Request) {
 		conn, _, _ := http.NewResponseController(w).Hijack()
 		conn.Close() // the proxy answers 502
 	})
 	got = h.get("/a")
-	if got.status != 200 || got.body != "1" || got.header.Get("Cache-Status") != "keyward; fwd=stale; fwd-status=502; ttl=-10; detail=stale-if-error" {
+	if got.status != 200 || got.body != "1" || got.header.Get("Cache-Status") != "keyward; fwd=stale; fwd-status=502; ttl=-11; detail=stale-if-error" {
 		t.Errorf("upstream gone: %d %q %q", got.status, got.body, got.header.Get("Cache-Status"))
 	}
 
+	h.clk.Advance(DefaultFailureWindow)
 	h.setUpstream(reply(404, "not here"))
 	if got := h.get("/a"); got.status != 404 {
 		t.Errorf("a 4xx is the upstream's answer, not an error: got %d", got.status)
@@ -946,6 +992,7 @@ func TestStoreFaults(t *testing.T) {
 			var h *harness
 			h = newHarness(t, PolicyOptions{TTL: time.Minute}, counter(&h), withStore(store), func(_ *harness, o *Options, _ *Store) {
 				o.Timeout = 5 * time.Millisecond
+				o.MemoryTier = -1 // every request meets the store; see TestMemoryTier
 			})
 			for i := range 3 {
 				got := h.get("/a")

@@ -21,6 +21,9 @@ import (
 //	                                             answered from a concurrent request's response
 //	keyward; fwd=stale; fwd-status=503; ttl=-8; detail=stale-if-error
 //	                                             upstream failed; stale entry served
+//	keyward; fwd=uri-miss; fwd-status=503; collapsed
+//	                                             a concurrent request's upstream call, or
+//	                                             one just before, failed; its failure served
 //	keyward; fwd=method                          not GET or HEAD; not cached
 //	keyward; fwd=bypass; detail=request-body     a GET or HEAD with a body; not cached
 //	keyward; fwd=uri-miss; fwd-status=200; detail=private
@@ -82,6 +85,18 @@ func statusStale(e *Entry, now time.Time, fwd string, fwdStatus int, detail stri
 	b = strconv.AppendInt(b, ttlSeconds(e, now), 10)
 	b = append(b, "; detail="...)
 	b = append(b, detail...)
+	return string(b)
+}
+
+// statusFailed is a failure passed on from another request's upstream
+// call (fwd-status 502 when it broke off without an answer).
+func statusFailed(fwd string, fwdStatus int) string {
+	var buf [64]byte
+	b := append(buf[:0], "keyward; fwd="...)
+	b = append(b, fwd...)
+	b = append(b, "; fwd-status="...)
+	b = strconv.AppendInt(b, int64(fwdStatus), 10)
+	b = append(b, "; collapsed"...)
 	return string(b)
 }
 

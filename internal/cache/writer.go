@@ -24,6 +24,14 @@ import (
 // then on, as with net/http's own writer, fetch may only put trailers in
 // it (keyward's proxy does, having kept the map from before the header),
 // and finish passes them on.
+//
+// While a stale entry could still replace the response (stale is set and
+// the response is being kept to store), the response is held: nothing
+// reaches the client until fetch has returned complete, so that a body
+// that breaks off midway is answered with the stale entry rather than cut.
+// That costs such a response its streaming, only while a stale entry
+// exists and only up to the policy's max_entry (past it, what was held is
+// sent and the rest streams).
 type tee struct {
 	w     http.ResponseWriter
 	h     http.Header
@@ -33,6 +41,9 @@ type tee struct {
 	store bool   // whether a storable response is kept
 	why   string // the detail of Cache-Status when store is false and the response itself was storable
 	stale *Entry // served instead of a 5xx, if not nil
+	// keepFailure keeps a 5xx response, up to maxFailureBody, to pass on
+	// to the requests waiting for it.
+	keepFailure bool
 
 	wrote     bool
 	status    int
@@ -42,8 +53,10 @@ type tee struct {
 	header    http.Header // the stored form of the response's header, taken when it is written
 	announced []string    // the response's Trailer field
 	buf       []byte
-	capture   bool // still copying the body into buf
-	swallow   bool // discarding a 5xx that stale replaces
+	capture   bool        // still copying the body into buf
+	swallow   bool        // discarding a 5xx that stale replaces
+	held      http.Header // the response's fields while it is held; nil when not held
+	fail      *failure    // the 5xx kept to pass on; nil if none, or too large to keep
 	// refused is set by DoNotStore; atomic so that a call from another
 	// goroutine than fetch's is not a data race, though only one made
 	// before fetch returns has an effect.
@@ -56,10 +69,11 @@ type tee struct {
 
 // Header implements http.ResponseWriter.
 func (t *tee) Header() http.Header {
-	if t.wrote && !t.swallow {
+	if t.wrote && !t.swallow && t.held == nil {
 		// Trailers are set after the header is written; they go straight
 		// to the client. A swallowed response's stay in t.h, away from
-		// the stale response that replaces it.
+		// the stale response that replaces it; a held one's too, until
+		// finish passes them on.
 		return t.w.Header()
 	}
 	return t.h
@@ -95,21 +109,75 @@ func (t *tee) WriteHeader(code int) {
 			t.declared, _ = strconv.ParseInt(cl, 10, 64) // judge checked it
 			t.buf = make([]byte, 0, t.declared)
 		}
-	} else {
+	} else if code < 500 || !t.keepFailure {
+		// A 5xx is a failure, which the waiters learn of when fetch
+		// returns: they must not each call the failing upstream.
 		t.giveUp()
+	}
+	if code >= 500 && t.keepFailure {
+		t.fail = &failure{status: code, header: failureHeader(t.h)}
 	}
 	if t.stale != nil && code >= 500 {
 		t.swallow = true
 		return
 	}
+	t.announced = t.h["Trailer"]
+	if t.stale != nil && t.capture {
+		t.held = make(http.Header, len(t.h))
+		for k, vs := range t.h {
+			t.held[k] = vs
+		}
+		clear(t.h)
+		return
+	}
+	t.send(t.h)
+	clear(t.h)
+}
+
+// send writes the response's header, with fields h, to the client.
+func (t *tee) send(h http.Header) {
 	dst := t.w.Header()
-	for k, vs := range t.h {
+	for k, vs := range h {
 		dst[k] = append(dst[k], vs...)
 	}
 	dst["Cache-Status"] = append(dst["Cache-Status"], t.cacheStatus())
-	t.announced = t.h["Trailer"]
-	clear(t.h)
-	t.w.WriteHeader(code)
+	t.w.WriteHeader(t.status)
+}
+
+// release sends a held response: its header, and the body so far.
+func (t *tee) release() {
+	h := t.held
+	t.held = nil
+	t.send(h)
+	if len(t.buf) > 0 {
+		_, _ = t.w.Write(t.buf) // a client gone is seen by the next write, or not at all
+	}
+}
+
+// committed reports whether any of the final response reached the client,
+// so that nothing else can be its answer.
+func (t *tee) committed() bool { return t.wrote && !t.swallow && t.held == nil }
+
+// truncated reports whether a kept body is shorter than its
+// Content-Length: the upstream broke off.
+func (t *tee) truncated() bool {
+	return t.capture && t.declared >= 0 && int64(len(t.buf)) != t.declared
+}
+
+// maxFailureBody bounds the body of a 5xx kept to pass on: the gateway's
+// JSON errors and common error pages fit; a larger one is passed on as
+// Options.Unavailable.
+const maxFailureBody = 16 << 10
+
+// failureHeader is the stored form of a failure's fields: those of a
+// stored entry, and Retry-After, which says when to try again and holds
+// for every request the failure answers.
+func failureHeader(h http.Header) http.Header {
+	out := storedHeader(h)
+	if v, ok := h["Retry-After"]; ok {
+		out["Retry-After"] = v
+	}
+	return out
 }
 
 // finish completes the response once fetch has returned, before the
@@ -128,6 +196,9 @@ func (t *tee) WriteHeader(code int) {
 func (t *tee) finish() {
 	if !t.wrote || t.swallow {
 		return
+	}
+	if t.held != nil {
+		t.release()
 	}
 	dst := t.w.Header()
 	for k, vs := range t.h {
@@ -204,15 +275,30 @@ func (t *tee) Write(p []byte) (int, error) {
 	if !t.wrote {
 		t.WriteHeader(http.StatusOK)
 	}
+	if t.fail != nil {
+		if len(t.fail.body)+len(p) > maxFailureBody {
+			t.fail, t.keepFailure = nil, false
+		} else {
+			t.fail.body = append(t.fail.body, p...)
+		}
+	}
 	if t.swallow {
 		return len(p), nil
 	}
 	if t.capture {
 		if int64(len(t.buf)+len(p)) > t.p.maxEntry {
+			if t.held != nil {
+				// Too large to store, and so to hold: send what was held
+				// and stream the rest.
+				t.release()
+			}
 			t.capture, t.buf = false, nil
 			t.giveUp()
 		} else {
 			t.buf = append(t.buf, p...)
+			if t.held != nil {
+				return len(p), nil
+			}
 		}
 	}
 	return t.w.Write(p)
@@ -224,7 +310,7 @@ func (t *tee) Flush() {
 	if !t.wrote {
 		t.WriteHeader(http.StatusOK)
 	}
-	if t.swallow {
+	if t.swallow || t.held != nil {
 		return
 	}
 	_ = http.NewResponseController(t.w).Flush() // a writer that cannot flush sends at the end anyway

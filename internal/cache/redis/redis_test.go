@@ -179,9 +179,10 @@ func TestTwoInstances(t *testing.T) {
 	})
 }
 
-// TestRedisKilled: with Redis gone, requests are still served, as misses,
-// and every fault is reported; the breaker then spares the requests the
-// timeout; once Redis is back the cache works again on its own.
+// TestRedisKilled: without a memory tier, with Redis gone, requests are
+// still served, as misses, and every fault is reported; the breaker then
+// spares the requests the timeout; once Redis is back the cache works
+// again on its own.
 func TestRedisKilled(t *testing.T) {
 	srv := redistest.Start(t)
 	var calls atomic.Int64
@@ -207,7 +208,7 @@ func TestRedisKilled(t *testing.T) {
 	var faults []error
 	// A dead server refuses at once, so a generous timeout costs the test
 	// nothing and keeps a loaded machine from turning hits into misses.
-	o := cache.Options{Now: clock, Timeout: 2 * time.Second, OnFault: func(err error) {
+	o := cache.Options{Now: clock, Timeout: 2 * time.Second, MemoryTier: -1, OnFault: func(err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		faults = append(faults, err)
@@ -265,12 +266,110 @@ func TestRedisKilled(t *testing.T) {
 	}
 }
 
-// BenchmarkServeHit is a cache hit served from Redis, without HTTP: key,
-// GET, decode and writing the response; compare with the memory store's
+// TestRedisStopped (issue 15.6): with Redis stopped mid-test, repeated
+// requests for cached keys, on two instances, make no more upstream calls
+// than with Redis up: each instance serves what it served from its memory
+// tier. Before the tier every request was a miss (22,000 upstream calls
+// per 5 s under load). A key an instance first sees during the outage
+// costs it one call, with its faults reported, and is then served from
+// memory too; once Redis is back, instances share entries again.
+func TestRedisStopped(t *testing.T) {
+	srv := redistest.Start(t)
+	var calls atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		fmt.Fprint(w, "payload")
+	}))
+	t.Cleanup(upstream.Close)
+	p, _ := cache.NewPolicy(cache.PolicyOptions{TTL: time.Minute})
+
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	var faults atomic.Int64
+	// A dead server refuses at once, so a generous timeout costs the test
+	// nothing and keeps a loaded machine from turning hits into misses.
+	o := cache.Options{Now: clock, Timeout: 2 * time.Second, OnFault: func(error) { faults.Add(1) }}
+	a := newInstance(t, srv.URL(), p, upstream.URL, o, redis.Options{Now: clock})
+	b := newInstance(t, srv.URL(), p, upstream.URL, o, redis.Options{Now: clock})
+	client := &http.Client{}
+	t.Cleanup(client.CloseIdleConnections)
+
+	// requests sends n requests for path, alternating between the
+	// instances, and returns the upstream calls they made.
+	requests := func(path string, n int) int64 {
+		t.Helper()
+		before := calls.Load()
+		for i := range n {
+			in := a
+			if i%2 == 1 {
+				in = b
+			}
+			if status, cs, body := get(t, client, in.front.URL+path); status != 200 || body != "payload" {
+				t.Errorf("%s: %d %q (%s)", path, status, body, cs)
+			}
+		}
+		return calls.Load() - before
+	}
+
+	if got := requests("/a", 2); got != 1 {
+		t.Fatalf("warming up: %d upstream calls, want 1 (b reads a's entry from Redis)", got)
+	}
+	up := requests("/a", 20)
+
+	srv.Kill()
+	if down := requests("/a", 20); down > up {
+		t.Errorf("with Redis stopped: %d upstream calls for a cached key, with Redis up %d", down, up)
+	}
+	if got := faults.Load(); got != 0 {
+		t.Errorf("%d faults for hits served from memory, want 0", got)
+	}
+	if got := requests("/new", 20); got != 2 {
+		t.Errorf("a key first seen during the outage: %d upstream calls, want 2 (one per instance)", got)
+	}
+	if got := faults.Load(); got < 2 {
+		t.Errorf("%d faults reported for the new key's misses, want its gets and sets", got)
+	}
+
+	srv.Restart()
+	// Recovery needs no action: once the cooldown is over, the next call
+	// probes Redis. The first call on a pooled connection to the dead
+	// server may still fail, so allow a few rounds.
+	for i := 0; ; i++ {
+		mu.Lock()
+		now = now.Add(redis.DefaultCooldown)
+		mu.Unlock()
+		path := fmt.Sprintf("/after/%d", i)
+		get(t, client, a.front.URL+path)
+		if _, cs, _ := get(t, client, b.front.URL+path); strings.HasPrefix(cs, "keyward; hit") {
+			break
+		}
+		if i == 10 {
+			t.Fatal("instances do not share entries after Redis restarted")
+		}
+	}
+}
+
+// BenchmarkServeHit is a cache hit on a Redis store, without HTTP: from
+// Redis alone (key, GET, decode and writing the response), and from the
+// memory tier in front of it; compare with the memory store's
 // BenchmarkServeHit in package cache.
 func BenchmarkServeHit(b *testing.B) {
 	srv := redistest.Start(b)
-	c := cache.New(redis.New(redistest.Client(b, srv.URL()), redis.Options{}), cache.Options{})
+	client := redistest.Client(b, srv.URL())
+	b.Run("redis", func(b *testing.B) {
+		benchmarkServeHit(b, cache.New(redis.New(client, redis.Options{}), cache.Options{MemoryTier: -1}))
+	})
+	b.Run("memory-tier", func(b *testing.B) {
+		benchmarkServeHit(b, cache.New(redis.New(client, redis.Options{}), cache.Options{}))
+	})
+}
+
+func benchmarkServeHit(b *testing.B, c *cache.Cache) {
 	p, _ := cache.NewPolicy(cache.PolicyOptions{TTL: time.Hour})
 	body := strings.Repeat(`{"id":12345,"name":"keyward","full_name":"keyward/keyward"},`, 30)
 	fetch := func(w http.ResponseWriter, r *http.Request) {
