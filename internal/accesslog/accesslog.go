@@ -33,6 +33,10 @@ type Entry struct {
 	Duration, UpstreamDuration time.Duration
 	// Error is the stable error code the client got, or "".
 	Error string
+	// Caller is the kind of the verified caller, and CallerID a short
+	// hash of its id (never the id itself, nor a token); "" on public
+	// routes.
+	Caller, CallerID string
 }
 
 // Logger writes entries to an io.Writer. It is safe for concurrent use.
@@ -133,6 +137,12 @@ func appendEntry(b []byte, e *Entry) []byte {
 	b = appendMillis(b, e.UpstreamDuration)
 	b = append(b, `,"error":`...)
 	b = appendString(b, e.Error)
+	if e.Caller != "" {
+		b = append(b, `,"caller":`...)
+		b = appendString(b, e.Caller)
+		b = append(b, `,"caller_id":`...)
+		b = appendString(b, e.CallerID)
+	}
 	return append(b, "}\n"...)
 }
 

@@ -118,6 +118,10 @@ type Limits struct {
 	// StoreTimeout bounds the store round trips of one request; past it
 	// the on_store_error policy applies. Default "50ms".
 	StoreTimeout string `yaml:"store_timeout"`
+	// Per says whom the per-client limits (rate, client_budget) count:
+	// "caller" (the verified caller: kind and id) or "ip" (the client
+	// address). Default "caller" on a route with callers, "ip" otherwise.
+	Per string `yaml:"per"`
 }
 
 // Outbound is the policy for upstream connections. It applies to host
@@ -273,6 +277,13 @@ type Route struct {
 	// before limits, validation or any upstream call. Default: none (the
 	// route is public).
 	Callers []string `yaml:"callers"`
+	// Fallback lets requests that carry no credential at all through
+	// under these limits instead of refusing them (401): for callers who
+	// cannot prove themselves, such as devices that fail attestation. Its
+	// rate is per client address; its budget is shared by every such
+	// request, so keep it small. A bad credential is still refused.
+	// Default: none (no credential, no call).
+	Fallback *Limits `yaml:"fallback"`
 }
 
 // Query controls which client query parameters reach the upstream and

@@ -67,6 +67,13 @@ func (ep *endpoint) vars(x *exchange, r *http.Request, withSecrets bool) transfo
 		n, val := x.params.At(i)
 		v.Params[n] = val
 	}
+	if x.caller.Kind != "" {
+		claims := make(map[string]any, len(x.caller.Claims))
+		for k, c := range x.caller.Claims { // shared by cached identities: copied
+			claims[k] = c
+		}
+		v.Caller = map[string]any{"kind": x.caller.Kind, "id": x.caller.ID, "claims": claims}
+	}
 	if withSecrets {
 		v.Secrets = ep.transformSecrets
 	}

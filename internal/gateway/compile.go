@@ -69,6 +69,7 @@ type compiler struct {
 	warns     []*config.Error
 	secrets   map[string]secret.Value
 	used      map[string]bool // secrets referenced anywhere
+	kinds     *callerKinds
 }
 
 func (c *compiler) errorf(path, format string, args ...any) {
@@ -96,6 +97,8 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	c.loadSecrets(cfg)
 	g.cors = c.cors("cors", cfg.CORS, nil, nil)
 
+	c.kinds = c.callers(cfg, g)
+	g.callers = c.kinds
 	stages := c.stages(cfg)
 	names := map[string]int{}
 	for i := range cfg.Routes {
@@ -336,6 +339,16 @@ const defaultBurst = 10
 func (c *compiler) limits(path string, lc *config.Limits, ep *endpoint) {
 	ep.limiter = c.limiter(path, lc, ep)
 	ep.spends = lc.Budget != "" || lc.ClientBudget != ""
+	switch lc.Per {
+	case "", "caller":
+		ep.perCaller = ep.callers != nil
+	case "ip":
+	default:
+		c.errorf(path+".per", "%q: want caller or ip", lc.Per)
+	}
+	if ep.limiter != nil && ep.callers != nil {
+		ep.plans = &planLimiters{base: c.limiterOptions(path, lc, ep), onErr: func(err error) { c.onFault(err) }}
+	}
 }
 
 func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
@@ -394,6 +407,21 @@ func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 }
 
 func (c *compiler) limiter(path string, lc *config.Limits, ep *endpoint) *ratelimit.Limiter {
+	o := c.limiterOptions(path, lc, ep)
+	if o.Rate.IsZero() && o.Budget.IsZero() && o.ClientBudget.IsZero() {
+		c.errorf(path, "set rate, budget or client_budget")
+		return nil
+	}
+	l, err := ratelimit.New(o)
+	if err != nil {
+		c.errorf(path, "%v", err)
+		return nil
+	}
+	return l
+}
+
+// limiterOptions compiles a limits block into the limiter's options.
+func (c *compiler) limiterOptions(path string, lc *config.Limits, ep *endpoint) ratelimit.Options {
 	o := ratelimit.Options{Name: ep.name, Burst: lc.Burst, Store: c.opts.LimitStore, Now: c.opts.Now, OnFault: c.onFault,
 		WideFactor: int64(c.f.Config.ClientIP.IPv6WideFactor)}
 	if ep.stage != "" {
@@ -427,16 +455,7 @@ func (c *compiler) limiter(path string, lc *config.Limits, ep *endpoint) *rateli
 	if lc.Burst < 0 {
 		c.errorf(path+".burst", "must not be negative")
 	}
-	if o.Rate.IsZero() && o.Budget.IsZero() && o.ClientBudget.IsZero() {
-		c.errorf(path, "set rate, budget or client_budget")
-		return nil
-	}
-	l, err := ratelimit.New(o)
-	if err != nil {
-		c.errorf(path, "%v", err)
-		return nil
-	}
-	return l
+	return o
 }
 
 func (c *compiler) loadSecrets(cfg *config.Config) {
@@ -602,8 +621,19 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 		c.warnf(path+".methods", "greedy path %q allows write methods %v: every upstream path under the prefix can be written", rc.Path, ep.methods)
 	}
 
-	c.query(path+".query", rc, ep, res)
-	c.headers(path+".headers", rc, ep, res)
+	// The caller may be written into what the route sets, never into the
+	// upstream URL's path or host.
+	withCaller := res
+	withCaller.Caller = func(name string) error {
+		if len(rc.Callers) == 0 {
+			return fmt.Errorf("{%s} needs a verified caller: list the route's callers", name)
+		}
+		return nil
+	}
+	c.query(path+".query", rc, ep, withCaller)
+	c.headers(path+".headers", rc, ep, withCaller)
+	c.routeCallers(path, rc, ep, c.kinds)
+	ep.callerFields = callerFields(ep)
 
 	ep.timeout = c.duration(path+".timeout", rc.Timeout)
 	ep.idleTimeout = c.duration(path+".idle_timeout", rc.IdleTimeout)
@@ -619,6 +649,13 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 		c.limits(path+".limits", rc.Limits, ep)
 	} else if cfg.Limits != nil {
 		c.limits("limits", cfg.Limits, ep)
+	}
+	if rc.Fallback != nil && ep.callers != nil {
+		// The fallback's budget is one pool for every request without a
+		// credential: its limiter has its own name, so its counts never
+		// mix with the route's.
+		fb := &endpoint{name: ep.name + "/fallback", stage: ep.stage}
+		ep.fallback = c.limiter(path+".fallback", rc.Fallback, fb)
 	}
 
 	if rc.CORS != nil {

@@ -20,6 +20,8 @@ import (
 
 	"github.com/keyward/keyward/internal/accesslog"
 	"github.com/keyward/keyward/internal/cache"
+	"github.com/keyward/keyward/internal/caller"
+	"github.com/keyward/keyward/internal/caller/visitor"
 	"github.com/keyward/keyward/internal/clientip"
 	"github.com/keyward/keyward/internal/cors"
 	"github.com/keyward/keyward/internal/metrics"
@@ -96,6 +98,7 @@ type Gateway struct {
 	clients   *clientip.Resolver
 	cache     *cache.Cache // nil when no route caches
 	buffers   *BodyBuffers
+	callers   *callerKinds
 	faultLog  atomic.Int64 // unix ns of the last logged store fault
 }
 
@@ -118,6 +121,12 @@ type endpoint struct {
 	cors              *cors.Policy
 	limiter           *ratelimit.Limiter   // nil: no limits
 	spends            bool                 // a budget is spent on each upstream call
+	callers           caller.Verifier      // nil: a public route
+	callerKinds       string               // the kinds it accepts, for metrics ("users+visitors")
+	callerFields      []string             // caller placeholders its templates write
+	fallback          *ratelimit.Limiter   // limits of requests without a credential; nil: refused
+	perCaller         bool                 // per-client limits count the caller, not the address
+	plans             *planLimiters        // API keys' own plans
 	cache             *cache.Policy        // nil: not cached
 	cacheRoute        string               // route identity in cache keys
 	vary              string               // request headers the cache varies on, for the response's Vary
@@ -213,6 +222,8 @@ type exchange struct {
 	errCode string
 	ctype   string // Content-Type set by a request transform
 	held    int64  // body bytes reserved against g.buffers
+	caller  caller.Identity
+	limiter *ratelimit.Limiter // what this request counts against
 	client  ratelimit.Client
 	in      *http.Request // the inbound request, once forwarding started
 }
@@ -256,6 +267,10 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		return refused(http.StatusBadRequest, "bad_path", strings.TrimPrefix(err.Error(), route.ErrBadPath.Error()+"\n"))
 	}
 
+	if g.callers.exchange != nil && escaped == visitor.Path {
+		return g.visitorExchange(w, r, origin)
+	}
+
 	router := g.root
 	if len(g.hosts) > 0 {
 		if hr, ok := g.hosts[strings.ToLower(hostOnly(r.Host))]; ok {
@@ -288,9 +303,13 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		w.Header()["Allow"] = ep.allow
 		return refused(http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" is not allowed; allowed: "+ep.allow[0])
 	}
-	if ep.limiter != nil {
-		x.client = g.client(r)
-		if err := g.limit(w, x, ep.limiter.AllowRate(r.Context(), x.client)); err != nil {
+	if ep.callers != nil {
+		if err := g.verifyCaller(w, r, x); err != nil {
+			return err
+		}
+	}
+	if x.limiter, x.client = g.limiterFor(r, x); x.limiter != nil {
+		if err := g.limit(w, x, x.limiter.AllowRate(r.Context(), x.client)); err != nil {
 			return err
 		}
 	}
@@ -300,7 +319,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		}
 	}
 	var err error
-	if x.query, err = ep.outboundQuery(r.URL.RawQuery, &x.params); err != nil {
+	if x.query, err = ep.outboundQuery(r.URL.RawQuery, x.param); err != nil {
 		return refused(http.StatusBadRequest, "invalid_query", err.Error())
 	}
 	if x.path, x.rawPath, err = ep.upstream.Path(&x.params); err != nil {
@@ -344,7 +363,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 // relays the answer. Budgets count what goes upstream: a request refused
 // on the way here, or answered from the cache, costs none of them.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) error {
-	if l := x.ep.limiter; l != nil {
+	if l := x.limiter; l != nil {
 		if err := g.limit(w, x, l.Spend(r.Context(), x.client)); err != nil {
 			return err
 		}
@@ -378,7 +397,7 @@ func (g *Gateway) serveCached(w http.ResponseWriter, r *http.Request, x *exchang
 			// A background refresh runs after this request has ended: it
 			// gets an exchange of its own.
 			bx := &exchange{g: g, ep: ep, params: x.params, start: g.opts.Now(),
-				path: x.path, rawPath: x.rawPath, query: x.query, client: x.client}
+				path: x.path, rawPath: x.rawPath, query: x.query, client: x.client, limiter: x.limiter, caller: x.caller}
 			if err := g.forward(cw, cr, bx); err != nil {
 				g.refuse(cw, bx, err)
 			}

@@ -47,7 +47,7 @@ func (ep *endpoint) outboundHeader(in http.Header, x *exchange) http.Header {
 			h[hs.name] = hs.static
 			continue
 		}
-		h[hs.name] = []string{string(hs.value.Expand(nil, x.params.Get, nil))}
+		h[hs.name] = []string{string(hs.value.Expand(nil, x.param, nil))}
 	}
 	if x.ctype != "" {
 		h["Content-Type"] = []string{x.ctype}

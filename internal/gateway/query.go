@@ -4,15 +4,13 @@ import (
 	"errors"
 	"net/url"
 	"strings"
-
-	"github.com/keyward/keyward/internal/route"
 )
 
 // outboundQuery builds the upstream query: the template's literal query,
 // then allowed client parameters in their order, then the gateway's own.
 // A client parameter whose name collides with a set one in any spelling
 // is dropped, so the gateway's value is the only one the upstream sees.
-func (ep *endpoint) outboundQuery(raw string, ps *route.Params) (string, error) {
+func (ep *endpoint) outboundQuery(raw string, param func(string) string) (string, error) {
 	if raw == "" && len(ep.querySet) == 0 {
 		return ep.upstream.RawQuery, nil
 	}
@@ -54,7 +52,7 @@ func (ep *endpoint) outboundQuery(raw string, ps *route.Params) (string, error) 
 		}
 		b.WriteString(url.QueryEscape(qs.name))
 		b.WriteByte('=')
-		b.WriteString(url.QueryEscape(string(qs.value.Expand(nil, ps.Get, nil))))
+		b.WriteString(url.QueryEscape(string(qs.value.Expand(nil, param, nil))))
 	}
 	return b.String(), nil
 }

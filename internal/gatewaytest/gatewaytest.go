@@ -35,14 +35,19 @@ const (
 	GitHub = "ghp_CANARY_e2e_7f3a9c"    // env GITHUB_TOKEN
 	Maps   = "AIza CANARY+maps/key=1&x" // env MAPS_KEY, and file maps_key
 	Mailer = `mlr-CANARY-"quoted"-2b9e` // env MAILER_KEY
+	// Visitor signs visitor tokens (env VISITOR_KEY): at least 32 bytes.
+	Visitor = "vk-CANARY-signing-0123456789abcdef0123"
+	// Turnstile is the Turnstile secret key (env TURNSTILE_SECRET).
+	Turnstile = "0x4AAA-CANARY-turnstile-secret"
 )
 
 // Canaries are all the canary values.
-var Canaries = []string{GitHub, Maps, Mailer}
+var Canaries = []string{GitHub, Maps, Mailer, Visitor, Turnstile}
 
 // Getenv resolves the canary environment variables.
 func Getenv(k string) string {
-	return map[string]string{"GITHUB_TOKEN": GitHub, "MAPS_KEY": Maps, "MAILER_KEY": Mailer}[k]
+	return map[string]string{"GITHUB_TOKEN": GitHub, "MAPS_KEY": Maps, "MAILER_KEY": Mailer,
+		"VISITOR_KEY": Visitor, "TURNSTILE_SECRET": Turnstile}[k]
 }
 
 // Seen is what the upstream received in one request.

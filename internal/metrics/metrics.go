@@ -30,6 +30,7 @@ type Metrics struct {
 	limited   *prometheus.CounterVec
 	budget    *prometheus.GaugeVec
 	storeErrs *prometheus.CounterVec
+	authFails *prometheus.CounterVec
 	connOnce  sync.Once                  // registers the connection collectors (connections.go)
 	conns     atomic.Pointer[connSource] // what they read
 }
@@ -66,7 +67,10 @@ func New() *Metrics {
 	m.storeErrs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keyward_store_errors_total", Help: "Failed store (Redis) calls, by user (ratelimit, cache).",
 	}, []string{"kind"})
-	m.reg.MustRegister(m.requests, m.duration, m.upstream, m.upErrors, m.reloads, m.configAge, m.limited, m.budget, m.storeErrs,
+	m.authFails = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_auth_failures_total", Help: "Requests refused because they proved no accepted caller, by route, caller kinds and reason (missing, malformed, expired, bad_signature, ...).",
+	}, []string{"route", "kind", "reason"})
+	m.reg.MustRegister(m.requests, m.duration, m.upstream, m.upErrors, m.reloads, m.configAge, m.limited, m.budget, m.storeErrs, m.authFails,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -106,6 +110,15 @@ func (m *Metrics) Reload(ok bool, at time.Time) {
 		return
 	}
 	m.reloads.WithLabelValues("failed").Inc()
+}
+
+// AuthFailure records a request refused because it proved no caller the
+// route accepts; reason is one of the caller package's fixed reasons.
+func (m *Metrics) AuthFailure(route, kind, reason string) {
+	if m == nil {
+		return
+	}
+	m.authFails.WithLabelValues(route, kind, reason).Inc()
 }
 
 // Limited records a request refused by a limit.

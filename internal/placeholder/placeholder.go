@@ -1,6 +1,6 @@
-// Package placeholder parses and expands the {param}, {secret.NAME} and
-// {stage.NAME} placeholders used in upstream URLs, query values and header
-// values. Stage variables are resolved when a config is compiled; secrets
+// Package placeholder parses and expands the {param}, {secret.NAME},
+// {stage.NAME} and {caller.id}, {caller.kind}, {caller.claim.NAME}
+// placeholders used in upstream URLs, query values and header values. Stage variables are resolved when a config is compiled; secrets
 // and path parameters stay as parts until a request is built, so a compiled
 // template never prints a secret's value.
 package placeholder
@@ -21,6 +21,7 @@ const (
 	Param        // a path parameter, by name
 	Secret       // a secret, by name
 	Stage        // a stage variable, by name
+	Caller       // the verified caller: "caller.id", "caller.kind", "caller.claim.NAME"
 )
 
 // Part is a piece of a parsed string.
@@ -67,15 +68,19 @@ func parseName(name string) (Part, error) {
 	switch {
 	case !dotted:
 		if !ValidName(name) {
-			return Part{}, fmt.Errorf("bad placeholder {%s}: want {param}, {secret.NAME} or {stage.NAME}", name)
+			return Part{}, fmt.Errorf("bad placeholder {%s}: want {param}, {secret.NAME}, {stage.NAME} or {caller.id}", name)
 		}
 		return Part{Kind: Param, Text: name}, nil
 	case ns == "secret" && ValidName(rest):
 		return Part{Kind: Secret, Text: rest}, nil
 	case ns == "stage" && ValidName(rest):
 		return Part{Kind: Stage, Text: rest}, nil
+	case ns == "caller" && (rest == "id" || rest == "kind"):
+		return Part{Kind: Caller, Text: name}, nil
+	case ns == "caller" && strings.HasPrefix(rest, "claim.") && ValidName(strings.TrimPrefix(rest, "claim.")):
+		return Part{Kind: Caller, Text: name}, nil
 	}
-	return Part{}, fmt.Errorf("bad placeholder {%s}: want {param}, {secret.NAME} or {stage.NAME}", name)
+	return Part{}, fmt.Errorf("bad placeholder {%s}: want {param}, {secret.NAME}, {stage.NAME}, {caller.id}, {caller.kind} or {caller.claim.NAME}", name)
 }
 
 // ValidName reports whether s can name a parameter, secret or stage
@@ -103,6 +108,10 @@ type Resolver struct {
 	Secret func(name string) (secret.Value, bool)
 	// Param reports whether a path parameter exists.
 	Param func(name string) bool
+	// Caller, if set, allows {caller.*} placeholders: where the request's
+	// verified caller may be written (headers.set, query.set). It reports
+	// an error for one the route cannot fill (no callers).
+	Caller func(name string) error
 }
 
 // Compile parses s and resolves stage variables into literal text, checking
@@ -143,6 +152,15 @@ func Compile(s string, r Resolver) (Template, error) {
 				return Template{}, fmt.Errorf("unknown path parameter {%s}", p.Text)
 			}
 			t.add(piece{kind: Param, text: p.Text})
+		case Caller:
+			if r.Caller == nil {
+				return Template{}, fmt.Errorf("{%s} is not allowed here: the caller goes only into headers.set and query.set", p.Text)
+			}
+			if err := r.Caller(p.Text); err != nil {
+				return Template{}, err
+			}
+			// Expanded like a parameter: the request supplies the value.
+			t.add(piece{kind: Param, text: p.Text})
 		}
 	}
 	return t, nil
@@ -172,8 +190,9 @@ func (t *Template) add(p piece) {
 // String returns the template as written in the config.
 func (t Template) String() string { return t.src }
 
-// Static reports whether the template has no path parameters, so that it
-// can be expanded once per compiled config instead of once per request.
+// Static reports whether the template has no path parameters (nor caller
+// placeholders), so that it can be expanded once per compiled config
+// instead of once per request.
 func (t Template) Static() bool {
 	for _, p := range t.pieces {
 		if p.kind == Param {
@@ -181,6 +200,40 @@ func (t Template) Static() bool {
 		}
 	}
 	return true
+}
+
+// CallerClaims returns the claim names the template writes
+// ({caller.claim.NAME}).
+func (t Template) CallerClaims() []string {
+	var out []string
+	for _, p := range t.pieces {
+		if name, ok := strings.CutPrefix(p.text, "caller.claim."); ok && p.kind == Param {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// CallerNames returns the caller placeholders the template writes, as
+// "caller.id", "caller.kind" or "caller.claim.NAME".
+func (t Template) CallerNames() []string {
+	var out []string
+	for _, p := range t.pieces {
+		if p.kind == Param && strings.HasPrefix(p.text, "caller.") {
+			out = append(out, p.text)
+		}
+	}
+	return out
+}
+
+// UsesCaller reports whether the template writes the caller.
+func (t Template) UsesCaller() bool {
+	for _, p := range t.pieces {
+		if p.kind == Param && strings.HasPrefix(p.text, "caller.") {
+			return true
+		}
+	}
+	return false
 }
 
 // HasSecret reports whether the template contains a secret.
@@ -205,7 +258,8 @@ func (t Template) Secrets() []string {
 }
 
 // Expand appends the expansion to dst, secrets included: call it only to
-// build the outbound request. param returns a path parameter's value;
+// build the outbound request. param returns a path parameter's value (or
+// the caller's, for a name that starts with "caller.");
 // escape, if not nil, is applied to parameter and secret values (for
 // example url.PathEscape inside a URL path).
 func (t Template) Expand(dst []byte, param func(name string) string, escape func(string) string) []byte {

@@ -181,3 +181,29 @@ func TestTemplateNeverPrintsSecret(t *testing.T) {
 		}
 	}
 }
+
+func TestCallerPlaceholders(t *testing.T) {
+	allowed := Resolver{Caller: func(string) error { return nil }}
+	tpl, err := Compile("user-{caller.kind}:{caller.id}/{caller.claim.org_id}", allowed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tpl.Static() || !tpl.UsesCaller() {
+		t.Errorf("a caller template is static or does not use the caller")
+	}
+	if got := tpl.CallerClaims(); len(got) != 1 || got[0] != "org_id" {
+		t.Errorf("CallerClaims = %q", got)
+	}
+	got := string(tpl.Expand(nil, func(name string) string { return "<" + name + ">" }, nil))
+	if want := "user-<caller.kind>:<caller.id>/<caller.claim.org_id>"; got != want {
+		t.Errorf("Expand = %q, want %q", got, want)
+	}
+	for _, bad := range []string{"{caller}", "{caller.name}", "{caller.claim.}", "{caller.claim.a.b}"} {
+		if _, err := Compile(bad, allowed); err == nil {
+			t.Errorf("%s compiled", bad)
+		}
+	}
+	if _, err := Compile("{caller.id}", Resolver{}); err == nil || !strings.Contains(err.Error(), "not allowed here") {
+		t.Errorf("caller outside headers/query: %v", err)
+	}
+}

@@ -152,8 +152,8 @@ type Program struct {
 
 // Variables, in the order gojq receives their values.
 var (
-	requestVars  = []string{"$params", "$query", "$stage", secretVar}
-	responseVars = []string{"$params", "$query", "$stage"}
+	requestVars  = []string{"$params", "$query", "$stage", "$caller", secretVar}
+	responseVars = []string{"$params", "$query", "$stage", "$caller"}
 )
 
 // CompileProgram compiles one expression for the given side. Most callers
@@ -221,6 +221,9 @@ type Vars struct {
 	Query url.Values
 	// Stage holds the stage variables, as $stage.NAME.
 	Stage map[string]string
+	// Caller is the verified caller, as $caller: {kind, id, claims}; nil
+	// (jq's null) on a public route.
+	Caller map[string]any
 	// Secrets holds raw secret values by name, as $secret.NAME. Only request
 	// programs read it, and only the names in SecretNames; a response
 	// program ignores it. The values are also scrubbed from error details.
@@ -295,7 +298,11 @@ func (p *Program) args(vars Vars) ([]any, error) {
 			query[k] = v[0]
 		}
 	}
-	args := []any{stringMap(vars.Params), query, stringMap(vars.Stage)}
+	var who any
+	if vars.Caller != nil {
+		who = vars.Caller
+	}
+	args := []any{stringMap(vars.Params), query, stringMap(vars.Stage), who}
 	if p.side == Response {
 		return args, nil
 	}
