@@ -19,6 +19,9 @@
 #   SECOND=limits|cache  adds a second keyward on 9106, "kw-limits" or
 #       "kw-cache" (bench/keyward-limits.yaml: a memory rate limiter deciding
 #       every request; bench/keyward-cache.yaml: every request a cache hit)
+#   SECOND=base BASE_BIN=/path/to/keyward  adds "kw-base": another keyward
+#       binary (an earlier commit's `make build`) on the same job, so a
+#       change is measured against its baseline in one run
 #   MAX_TOTAL=1800 (s, the whole load phase)  CHECK_ONLY=1 (checks, no load)
 #   OUT_DIR=bench/results  KEEP_WORK=1 (keep the work folder and the logs)
 # Results: $OUT_DIR/last-run.{txt,tsv} and the raw wrk output in $OUT_DIR/raw/.
@@ -57,7 +60,13 @@ for t in $TARGETS; do
 	esac
 done
 list+=(keyward)
-if [[ -n $SECOND ]]; then
+if [[ $SECOND == base ]]; then
+	if [[ ! -x ${BASE_BIN:-} ]]; then
+		log "SECOND=base needs BASE_BIN, an executable keyward"
+		exit 2
+	fi
+	list+=(kw-base)
+elif [[ -n $SECOND ]]; then
 	if [[ ! -f $BENCH/keyward-$SECOND.yaml ]]; then
 		log "SECOND=$SECOND: no bench/keyward-$SECOND.yaml"
 		exit 2
@@ -89,6 +98,11 @@ for t in $TARGETS; do
 	goproxy) start goproxy "$port" "$WORK/bin/goproxy" -addr 127.0.0.1:9104 -upstream 127.0.0.1:9001 ;;
 	# The binary itself, not a shell or go run: the RSS is keyward's own.
 	keyward) start keyward "$port" "$ROOT/bin/keyward" serve -c "$BENCH/keyward.yaml" ;;
+	kw-base)
+		# The same job on the second slot's port.
+		sed 's/127.0.0.1:9105/127.0.0.1:9106/' "$BENCH/keyward.yaml" >"$WORK/keyward-base.yaml"
+		start "$t" "$port" "$BASE_BIN" serve -c "$WORK/keyward-base.yaml"
+		;;
 	kw-*) start "$t" "$port" "$ROOT/bin/keyward" serve -c "$BENCH/keyward-$SECOND.yaml" ;;
 	direct) continue ;;
 	esac
@@ -105,6 +119,7 @@ done
 		nginx) echo "nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///')" ;;
 		caddy) echo "caddy: $(caddy version | awk '{print $1}')" ;;
 		haproxy) echo "haproxy: $(haproxy -v | awk 'NR==1{print $3}')" ;;
+		kw-base) echo "kw-base: $("$BASE_BIN" version)" ;;
 		kw-*) echo "$t: bench/keyward-$SECOND.yaml" ;;
 		esac
 	done
