@@ -101,6 +101,22 @@ func test(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		for _, kv := range info.Params {
 			p("param:    %s = %q\n", kv[0], kv[1])
 		}
+		if ci := g.Caller(req); ci.Kinds != "" {
+			switch {
+			case ci.Refused != "":
+				p("caller:   refused: %s (the route takes %s)\n", ci.Refused, ci.Kinds)
+			case ci.ID == "":
+				p("caller:   %s (no credential: the route's fallback limits)\n", ci.Kind)
+			default:
+				p("caller:   %s %q\n", ci.Kind, ci.ID)
+			}
+			if len(ci.Claims) > 0 {
+				p("claims:   %s (verified)\n", strings.Join(ci.Claims, ", "))
+			}
+			if ci.LimitKey != "" {
+				p("limits:   counted against %s\n", ci.LimitKey)
+			}
+		}
 	}
 
 	w := httptest.NewRecorder()

@@ -650,6 +650,11 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	} else if cfg.Limits != nil {
 		c.limits("limits", cfg.Limits, ep)
 	}
+	if ep.callers == nil && ep.limiter == nil && slices.ContainsFunc(ep.methods, func(m string) bool { return m != "GET" && m != "HEAD" && m != "OPTIONS" }) {
+		// Anyone who finds the URL can write through the key as fast as
+		// they like: the route is itself a credential.
+		c.warnf(path+".methods", "write methods %v with neither callers nor limits: anyone can spend the key without bound; add callers, or limits with a budget", ep.methods)
+	}
 	if rc.Fallback != nil && ep.callers != nil {
 		// The fallback's budget is one pool for every request without a
 		// credential: its limiter has its own name, so its counts never

@@ -1,10 +1,14 @@
 package gateway
 
 import (
+	"errors"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/keyward/keyward/internal/caller"
 	"github.com/keyward/keyward/internal/route"
 )
 
@@ -85,3 +89,54 @@ func (ri RouteInfo) QueryDropReason(name string) string {
 
 // Mask replaces every secret value in s with "[secret:NAME]".
 func (g *Gateway) Mask(s string) string { return g.scrub.Mask(s) }
+
+// CallerInfo says who a request is from and what its limits count, for
+// `keyward test`. It never holds a credential.
+type CallerInfo struct {
+	// Kinds are the caller kinds the route accepts ("" for a public route).
+	Kinds string
+	// Kind and ID name the verified caller; Kind is "anonymous" for a
+	// request let through under the route's fallback.
+	Kind, ID string
+	// Claims lists the verified claim names (JWT callers).
+	Claims []string
+	// Refused is the refusal (status and code, reason) when the request
+	// proves no accepted caller.
+	Refused string
+	// LimitKey is whom the route's limits count ("" without limits).
+	LimitKey string
+}
+
+// Caller verifies r's caller as the route it matches would, without
+// serving it.
+func (g *Gateway) Caller(r *http.Request) CallerInfo {
+	info, ok := g.Match(r)
+	if !ok {
+		return CallerInfo{}
+	}
+	ep := info.ep
+	x := &exchange{g: g, ep: ep}
+	ci := CallerInfo{Kinds: ep.callerKinds}
+	if ep.callers != nil {
+		rec := httptest.NewRecorder()
+		if err := g.verifyCaller(rec, r, x); err != nil {
+			var rf *refusal
+			if errors.As(err, &rf) {
+				ci.Refused = strconv.Itoa(rf.status) + " " + rf.code
+				if rf.cause != nil {
+					ci.Refused += " (" + string(caller.ReasonOf(rf.cause)) + ")"
+				}
+			}
+			return ci
+		}
+		ci.Kind, ci.ID = x.caller.Kind, x.caller.ID
+		for name := range x.caller.Claims {
+			ci.Claims = append(ci.Claims, name)
+		}
+		slices.Sort(ci.Claims)
+	}
+	if l, c := g.limiterFor(r, x); l != nil {
+		ci.LimitKey = c.Key
+	}
+	return ci
+}
