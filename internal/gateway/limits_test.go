@@ -1,14 +1,17 @@
 package gateway_test
 
 import (
+	"crypto/rand"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keyward/keyward/internal/caller/apikey"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/gatewaytest"
 	"github.com/keyward/keyward/internal/ratelimit"
@@ -186,4 +189,75 @@ routes:
 		time.Sleep(100 * time.Millisecond) // polling an external process's recovery
 	}
 	check("after", map[string]int{"/open": 200, "/closed": 200}, "")
+}
+
+// TestPerCallerLimitsAcrossInstances: per-caller client budgets keyed by
+// the verified caller, not the address, are exact across two instances on
+// one Redis: 8 API-key callers, all from the same address, 40 goroutines,
+// a client budget of 25 each: every caller gets exactly 25 calls upstream.
+func TestPerCallerLimitsAcrossInstances(t *testing.T) {
+	rs := redistest.Start(t)
+	dir := t.TempDir()
+	keysFile := filepath.Join(dir, "keys.yaml")
+	store := apikey.OpenFile(keysFile, apikey.FileOptions{})
+	keys := make([]string, 8)
+	for i := range keys {
+		key, hash, err := apikey.Generate(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = key
+		if err := store.Add(t.Context(), apikey.Record{Kind: "partners", Name: fmt.Sprintf("p%d", i), Hash: hash, Created: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	yaml := `
+callers:
+  partners:
+    api_keys: { header: X-Api-Key, keys: ` + keysFile + ` }
+routes:
+  - name: paid
+    path: /paid
+    upstream: "{{UP}}/paid"
+    callers: [partners]
+    limits: { client_budget: 25/day, store_timeout: 5s }
+`
+	withRedis := func(o *gateway.Options) { o.LimitStore = redisStore(t, rs.URL()) }
+	h := gatewaytest.New(t, yaml, nil, withRedis)
+	t.Cleanup(h.Scan)
+	_, second := h.Another(withRedis)
+	urls := []string{h.GW.URL, second.URL}
+	var okBy [8]atomic.Int64
+	var other atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 40 {
+		wg.Go(func() {
+			for i := range 10 {
+				req, _ := http.NewRequest("GET", urls[(g+i)%2]+"/paid", nil)
+				req.Header.Set("X-Api-Key", keys[g%8])
+				res, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				res.Body.Close()
+				switch res.StatusCode {
+				case 200:
+					okBy[g%8].Add(1)
+				case 429:
+				default:
+					other.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range okBy {
+		if got := okBy[i].Load(); got != 25 {
+			t.Errorf("caller p%d got %d calls through, want exactly 25", i, got)
+		}
+	}
+	if got := len(h.Up.Take()); got != 8*25 || other.Load() != 0 {
+		t.Errorf("upstream received %d, want %d; unexpected statuses: %d", got, 8*25, other.Load())
+	}
 }
