@@ -62,7 +62,7 @@ type outcomeCount struct {
 // entry existed.
 func TestFailingUpstreamCoalesced(t *testing.T) {
 	const n = 20
-	const timeout = 400 * time.Millisecond
+	const timeout = time.Second
 	tests := []struct {
 		name     string
 		upstream func(release <-chan struct{}) http.HandlerFunc
