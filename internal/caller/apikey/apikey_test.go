@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -146,6 +148,11 @@ func TestVerify(t *testing.T) {
 	if err := f.file.Revoke(context.Background(), "partners", "gone", f.clk.Now()); err != nil {
 		t.Fatal(err)
 	}
+	// Revoked on a host whose clock is a minute ahead: revoked all the same.
+	skewed := f.add(t, "partners", "skewed", nil)
+	if err := f.file.Revoke(context.Background(), "partners", "skewed", f.clk.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
 	f.clk.Advance(time.Second) // the next lookup looks at the file again
 
 	id, err := f.verify(acme)
@@ -173,13 +180,14 @@ func TestVerify(t *testing.T) {
 		{"unknown", unknown, caller.UnknownKey},
 		{"another kind's key", other, caller.UnknownKey},
 		{"revoked", gone, caller.Revoked},
+		{"revoked by a clock ahead of ours", skewed, caller.Revoked},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := f.verify(tc.key)
 			if caller.ReasonOf(err) != tc.want {
 				t.Errorf("reason = %v, want %s", err, tc.want)
 			}
-			for _, k := range []string{acme, soon, other, gone, unknown} {
+			for _, k := range []string{acme, soon, other, gone, skewed, unknown} {
 				if err != nil && strings.Contains(err.Error(), k) {
 					t.Errorf("error quotes a key: %v", err)
 				}
@@ -326,5 +334,56 @@ func BenchmarkVerify(b *testing.B) {
 		if _, err := v.Verify(context.Background(), r); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestConcurrentWriters: writers that each open the file themselves (as
+// separate `keyward keys` processes do) and add and revoke at once never
+// lose each other's records (H8: the file was rewritten without a lock).
+func TestConcurrentWriters(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys.yaml")
+	now := newClock().Now()
+	ctx := context.Background()
+	if err := OpenFile(path, FileOptions{}).Add(ctx, Record{Kind: "partners", Name: "old", Hash: HashOf("old"), Created: now}); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, writers+1)
+	for i := range writers {
+		wg.Go(func() {
+			name := fmt.Sprintf("p%02d", i)
+			errs <- OpenFile(path, FileOptions{}).Add(ctx, Record{Kind: "partners", Name: name, Hash: HashOf(name), Created: now})
+		})
+	}
+	wg.Go(func() { errs <- OpenFile(path, FileOptions{}).Revoke(ctx, "partners", "old", now) })
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := OpenFile(path, FileOptions{}).List(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	revoked := false
+	for _, r := range list {
+		names = append(names, r.Name)
+		if r.Name == "old" {
+			revoked = !r.Revoked.IsZero()
+		}
+	}
+	slices.Sort(names)
+	want := []string{"old"}
+	for i := range writers {
+		want = append(want, fmt.Sprintf("p%02d", i))
+	}
+	slices.Sort(want)
+	if diff := cmp.Diff(want, names); diff != "" || !revoked {
+		t.Errorf("records after concurrent writes (-want +got):\n%s\nold revoked: %v", diff, revoked)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -20,7 +19,8 @@ import (
 // File is a Store and an Admin kept in a YAML file (the `keys:` file of
 // an api_keys caller). The server re-reads it within CheckEvery of a
 // change; `keyward keys` rewrites it whole, by rename, so a reader never
-// sees half a file. Last uses are kept beside it, in FILE.lastused, which
+// sees half a file, holding FILE.lock (an flock) while it reads and
+// rewrites, so that two writers at once never lose a record. Last uses are kept beside it, in FILE.lastused, which
 // the server rewrites at most once per FlushEvery, so that serving never
 // writes the file a person edits.
 //
@@ -218,8 +218,14 @@ func (f *File) Flush() error {
 	return err
 }
 
-// Add stores r.
+// Add stores r. The file is read and rewritten under its lock, so that
+// concurrent writers (two `keyward keys create`) never lose a record.
 func (f *File) Add(_ context.Context, r Record) error {
+	unlock, err := lock(f.path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	set, err := readSet(f.path)
 	if err != nil {
 		return err
@@ -229,7 +235,7 @@ func (f *File) Add(_ context.Context, r Record) error {
 			return ErrNameTaken
 		}
 	}
-	if err := checkRecord(r); err != nil {
+	if err := r.Validate(); err != nil {
 		return err
 	}
 	return writeSet(f.path, append(set.records, r))
@@ -255,8 +261,13 @@ func (f *File) List(_ context.Context, kind string) ([]Record, error) {
 	return out, nil
 }
 
-// Revoke marks kind/name revoked at t.
+// Revoke marks kind/name revoked at t, under the file's lock like Add.
 func (f *File) Revoke(_ context.Context, kind, name string, t time.Time) error {
+	unlock, err := lock(f.path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	set, err := readSet(f.path)
 	if err != nil {
 		return err
@@ -285,26 +296,6 @@ type fileRecord struct {
 	Limits  *Limits `yaml:"limits,omitempty"`
 }
 
-// NameRE is what a kind or key name may be: it appears in limit keys,
-// logs and metric-free text, so it is short and plain.
-var NameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
-func checkRecord(r Record) error {
-	if !NameRE.MatchString(r.Kind) {
-		return fmt.Errorf("kind %q: want letters, digits, '.', '_' or '-' (at most 64)", r.Kind)
-	}
-	if !NameRE.MatchString(r.Name) {
-		return fmt.Errorf("name %q: want letters, digits, '.', '_' or '-' (at most 64)", r.Name)
-	}
-	if r.Created.IsZero() {
-		return errors.New("created is required")
-	}
-	if _, err := r.Limits.Plan(); err != nil {
-		return fmt.Errorf("limits: %w", err)
-	}
-	return nil
-}
-
 // readSet reads and checks the file; a missing file is an empty set.
 func readSet(path string) (*fileSet, error) {
 	set := &fileSet{byHash: map[Hash]*Stored{}}
@@ -324,7 +315,7 @@ func readSet(path string) (*fileSet, error) {
 	for i, fr := range doc.Keys {
 		r, err := fr.record()
 		if err == nil {
-			err = checkRecord(r)
+			err = r.Validate()
 		}
 		if err == nil && names[[2]string{r.Kind, r.Name}] {
 			err = fmt.Errorf("%s/%s appears twice", r.Kind, r.Name)
@@ -336,7 +327,7 @@ func readSet(path string) (*fileSet, error) {
 			errs = append(errs, fmt.Errorf("keys file %s: keys[%d]: %w", path, i, err))
 			continue
 		}
-		plan, _ := r.Limits.Plan() // checked by checkRecord
+		plan, _ := r.Limits.Plan() // checked by Validate
 		names[[2]string{r.Kind, r.Name}] = true
 		set.byHash[r.Hash] = &Stored{Record: r, Plan: plan}
 		set.records = append(set.records, r)
@@ -426,6 +417,9 @@ func writeAtomic(path string, data []byte) (err error) {
 	return nil
 }
 
+// lockPath is the lock file of the keys file at path.
+func lockPath(path string) string { return path + ".lock" }
+
 // lastUsedPath is where the uses of the keys in path are kept.
 func lastUsedPath(path string) string { return path + ".lastused" }
 
@@ -454,9 +448,14 @@ func readLastUsed(path string) (map[Hash]time.Time, error) {
 }
 
 // mergeLastUsed adds batch to FILE.lastused, keeping the later time of
-// each key, so that instances sharing the file do not undo each other
-// (the last writer may still drop another's newest use: it is a hint).
+// each key, under the keys file's lock, so that instances sharing the
+// file do not undo each other.
 func mergeLastUsed(path string, batch map[Hash]time.Time) error {
+	unlock, err := lock(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	all, err := readLastUsed(path)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/keyward/keyward/internal/caller"
@@ -24,13 +25,38 @@ type Record struct {
 	Created time.Time
 	// Expires is when the key stops working; zero means never.
 	Expires time.Time
-	// Revoked is when the key was revoked; zero means it was not.
+	// Revoked is when the key was revoked; zero means it was not. A key
+	// with any Revoked time is refused, even one ahead of the verifying
+	// host's clock.
 	Revoked time.Time
 	// LastUsed is the last use a store knows of; zero means none. It is
 	// recorded at most once a minute, so it lags.
 	LastUsed time.Time
 	// Limits is the key's own plan; nil means the route's limits.
 	Limits *Limits
+}
+
+// NameRE is what a kind or key name may be: it appears in limit keys,
+// logs and metric-free text, so it is short and plain.
+var NameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Validate reports what is wrong with r as a record to store: its kind
+// and name, its creation time and its plan. Every store checks a record
+// with it before adding it.
+func (r Record) Validate() error {
+	if !NameRE.MatchString(r.Kind) {
+		return fmt.Errorf("kind %q: want letters, digits, '.', '_' or '-' (at most 64)", r.Kind)
+	}
+	if !NameRE.MatchString(r.Name) {
+		return fmt.Errorf("name %q: want letters, digits, '.', '_' or '-' (at most 64)", r.Name)
+	}
+	if r.Created.IsZero() {
+		return errors.New("created is required")
+	}
+	if _, err := r.Limits.Plan(); err != nil {
+		return fmt.Errorf("limits: %w", err)
+	}
+	return nil
 }
 
 // Limits is a key's plan as written: it replaces the route's per-caller
@@ -72,7 +98,10 @@ func (l *Limits) Plan() (*caller.Plan, error) {
 // Store is where a Verifier finds keys.
 type Store interface {
 	// Lookup returns the record whose hash is h, and whether there is one.
-	// An error means the store could not be read.
+	// An error means the store could not be read; the Verifier then
+	// refuses the key (StoreFailed), never lets it in. An answer may come
+	// from a cache, but never one older than a second, so that a
+	// revocation reaches every instance within a second.
 	Lookup(ctx context.Context, h Hash) (Stored, bool, error)
 	// Used notes that the key with hash h was used at t. It is best
 	// effort and must not block the request.

@@ -86,7 +86,10 @@ func (v *Verifier) VerifyKey(ctx context.Context, key string) (caller.Identity, 
 		return caller.Identity{}, caller.Errorf(caller.UnknownKey, nil)
 	}
 	now := v.now()
-	if !s.Revoked.IsZero() && !now.Before(s.Revoked) {
+	// Any revocation time revokes, even one ahead of this clock: the time
+	// comes from the clock of the host that ran `keyward keys revoke`, and
+	// a skew between hosts must not delay a revocation.
+	if !s.Revoked.IsZero() {
 		return caller.Identity{}, caller.Errorf(caller.Revoked, fmt.Errorf("key %s/%s was revoked", s.Kind, s.Name))
 	}
 	if !s.Expires.IsZero() && !now.Before(s.Expires) {
@@ -101,17 +104,7 @@ func (v *Verifier) VerifyKey(ctx context.Context, key string) (caller.Identity, 
 // file is a config problem; a missing file holds no keys yet. onError is
 // told of later reload failures (the last good keys stay in force).
 func Compile(kind string, c config.APIKeys, env caller.Env, onError func(error)) (*Verifier, *File, []caller.Problem) {
-	var probs []caller.Problem
-	header := c.Header
-	if header == "" {
-		header = DefaultHeader
-	}
-	if _, err := caller.ParseSource("header:" + header); err != nil {
-		probs = append(probs, caller.Problem{Path: "api_keys.header", Msg: fmt.Sprintf("%q is not a header name", header)})
-	}
-	if !NameRE.MatchString(kind) {
-		probs = append(probs, caller.Problem{Path: "api_keys", Msg: fmt.Sprintf("kind %q: an API-key kind is letters, digits, '.', '_' or '-' (at most 64)", kind)})
-	}
+	probs := checkConfig(kind, c)
 	f := OpenFile(KeysPath(c, env.Dir), FileOptions{Now: env.Now, OnError: onError})
 	if err := f.Load(); err != nil {
 		for _, e := range unjoin(err) {
@@ -121,7 +114,41 @@ func Compile(kind string, c config.APIKeys, env caller.Env, onError func(error))
 	if len(probs) > 0 {
 		return nil, nil, probs
 	}
-	return New(Options{Kind: kind, Header: header, Store: f, Now: env.Now}), f, nil
+	return New(Options{Kind: kind, Header: headerOf(c), Store: f, Now: env.Now}), f, nil
+}
+
+// CompileStore builds the Verifier of the `api_keys:` block of caller
+// kind kind over store, the shared store (Redis) that holds the keys
+// when the config's `store:` names one. The keys file is not read: the
+// keys live in the store only (see docs/CALLERS.md for why), and
+// `keyward keys import` copies a file's keys into it. Nothing is read
+// from store here, so that compiling opens no sockets.
+func CompileStore(kind string, c config.APIKeys, env caller.Env, store Store) (*Verifier, []caller.Problem) {
+	if probs := checkConfig(kind, c); len(probs) > 0 {
+		return nil, probs
+	}
+	return New(Options{Kind: kind, Header: headerOf(c), Store: store, Now: env.Now}), nil
+}
+
+// checkConfig reports the problems of an `api_keys:` block that do not
+// depend on where the keys are stored.
+func checkConfig(kind string, c config.APIKeys) []caller.Problem {
+	var probs []caller.Problem
+	if _, err := caller.ParseSource("header:" + headerOf(c)); err != nil {
+		probs = append(probs, caller.Problem{Path: "api_keys.header", Msg: fmt.Sprintf("%q is not a header name", headerOf(c))})
+	}
+	if !NameRE.MatchString(kind) {
+		probs = append(probs, caller.Problem{Path: "api_keys", Msg: fmt.Sprintf("kind %q: an API-key kind is letters, digits, '.', '_' or '-' (at most 64)", kind)})
+	}
+	return probs
+}
+
+// headerOf is the header c reads the key from.
+func headerOf(c config.APIKeys) string {
+	if c.Header == "" {
+		return DefaultHeader
+	}
+	return c.Header
 }
 
 // KeysPath is the keys file of c, resolved against the config's
