@@ -57,6 +57,15 @@ func (s Source) IsHeader(name string) bool {
 	return s.kind == "header" && strings.EqualFold(s.name, name)
 }
 
+// HeaderName returns the header the source reads (canonical), or "" when
+// it reads none: a page's CORS preflight must be allowed to send it.
+func (s Source) HeaderName() string {
+	if s.kind == "header" {
+		return s.name
+	}
+	return ""
+}
+
 // Query returns the query parameter the source reads, or "" when it reads
 // none: the gateway never forwards it upstream.
 func (s Source) Query() string {

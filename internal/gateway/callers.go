@@ -162,6 +162,9 @@ func (c *compiler) routeCallers(path string, rc *config.Route, ep *endpoint, ck 
 		}
 		vs = append(vs, v)
 		src := ck.sources[kind]
+		if h := src.HeaderName(); h != "" && !slices.Contains(ep.credentialHeaders, h) {
+			ep.credentialHeaders = append(ep.credentialHeaders, h)
+		}
 		if q := src.Query(); q != "" && ep.queryAllow[q] {
 			// The credential would go upstream with the other allowed
 			// parameters; the config would have to say so explicitly.

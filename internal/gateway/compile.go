@@ -838,7 +838,12 @@ func (c *compiler) headers(path string, rc *config.Route, ep *endpoint, res plac
 	}
 }
 
-func (ep *endpoint) headerAllowNames() []string { return ep.headerAllow }
+// headerAllowNames are the request headers a preflight may ask for: the
+// ones the route forwards, and the ones its callers present credentials
+// in (read by the gateway, never forwarded).
+func (ep *endpoint) headerAllowNames() []string {
+	return append(slices.Clip(ep.headerAllow), ep.credentialHeaders...)
+}
 
 // denyOthers is the policy of a route without CORS (no cors block, or
 // disabled: true): no origin is allowed, so a request from another

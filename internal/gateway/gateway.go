@@ -124,6 +124,7 @@ type endpoint struct {
 	callers           caller.Verifier      // nil: a public route
 	callerKinds       string               // the kinds it accepts, for metrics ("users+visitors")
 	callerFields      []string             // caller placeholders its templates write
+	credentialHeaders []string             // headers its callers present credentials in (CORS may allow them)
 	fallback          *ratelimit.Limiter   // limits of requests without a credential; nil: refused
 	perCaller         bool                 // per-client limits count the caller, not the address
 	plans             *planLimiters        // API keys' own plans
