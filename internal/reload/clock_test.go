@@ -31,6 +31,7 @@ type watched struct {
 	clock   *fakeClock
 	reloads chan string
 	signal  chan struct{}
+	latest  chan time.Time // the last timer taken from clock.armed, not yet fired
 }
 
 func watch(t *testing.T, path string) *watched {
@@ -66,29 +67,30 @@ func watchWith(t *testing.T, path string, log *slog.Logger) *watched {
 
 // step fires the latest timer the watcher armed, waiting for one first,
 // then waits for the watcher to act: arm again, or reload. It returns what
-// a reload read, or "" if it armed again.
+// a reload read, and whether it reloaded. Timers are armed in the order
+// clock.armed holds them, so the last one taken is the watcher's.
 func (w *watched) step(t *testing.T) (string, bool) {
 	t.Helper()
-	var ch chan time.Time
-	select {
-	case ch = <-w.clock.armed:
-	case <-time.After(safety):
-		t.Fatal("the watcher armed no timer")
+	if w.latest == nil {
+		select {
+		case w.latest = <-w.clock.armed:
+		case <-time.After(safety):
+			t.Fatal("the watcher armed no timer")
+		}
 	}
 	for more := true; more; {
 		select {
-		case c := <-w.clock.armed:
-			ch = c
+		case w.latest = <-w.clock.armed:
 		default:
 			more = false
 		}
 	}
-	ch <- time.Now()
+	w.latest <- time.Now()
+	w.latest = nil
 	select {
 	case got := <-w.reloads:
 		return got, true
-	case c := <-w.clock.armed:
-		w.clock.armed <- c // for the next step
+	case w.latest = <-w.clock.armed:
 		return "", false
 	case <-time.After(safety):
 		t.Fatal("the watcher neither reloaded nor armed a timer")
@@ -120,9 +122,8 @@ func TestChangeWithoutEventIsWaitedFor(t *testing.T) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-	var timer chan time.Time
 	select {
-	case timer = <-w.clock.armed:
+	case w.latest = <-w.clock.armed:
 	case <-time.After(safety):
 		t.Fatal("the rename armed no timer")
 	}
@@ -130,14 +131,8 @@ func TestChangeWithoutEventIsWaitedFor(t *testing.T) {
 	if err := os.WriteFile(link, []byte("listen: :2\nroutes: []\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	timer <- time.Now()
-	select {
-	case got := <-w.reloads:
+	if got, reloaded := w.step(t); reloaded {
 		t.Fatalf("reloaded %q right after a change the watcher had not waited out", got)
-	case c := <-w.clock.armed:
-		w.clock.armed <- c
-	case <-time.After(safety):
-		t.Fatal("the watcher neither reloaded nor armed a timer")
 	}
 	got, reloaded := w.step(t)
 	if !reloaded || got != "listen: :2\nroutes: []\n" {
