@@ -43,10 +43,12 @@
 // (hits from the memory tier, one upstream call per key and TTL per
 // instance). What differs is what reaches the cache:
 //
-//   - fail_open (default): rate limits and budgets are not enforced while
-//     the store fails; requests reach the cache, hits are served, and
-//     misses go upstream unmetered by the shared budget — bounded by the
-//     cache to one call per key per TTL per instance.
+//   - fail_open (default): the limiter lets requests through while the
+//     store fails; they reach the cache, hits are served from the memory
+//     tier, and misses go upstream without being counted against the
+//     shared budget — bounded by the cache to one call per key per TTL per
+//     instance (and, while the upstream fails, one per key per failure
+//     window).
 //   - fail_closed: a route with a rate limit answers 503 store_unavailable
 //     before the cache, so even its hits are refused. On a route with only
 //     a budget, hits are served (a budget is spent only by a call that
@@ -97,8 +99,11 @@ type Options struct {
 	// MemoryTier bounds, in bytes, the in-memory tier kept in front of a
 	// store that is not a *Memory (Redis): entries are read from it first
 	// and written to both, so that a store outage does not remove the
-	// cache. 0 means DefaultMemoryTier; a negative value means no tier. A
-	// *Memory store needs none and gets none.
+	// cache. An entry is kept there as long as in the store (its freshness
+	// and stale window), but is read from memory past its freshness only
+	// when the store fails or has lost it, so that an entry another
+	// instance refreshed wins. 0 means DefaultMemoryTier; a negative value
+	// means no tier. A *Memory store needs none and gets none.
 	MemoryTier int64
 	// FailureWindow is how long, after an upstream call for a key failed,
 	// requests for the key are answered from that failure (the stale
