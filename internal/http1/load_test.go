@@ -156,15 +156,19 @@ func TestShutdownEndsEventStream(t *testing.T) {
 		t.Fatalf("transfer encoding %v; want chunked", res.TransferEncoding)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	const drain = 400 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
+	start := time.Now()
 	err := srv.Shutdown(ctx)
 	var de *http1.DrainError
 	if !errors.As(err, &de) || de.Requests != 1 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown: %v; want a *DrainError for 1 request wrapping context.DeadlineExceeded", err)
 	}
-	if ctx.Err() != nil {
-		t.Error("Shutdown returned after its context's deadline")
+	// The requests are ended a quarter of the drain before its deadline,
+	// so that the stream's end fits in it; a loaded machine may be late.
+	if d := time.Since(start); d < drain/2 || d > drain+drain/2 {
+		t.Errorf("Shutdown returned after %v; want about %v", d, drain)
 	}
 	if cause := <-causes; cause != http1.ErrShutdown {
 		t.Errorf("the request's context cause: %v; want ErrShutdown", cause)
