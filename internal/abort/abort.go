@@ -14,8 +14,14 @@ package abort
 
 import (
 	"context"
+	"errors"
 	"net/http"
 )
+
+// ErrShutdown is the cause of a request context a server cancelled
+// because its shutdown drain ran out of time: the request is cut by a
+// routine stop, not by its client (and is logged as such, not as 499).
+var ErrShutdown = errors.New("server shutting down: the drain time is up")
 
 // key is the context key of WithSupport; unexported, so only this package
 // can set it.

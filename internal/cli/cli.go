@@ -261,7 +261,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() {
-		if err := reload.Watch(wctx, *path, trigger, func() { _ = srv.Reload() }); err != nil {
+		w := &reload.Watcher{Path: *path, Signal: trigger, Reload: func() { _ = srv.Reload() }, Logger: logger}
+		if err := w.Run(wctx); err != nil {
 			logger.Warn("config file watching is off; reload with SIGHUP", "error", err.Error())
 		}
 	}()

@@ -401,7 +401,7 @@ func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 	}
 	ep.vary = strings.Join(vary, ", ")
 	if c.opts.Cache == nil {
-		c.opts.Cache = cache.New(cache.NewMemory(0, nil), cache.Options{})
+		c.opts.Cache = cache.New(cache.NewMemory(0, nil), cache.Options{Unavailable: UpstreamUnavailable})
 	}
 	c.usesCache = true
 }

@@ -96,10 +96,13 @@ func (g *Gateway) refuseUpstream(w http.ResponseWriter, x *exchange, e *proxy.Er
 		// The client went away; nobody reads an answer. 499 is nginx's
 		// code for this, and operators know it.
 		x.status, x.errCode = 499, "client_closed_request"
+	case proxy.Shutdown:
+		// A routine stop ran out of drain time: not an upstream fault.
+		status, code, msg = http.StatusServiceUnavailable, "shutdown", "the gateway is shutting down; retry"
 	default:
 		status, code, msg = http.StatusBadGateway, "upstream_unavailable", "the upstream could not be reached"
 	}
-	if e.Kind != proxy.ClientGone && e.Kind != proxy.ClientBody {
+	if e.Kind != proxy.ClientGone && e.Kind != proxy.ClientBody && e.Kind != proxy.Shutdown {
 		// The path can hold a secret (some APIs put the key there), so the
 		// logged target is scrubbed like the error text.
 		target := x.ep.upstream.Scheme + "://" + x.ep.upstream.Host + x.path
@@ -277,4 +280,18 @@ func (x *exchange) ctx() context.Context {
 		return x
 	}
 	return context.Background()
+}
+
+// UpstreamUnavailable writes the JSON 502 upstream_unavailable: for the
+// cache, when it answers requests that waited on an upstream call that
+// broke off without an answer (CORS headers are already on w).
+func UpstreamUnavailable(w http.ResponseWriter, _ *http.Request) {
+	body, _ := json.Marshal(errorBody{Error: errorDetail{Code: "upstream_unavailable", Message: "the upstream could not be reached"}})
+	h := w.Header()
+	h["Content-Type"] = jsonType
+	h["X-Content-Type-Options"] = nosniff
+	h["Cache-Control"] = noStore
+	h["Content-Length"] = []string{strconv.Itoa(len(body) + 1)}
+	w.WriteHeader(http.StatusBadGateway)
+	_, _ = w.Write(append(body, '\n'))
 }

@@ -162,10 +162,9 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // ErrShutdown is the cause of a request's context cancelled because the
-// server's drain time ran out (Shutdown's context ended before the
-// request did): a handler tells it from a client that went away with
-// context.Cause, and logs the request as ended by the shutdown.
-var ErrShutdown = errors.New("http1: server shutting down: the drain time is up")
+// shutdown drain ran out of time (abort.ErrShutdown, so that handlers can
+// tell without importing the server).
+var ErrShutdown = abort.ErrShutdown
 
 // DrainError is what Shutdown returns when its context ends before every
 // request has: the requests still running were ended.

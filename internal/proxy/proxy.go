@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyward/keyward/internal/abort"
 	"github.com/keyward/keyward/internal/outbound"
 	"github.com/keyward/keyward/internal/scrub"
 )
@@ -158,6 +159,9 @@ const (
 	ClientBody
 	// Hook: the ResponseHook failed; Err is its error.
 	Hook
+	// Shutdown: the server's shutdown drain ran out of time and ended
+	// the request (a routine stop, not the client or the upstream).
+	Shutdown
 )
 
 // Error is a failed exchange.
@@ -307,6 +311,8 @@ func (p *Proxy) fail(x *Exchange, err error, committed bool) *Error {
 		e.Kind = Timeout
 	case cause == ErrStalled:
 		e.Kind = Stalled
+	case x.parent != nil && context.Cause(x.parent) == abort.ErrShutdown:
+		e.Kind = Shutdown
 	case x.ClientGone():
 		e.Kind = ClientGone
 	case errors.Is(err, errEncoding):

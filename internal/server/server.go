@@ -87,17 +87,17 @@ func (s *Server) openStore(url, cacheSize string) error {
 			h.Current().StoreFault("cache", err)
 		}
 	}
-	if url == "memory" {
-		size := int64(0) // the cache's default
-		if cacheSize != "" {
-			n, err := config.ParseSize(cacheSize)
-			if err != nil {
-				return fmt.Errorf("cache_size: %w", err)
-			}
-			size = n
+	size := int64(0) // the cache's default
+	if cacheSize != "" {
+		n, err := config.ParseSize(cacheSize)
+		if err != nil {
+			return fmt.Errorf("cache_size: %w", err)
 		}
+		size = n
+	}
+	if url == "memory" {
 		s.opts.LimitStore = ratelimit.NewMemory(0)
-		s.opts.Cache = cache.New(cache.NewMemory(size, nil), cache.Options{OnFault: onFault})
+		s.opts.Cache = cache.New(cache.NewMemory(size, nil), cache.Options{OnFault: onFault, Unavailable: gateway.UpstreamUnavailable})
 		return nil
 	}
 	client, err := redisstore.NewClient(url)
@@ -106,7 +106,10 @@ func (s *Server) openStore(url, cacheSize string) error {
 	}
 	s.closers = append(s.closers, client)
 	s.opts.LimitStore = rlredis.New(client, rlredis.Options{})
-	s.opts.Cache = cache.New(cacheredis.New(client, cacheredis.Options{}), cache.Options{OnFault: onFault})
+	// With Redis, cache_size bounds the memory tier in front of it, which
+	// keeps hits (and stale_if_error) working through a Redis outage.
+	s.opts.Cache = cache.New(cacheredis.New(client, cacheredis.Options{}),
+		cache.Options{OnFault: onFault, MemoryTier: size, Unavailable: gateway.UpstreamUnavailable})
 	return nil
 }
 

@@ -38,6 +38,13 @@
 //     never reach it, IPv6 allocations cannot multiply an allowance;
 //   - server_writetimeout_test.go, faults_logged_test.go: clients that stop
 //     reading are cut off; upstream breaks are logged as such;
+//   - load_*_test.go: a full connection table admits new clients, server
+//     settings apply on reload, a shutdown ends streams cleanly, buffered
+//     bodies are bounded, oversize uploads never reach a metered upstream;
+//   - cache_faults_test.go: stale_if_error covers every upstream failure,
+//     the cache survives a Redis outage;
+//   - callers_test.go: routes with callers refuse requests that prove none,
+//     never forward a credential, and limit per caller;
 //   - fuzz_test.go: FuzzGatewayRequest, whose invariants hold for any path,
 //     query and header a client can send.
 //

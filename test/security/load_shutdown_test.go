@@ -96,6 +96,11 @@ func TestShutdownEndsStreamsAndExitsZero(t *testing.T) {
 	if !strings.Contains(logs, `"msg":"shutdown timeout reached; requests still running were ended","requests":1`) {
 		t.Errorf("the log does not say the drain ended one request:\n%s", logs)
 	}
+	// The stream's access-log line says it was cut by the shutdown: not a
+	// client that left (499), not an upstream fault.
+	if !strings.Contains(logs, `"error":"shutdown"`) || strings.Contains(logs, `"status":499`) {
+		t.Errorf("the cut stream is not logged as ended by the shutdown:\n%s", logs)
+	}
 	select {
 	case <-up.stopped: // the upstream request was cancelled too
 	case <-time.After(loadSafety):
