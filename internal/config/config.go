@@ -42,8 +42,10 @@ type Config struct {
 	// Limits is the default abuse protection for every route; a route's
 	// own limits block replaces it. Default: none.
 	Limits *Limits `yaml:"limits"`
-	// CacheSize bounds the memory cache ("64MiB"); with a Redis store,
-	// Redis's own maxmemory applies. Default "64MiB".
+	// CacheSize bounds the memory cache ("64MiB"); with a Redis store it
+	// bounds the memory tier in front of Redis (which keeps hits working
+	// through a Redis outage; Redis's own maxmemory bounds Redis). Default
+	// "64MiB" in memory, 8 MiB as the tier.
 	CacheSize string `yaml:"cache_size"`
 	// Callers names the kinds of caller routes may require: verified users
 	// (JWT), API keys and attested visitors. Default: none.
