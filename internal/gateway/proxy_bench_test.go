@@ -124,7 +124,9 @@ func BenchmarkProxy(b *testing.B) {
 	for _, tt := range benchTransports {
 		b.Run(tt.name, func(b *testing.B) {
 			tr := tt.new()
-			defer tr.(interface{ CloseIdleConnections() }).CloseIdleConnections()
+			if c, ok := tr.(interface{ CloseIdleConnections() }); ok {
+				defer c.CloseIdleConnections()
+			}
 			h := benchGateway(b, up.URL, tr)
 			b.Run("handler", func(b *testing.B) { benchHandler(b, h) })
 			b.Run("server/http1", func(b *testing.B) {
