@@ -116,16 +116,24 @@ type Price struct {
 // Input is capped at Input; a result beyond config.MaxMoney is capped
 // there.
 func (p Price) Cost(u Usage) config.Money {
-	in := max(u.Input, 0)
-	cached := min(max(u.CachedInput, 0), in)
-	write := min(max(u.CacheWrite, 0), in-cached)
 	var s sum
-	s.add(in-cached-write, p.Input)
-	s.add(cached, p.CachedInput)
-	s.add(write, p.CacheWrite)
+	p.input(&s, u)
 	s.add(max(u.Output, 0), p.Output)
 	return s.micros()
 }
+
+// input adds the cost of u's input tokens, each kind at its price.
+func (p Price) input(s *sum, u Usage) {
+	in := max(u.Input, 0)
+	cached := min(max(u.CachedInput, 0), in)
+	write := min(max(u.CacheWrite, 0), in-cached)
+	s.add(in-cached-write, p.Input)
+	s.add(cached, p.CachedInput)
+	s.add(write, p.CacheWrite)
+}
+
+// maxInput is the highest price an input token can have.
+func (p Price) maxInput() int64 { return max(p.Input, p.CachedInput, p.CacheWrite) }
 
 // sum is an unsigned 128-bit accumulator of tokens × micro-dollars per
 // million tokens: a billion tokens at a billion dollars per million still

@@ -355,7 +355,18 @@ type sse struct {
 	nameBad bool
 	cr      bool // the last line ended with CR: a following LF is part of it
 	lines   int  // data lines in the current event
+	fed     bool // bytes of the current data line went to the scanner
+	// skip is set when the event's first data line arrived whole and
+	// holds nothing the meter reads (wants): the event is not scanned,
+	// unless another data line follows, and then held, a copy of that
+	// first line, is scanned first.
+	skip bool
+	held []byte
 }
+
+// maxHeld bounds the first data line an event may skip: a longer one is
+// scanned as it arrives.
+const maxHeld = 4096
 
 const (
 	phLineStart uint8 = iota
@@ -417,20 +428,28 @@ func (s *sse) feed(m *Meter, p []byte) {
 				i++
 			}
 		case phSpace:
-			s.phase = phData
+			s.phase, s.fed = phData, false
 			if c == ' ' {
 				i++
 			}
 		case phData, phIgnore:
 			j := lineEnd(p[i:])
-			if j < 0 {
-				if s.phase == phData {
-					m.x.feed(p[i:])
-				}
-				return
+			line := p[i:]
+			if j >= 0 {
+				line = p[i : i+j]
 			}
 			if s.phase == phData {
-				m.x.feed(p[i : i+j])
+				if j >= 0 && !s.fed && s.lines == 1 && len(line) <= maxHeld && !m.wants(line) {
+					s.skip = true
+					s.held = append(s.held[:0], line...)
+				}
+				if !s.skip {
+					m.x.feed(line)
+					s.fed = true
+				}
+			}
+			if j < 0 {
+				return
 			}
 			s.endLine(p[i+j])
 			i += j + 1
@@ -443,6 +462,12 @@ func (s *sse) isData() bool { return !s.nameBad && string(s.name[:s.nameLen]) ==
 // dataLine starts a data line: the lines of one event's data are joined
 // with LF, which JSON reads as white space.
 func (s *sse) dataLine(m *Meter) {
+	if s.skip {
+		// A second line: the event is one document after all, scanned
+		// from its start.
+		m.x.feed(s.held)
+		s.skip = false
+	}
 	if s.lines > 0 {
 		m.x.feed(newline)
 	}
@@ -460,8 +485,80 @@ func (s *sse) endLine(c byte) {
 func (s *sse) dispatch(m *Meter) {
 	if s.lines > 0 {
 		m.x.reset()
-		s.lines = 0
+		s.lines, s.skip = 0, false
 	}
+}
+
+// wants reports whether an event whose data is line (all of it, in one
+// piece) can hold anything the meter reads. Most events of a stream are
+// a few words of the answer: recognising them by a byte search costs a
+// fraction of scanning them. The patterns are the exact bytes the
+// scanner matches (keys and type values without escapes), so an event
+// passed over here is one the scanner would have read nothing from.
+func (m *Meter) wants(line []byte) bool {
+	needModel := len(m.model) == 0
+	switch m.api {
+	case OpenAIChat:
+		// "usage":{ but not "usage":null, which every chunk carries.
+		for i := 0; ; {
+			j := index(line[i:], `"usage"`, 4)
+			if j < 0 {
+				break
+			}
+			i += j + len(`"usage"`)
+			rest := bytes.TrimLeft(line[i:], " \t")
+			if len(rest) > 0 && rest[0] == ':' {
+				if rest = bytes.TrimLeft(rest[1:], " \t"); len(rest) > 0 && rest[0] == '{' {
+					return true
+				}
+			}
+		}
+		return needModel && index(line, `"model"`, 3) >= 0
+	case OpenAIResponses:
+		for i := 0; ; {
+			j := index(line[i:], `"response.`, 9)
+			if j < 0 {
+				break
+			}
+			i += j + len(`"response.`)
+			for _, t := range [...]string{`completed"`, `incomplete"`, `failed"`} {
+				if bytes.HasPrefix(line[i:], []byte(t)) {
+					return true
+				}
+			}
+		}
+		return needModel && index(line, `"model"`, 3) >= 0
+	case AnthropicMessages:
+		return index(line, `"message_`, 8) >= 0
+	case Gemini:
+		// Every chunk carries the running totals. The first gives the
+		// input count (which the body may not show: files and cached
+		// content are referenced); the ones in between only raise the
+		// output, which an incomplete answer is charged at its worst
+		// anyway; the last has a finishReason. After one, every chunk is
+		// read, in case another candidate or a usage chunk follows.
+		return len(m.final) == 0 || m.finished || needModel ||
+			index(line, `"finishReason"`, 7) >= 0 || index(line, `"blockReason"`, 6) >= 0
+	}
+	return true
+}
+
+// index returns the first index of word in b, or -1. It searches for
+// the word's byte at pivot, chosen rare in a stream's events (not a
+// quote, which is everywhere), with IndexByte, and checks each hit.
+func index(b []byte, word string, pivot int) int {
+	for i := pivot; i < len(b); {
+		j := bytes.IndexByte(b[i:], word[pivot])
+		if j < 0 {
+			return -1
+		}
+		i += j
+		if start := i - pivot; start+len(word) <= len(b) && string(b[start:start+len(word)]) == word {
+			return start
+		}
+		i++
+	}
+	return -1
 }
 
 // lineEnd returns the index of the first CR or LF in b, or -1.

@@ -105,7 +105,7 @@ func (r *Request) Price() Price { return r.price }
 // budget before it dials.
 func (r *Request) Reserve() Amount {
 	var s sum
-	s.add(r.InputTokens, max(r.price.Input, r.price.CachedInput, r.price.CacheWrite))
+	s.add(r.InputTokens, r.price.maxInput())
 	s.add(r.OutputTokens, r.price.Output)
 	return Amount{Money: s.micros(), Tokens: satAdd(r.InputTokens, r.OutputTokens)}
 }
@@ -117,8 +117,11 @@ func (r *Request) Reserve() Amount {
 //   - nothing when the upstream refused (a status outside 2xx) and
 //     reported no tokens: providers do not bill a request they refuse;
 //   - otherwise (the stream was cut, the client left, the usage never
-//     came) the reservation, or the usage seen if that is more: never
-//     zero.
+//     came) the worst case, never zero: the reservation, with the input
+//     raised to the count the provider reported if that is more (a body
+//     can reference files and cached content the estimate cannot see),
+//     and the output at its bound (the provider may have generated all
+//     of it, and may keep generating after a client leaves).
 func (r *Request) Charge(status int, u Usage) Amount {
 	if u.Complete {
 		return Amount{Money: r.price.Cost(u), Tokens: u.Tokens()}
@@ -126,8 +129,15 @@ func (r *Request) Charge(status int, u Usage) Amount {
 	if (status < 200 || status > 299) && u.Input <= 0 && u.Output <= 0 {
 		return Amount{}
 	}
-	res := r.Reserve()
-	return Amount{Money: max(res.Money, r.price.Cost(u)), Tokens: max(res.Tokens, u.Tokens())}
+	var s sum
+	if u.Input > r.InputTokens {
+		r.price.input(&s, u)
+	} else {
+		s.add(r.InputTokens, r.price.maxInput())
+	}
+	out := max(u.Output, r.OutputTokens)
+	s.add(out, r.price.Output)
+	return Amount{Money: s.micros(), Tokens: satAdd(max(u.Input, r.InputTokens), out)}
 }
 
 // Meter returns a new Meter for the request's response.

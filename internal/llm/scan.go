@@ -22,6 +22,13 @@ type scanner struct {
 	frames [5]frame // frames[d] describes the container at depth d, for d <= base+3
 	state  uint8
 	esc    bool // in a string: the previous byte was an unescaped backslash
+	// skipFrom is the depth of the inert container being skipped (see
+	// inert), 0 when none: strings inside it return to stSkip.
+	skipFrom int
+	// awaiting is set while a tracked member's value has not started:
+	// plain bytes (digits, letters) are looked at only then, or while
+	// capturing.
+	awaiting bool
 
 	key    [maxKey]byte
 	keyLen int
@@ -43,6 +50,7 @@ const (
 	stNormal uint8 = iota
 	stKey
 	stString
+	stSkip // inside an inert container: only depth and strings matter
 	stDead
 )
 
@@ -137,8 +145,22 @@ var apiPaths = [...]*pathSet{
 // event's data), keeping its buffers.
 func (s *scanner) reset() {
 	s.depth, s.base, s.state, s.esc = 0, 0, stNormal, false
+	s.skipFrom, s.awaiting = 0, false
 	s.capSlot = -1
 	s.got, s.over = 0, 0
+}
+
+// inert reports whether nothing inside the container just opened at
+// depth d can be read: it is below the members of a document (level 2
+// or deeper) and is not the value, or an element of the value, of a
+// parent member. Such a container is skipped by counting brackets and
+// jumping over strings, which is most of a long answer.
+func (s *scanner) inert(d int) bool {
+	if d-s.base < 2 || s.capSlot >= 0 {
+		return false
+	}
+	f := s.frame(d)
+	return f == nil || f.pid < 0
 }
 
 // frame returns the tracked frame of the container at depth d, or nil.
@@ -172,7 +194,12 @@ func (s *scanner) feed(p []byte) {
 			i += n
 			if closed {
 				s.state = stNormal
+				if s.skipFrom > 0 {
+					s.state = stSkip
+				}
 			}
+		case stSkip:
+			i += s.skip(p[i:])
 		case stKey:
 			n := s.scanKey(p[i:])
 			if s.capSlot >= 0 {
@@ -180,6 +207,23 @@ func (s *scanner) feed(p []byte) {
 			}
 			i += n
 		case stNormal:
+			// Plain bytes (white space, digits, letters of literals) change
+			// nothing unless a value is awaited or a scalar is being
+			// captured; inside a captured object they are copied in bulk.
+			// (A value awaited inside a captured object is never one to
+			// capture, so its await may lapse until the next ',' or '}'.)
+			if s.capSlot < 0 && !s.awaiting || s.capSlot >= 0 && s.capKind != 's' {
+				j := i
+				for j < len(p) && plain[p[j]] {
+					j++
+				}
+				if s.capSlot >= 0 {
+					s.capture(p[i:j])
+				}
+				if i = j; i == len(p) {
+					return
+				}
+			}
 			s.normal(p[i])
 			i++
 		default: // stDead
@@ -216,6 +260,51 @@ func (s *scanner) skipString(b []byte) (n int, closed bool) {
 	}
 }
 
+// plain marks the bytes that are neither structure nor quotes.
+var plain = func() (t [256]bool) {
+	for c := range t {
+		t[c] = true
+	}
+	for _, c := range []byte("{}[]:,\"") {
+		t[c] = false
+	}
+	return t
+}()
+
+// brackets marks what matters while skipping: brackets and quotes.
+var brackets = func() (t [256]bool) {
+	for _, c := range []byte("{}[]\"") {
+		t[c] = true
+	}
+	return t
+}()
+
+// skip consumes the bytes of an inert container up to its end.
+func (s *scanner) skip(b []byte) int {
+	for i := 0; i < len(b); i++ {
+		for i < len(b) && !brackets[b[i]] {
+			i++
+		}
+		if i == len(b) {
+			break
+		}
+		switch b[i] {
+		case '"':
+			s.state = stString
+			return i + 1
+		case '{', '[':
+			s.depth++
+		default: // '}', ']'
+			s.depth--
+			if s.depth < s.skipFrom {
+				s.state, s.skipFrom = stNormal, 0
+				return i + 1
+			}
+		}
+	}
+	return len(b)
+}
+
 // backslashes counts the backslashes that end b[:end].
 func backslashes(b []byte, end int) int {
 	n := 0
@@ -227,6 +316,20 @@ func backslashes(b []byte, end int) int {
 
 // scanKey consumes the bytes of a key at a tracked level.
 func (s *scanner) scanKey(b []byte) int {
+	if !s.esc {
+		// The common case: the key's end is in b and it has no escape.
+		j := bytes.IndexByte(b, '"')
+		if seg := b[:max(j, 0)]; j >= 0 && bytes.IndexByte(seg, '\\') < 0 {
+			if s.keyLen+len(seg) > maxKey {
+				s.keyBad = true
+			} else {
+				s.keyLen += copy(s.key[s.keyLen:], seg)
+			}
+			s.state = stNormal
+			s.endKey()
+			return j + 1
+		}
+	}
 	for i, c := range b {
 		switch {
 		case s.esc:
@@ -310,6 +413,9 @@ func (s *scanner) normal(c byte) {
 				f.pid = pid
 			}
 		}
+		if s.inert(s.depth) {
+			s.state, s.skipFrom = stSkip, s.depth
+		}
 	case '}', ']':
 		s.depth--
 		switch {
@@ -332,11 +438,13 @@ func (s *scanner) normal(c byte) {
 	case ':':
 		if f := s.frame(s.depth); f != nil && f.object {
 			f.expectKey, f.await = false, true
+			s.awaiting = true
 		}
 	case ',':
 		if f := s.frame(s.depth); f != nil && f.object {
 			f.expectKey, f.await, f.slot, f.parent = true, false, -1, -1
 		}
+		s.awaiting = false
 	default:
 		s.valueStart('s', c)
 	}
@@ -347,6 +455,7 @@ func (s *scanner) normal(c byte) {
 // path is read, capturing starts. It returns the member's parent id, for
 // an object that opens here.
 func (s *scanner) valueStart(kind, c byte) int8 {
+	s.awaiting = false
 	f := s.frame(s.depth)
 	if f == nil || !f.await {
 		return -1
