@@ -101,6 +101,11 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	g.callers = c.kinds
 	stages := c.stages(cfg)
 	names := map[string]int{}
+	// Routes on one path with different methods (a route per method, as a
+	// cloud console has them) share the path: the router holds the first,
+	// the others hang off it by method.
+	paths := map[string]*endpoint{} // stage host + path as written
+	pathRoute := map[string]int{}
 	for i := range cfg.Routes {
 		rc := &cfg.Routes[i]
 		path := fmt.Sprintf("routes[%d]", i)
@@ -123,10 +128,24 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 				}
 				router = g.hosts[st.host]
 			}
-			if _, err := router.Add(ep.pattern, ep); err != nil {
-				c.errorf(path+".path", "%v", err)
+			key := st.host + " " + ep.pattern.String()
+			if first, ok := paths[key]; ok {
+				if err := first.addMethods(ep); err != nil {
+					c.errorf(path+".methods", "%v (routes[%d] has the same path)", err, pathRoute[key])
+					continue
+				}
+				g.endpoints = append(g.endpoints, ep)
 				continue
 			}
+			if other, err := router.Add(ep.pattern, ep); err != nil {
+				msg := err.Error()
+				if j, ok := pathRoute[st.host+" "+other.String()]; ok {
+					msg += fmt.Sprintf(" (routes[%d]): both match the same requests", j)
+				}
+				c.errorf(path+".path", "%s", msg)
+				continue
+			}
+			paths[key], pathRoute[key] = ep, i
 			g.endpoints = append(g.endpoints, ep)
 		}
 	}
@@ -599,12 +618,14 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 			ep.methods = append(ep.methods, m)
 		}
 	}
+	ep.ownMethods = slices.Clone(ep.methods)
 	if slices.Contains(ep.methods, "GET") && !slices.Contains(ep.methods, "HEAD") {
 		// HEAD is GET without a body (RFC 9110 9.3.2); allowing one allows
 		// the other, as every HTTP server does.
 		ep.methods = append(ep.methods, "HEAD")
 	}
 	ep.allow = []string{strings.Join(ep.methods, ", ")}
+	ep.allMethods = ep.methods
 
 	res := c.resolver(st, pat)
 	if rc.Upstream == "" {
@@ -953,4 +974,48 @@ func queryKey(name string) string {
 		k = k[:i]
 	}
 	return k
+}
+
+// addMethods hangs ep off first, a route on the same path: each request
+// goes to the route that allows its method. Their methods must not
+// overlap, and every route on the path answers 405 and preflights with
+// all of them.
+func (first *endpoint) addMethods(ep *endpoint) error {
+	for o := first; o != nil; o = o.next {
+		for _, m := range ep.methods {
+			if slices.Contains(o.methods, m) && !(m == "HEAD" && !slices.Contains(ep.ownMethods, "HEAD")) {
+				return fmt.Errorf("method %s is also allowed by route %q on this path", m, o.name)
+			}
+		}
+	}
+	// HEAD comes with GET: a GET route on a path takes it unless another
+	// route there lists HEAD itself.
+	last := first
+	for last.next != nil {
+		last = last.next
+	}
+	last.next = ep
+	var all []string
+	for o := first; o != nil; o = o.next {
+		for _, m := range o.methods {
+			if !slices.Contains(all, m) {
+				all = append(all, m)
+			}
+		}
+	}
+	allow := []string{strings.Join(all, ", ")}
+	for o := first; o != nil; o = o.next {
+		o.allMethods, o.allow = all, allow
+	}
+	return nil
+}
+
+// forMethod returns the route on ep's path that allows method, or ep.
+func (ep *endpoint) forMethod(method string) *endpoint {
+	for o := ep; o != nil; o = o.next {
+		if o.allows(method) {
+			return o
+		}
+	}
+	return ep
 }

@@ -52,6 +52,7 @@ func (g *Gateway) Match(r *http.Request) (RouteInfo, bool) {
 	if !ok {
 		return RouteInfo{}, false
 	}
+	ep = ep.forMethod(r.Method)
 	info := ep.info()
 	for i := range ps.Len() {
 		n, v := ps.At(i)

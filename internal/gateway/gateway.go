@@ -109,7 +109,10 @@ type endpoint struct {
 	pattern           *route.Pattern // with the stage prefix
 	paramRE           []*regexp.Regexp
 	methods           []string
-	allow             []string // prebuilt Allow header value
+	ownMethods        []string  // as written (without the HEAD that GET brings)
+	allMethods        []string  // of every route on this path (see next)
+	allow             []string  // prebuilt Allow header value: allMethods
+	next              *endpoint // another route on the same path, for other methods
 	upstream          *route.Upstream
 	queryAllow        map[string]bool
 	querySet          []querySet
@@ -283,10 +286,19 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		g.cors.Actual(w.Header(), origin)
 		return refused(http.StatusNotFound, "not_found", "no route for this path")
 	}
+	preflight := cors.IsPreflight(r)
+	if ep.next != nil {
+		// Several routes share the path, one per method.
+		if preflight {
+			ep = ep.forMethod(r.Header.Get("Access-Control-Request-Method"))
+		} else {
+			ep = ep.forMethod(r.Method)
+		}
+	}
 	x.ep = ep
 
-	if cors.IsPreflight(r) {
-		if ref := ep.cors.Preflight(w.Header(), r, ep.methods); ref != nil {
+	if preflight {
+		if ref := ep.cors.Preflight(w.Header(), r, ep.allMethods); ref != nil {
 			return refused(http.StatusForbidden, ref.Code, ref.Message)
 		}
 		x.status = http.StatusNoContent
