@@ -9,10 +9,14 @@ import (
 // Meter reads the usage a model API reports in a response, as the
 // response's body passes: a JSON body, a JSON array streamed element by
 // element (Gemini without alt=sse), or a server-sent event stream, told
-// apart by the body's first byte. Each SSE line is scanned as it arrives
-// and nothing is held back or copied but the usage objects themselves
-// (at most a few kilobytes), so a metered stream's events reach the
-// client when they would have without it.
+// apart by the body's first byte. Each SSE line is scanned as it
+// arrives; nothing is held back, and nothing is copied but the values
+// read (a usage object, a model name) and the first line of an event
+// being passed over (at most 4 KiB), so a metered stream's events reach
+// the client when they would have without it, and a Meter holds a few
+// kilobytes whatever the stream's length. Events that cannot carry what
+// is read (most of a stream: a few words each) are recognised by a byte
+// search and not scanned.
 //
 // What each API reports, and when its usage is Complete:
 //

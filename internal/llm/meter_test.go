@@ -233,7 +233,7 @@ func TestMeterMemoryBounded(t *testing.T) {
 
 // held returns the bytes a Meter's buffers hold (their capacity).
 func (m *Meter) held() int {
-	n := cap(m.model) + cap(m.final) + cap(m.start) + cap(m.delta)
+	n := cap(m.model) + cap(m.final) + cap(m.start) + cap(m.delta) + cap(m.sse.held)
 	for _, s := range m.x.slots {
 		n += cap(s)
 	}
