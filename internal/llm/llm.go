@@ -106,7 +106,15 @@ type Amount struct {
 
 // Price is a model's compiled price, in micro-dollars per million tokens.
 type Price struct {
-	Input, Output, CachedInput, CacheWrite int64
+	// Input is the price of input tokens neither read from nor written
+	// to a prompt cache.
+	Input int64
+	// Output is the price of output tokens.
+	Output int64
+	// CachedInput is the price of input tokens read from the cache.
+	CachedInput int64
+	// CacheWrite is the price of input tokens written to the cache.
+	CacheWrite int64
 }
 
 // Cost returns what u costs at p, in micro-dollars, rounded up: the

@@ -13,8 +13,10 @@ import (
 // relative to the llm block ("prices.gpt-4o.input"), so the config loader
 // can prefix it with "FILE:LINE: routes[3].llm.".
 type Error struct {
+	// Path is the field's path inside the llm block.
 	Path string
-	Msg  string
+	// Msg says what is wrong with it.
+	Msg string
 }
 
 // Error formats the problem as "path: message".

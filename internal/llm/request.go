@@ -27,8 +27,10 @@ const (
 // fault: the gateway answers 400 with Code and Msg. Msg quotes nothing
 // but the client's own model name or field names, truncated.
 type RequestError struct {
+	// Code is one of the Code constants.
 	Code string
-	Msg  string
+	// Msg says what is wrong, for the client.
+	Msg string
 }
 
 // Error returns "code: message".

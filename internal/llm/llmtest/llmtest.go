@@ -84,11 +84,16 @@ type Config struct {
 
 // Request is one request a Server received.
 type Request struct {
-	Method   string
-	Path     string
+	// Method is the request method.
+	Method string
+	// Path is the URL path, as received.
+	Path string
+	// RawQuery is the query string, without '?'.
 	RawQuery string
-	Header   http.Header
-	Body     []byte
+	// Header is a copy of the request's headers.
+	Header http.Header
+	// Body is the request body, as received.
+	Body []byte
 }
 
 // Server is a running stand-in.
