@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/caller/apikey"
+	akredis "github.com/keyward/keyward/internal/caller/apikey/redis"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/redisstore"
 )
 
 const keysUsage = `Usage:
@@ -24,6 +26,11 @@ const keysUsage = `Usage:
                        names, dates and last uses (never keys)
   keyward keys revoke KIND NAME [-c FILE]
                        revoke a key; every instance refuses it within a second
+  keyward keys import [KIND] [-c FILE]
+                       copy the keys files' keys into the Redis store the config names
+
+The keys are where the config keeps them: in each kind's keys file, or,
+when store: names Redis, in Redis (and the keys files are not read).
 `
 
 // keysEnv is what `keyward keys` takes from outside, so tests can fix it.
@@ -40,7 +47,7 @@ func keys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func runKeys(ctx context.Context, env keysEnv, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, keysUsage)
-		return usageError{errors.New("want create, list or revoke")}
+		return usageError{errors.New("want create, list, revoke or import")}
 	}
 	switch args[0] {
 	case "create":
@@ -49,6 +56,8 @@ func runKeys(ctx context.Context, env keysEnv, args []string, stdout, stderr io.
 		return keysList(ctx, env, args[1:], stdout, stderr)
 	case "revoke":
 		return keysRevoke(ctx, env, args[1:], stderr)
+	case "import":
+		return keysImport(ctx, args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, keysUsage)
 		return nil
@@ -57,29 +66,93 @@ func runKeys(ctx context.Context, env keysEnv, args []string, stdout, stderr io.
 	return usageError{fmt.Errorf("unknown keys command %q", args[0])}
 }
 
-// keyStore returns the keys file of the api_keys caller kind, from the
-// config at path. Only the file is read: a route with a problem must not
-// stop anyone from revoking a key.
-func keyStore(path, kind string) (*apikey.File, error) {
+// keyring is where a config keeps its API keys: each api_keys kind's
+// keys file or, when `store:` names Redis, Redis.
+type keyring struct {
+	path  string
+	cfg   *config.Config
+	redis *akredis.Store // nil when the keys are in files
+	where string         // Redis's address, without credentials
+	close func() error
+}
+
+// keysTimeout bounds one `keyward keys` command's Redis calls.
+const keysTimeout = 10 * time.Second
+
+// openKeyring reads the config at path. Only the config is read: a route
+// with a problem must not stop anyone from revoking a key. With a Redis
+// store, the client is opened here (no round trip yet); Close closes it.
+func openKeyring(path string) (*keyring, error) {
 	f, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	c, ok := f.Config.Callers[kind]
-	if !ok || c.APIKeys == nil {
-		var kinds []string
-		for name, c := range f.Config.Callers {
-			if c.APIKeys != nil {
-				kinds = append(kinds, name)
-			}
-		}
-		slices.Sort(kinds)
-		if len(kinds) == 0 {
-			return nil, fmt.Errorf("%s: no caller kind has api_keys (add one under callers:)", path)
-		}
-		return nil, fmt.Errorf("%s: caller kind %q has no api_keys (kinds with api_keys: %s)", path, kind, strings.Join(kinds, ", "))
+	k := &keyring{path: path, cfg: &f.Config, close: func() error { return nil }}
+	if !redisStore(f.Config.Store) {
+		return k, nil
 	}
-	return apikey.OpenFile(apikey.KeysPath(*c.APIKeys, filepath.Dir(path)), apikey.FileOptions{}), nil
+	client, err := redisstore.NewClient(f.Config.Store)
+	if err != nil {
+		return nil, fmt.Errorf("%s: store: %w", path, err)
+	}
+	k.redis = akredis.New(client, akredis.Options{})
+	// Named by address and database only: the URL may hold a password.
+	k.where = "Redis at " + client.Options().Addr + "/" + strconv.Itoa(client.Options().DB)
+	k.close = client.Close
+	return k, nil
+}
+
+// redisStore reports whether the `store:` setting names Redis rather than
+// the default memory store, the rule the server uses.
+func redisStore(store string) bool { return store != "" && store != "memory" }
+
+// Close releases the Redis client, if any.
+func (k *keyring) Close() error { return k.close() }
+
+// kinds returns the caller kinds with api_keys, sorted.
+func (k *keyring) kinds() []string {
+	var kinds []string
+	for name, c := range k.cfg.Callers {
+		if c.APIKeys != nil {
+			kinds = append(kinds, name)
+		}
+	}
+	slices.Sort(kinds)
+	return kinds
+}
+
+// file returns the keys file of kind, whatever the store.
+func (k *keyring) file(kind string) (*apikey.File, error) {
+	c, ok := k.cfg.Callers[kind]
+	if !ok || c.APIKeys == nil {
+		kinds := k.kinds()
+		if len(kinds) == 0 {
+			return nil, fmt.Errorf("%s: no caller kind has api_keys (add one under callers:)", k.path)
+		}
+		return nil, fmt.Errorf("%s: caller kind %q has no api_keys (kinds with api_keys: %s)", k.path, kind, strings.Join(kinds, ", "))
+	}
+	return apikey.OpenFile(apikey.KeysPath(*c.APIKeys, filepath.Dir(k.path)), apikey.FileOptions{}), nil
+}
+
+// store returns where the keys of kind are kept, and its name for
+// messages.
+func (k *keyring) store(kind string) (apikey.Admin, string, error) {
+	f, err := k.file(kind)
+	if err != nil {
+		return nil, "", err
+	}
+	if k.redis != nil {
+		return k.redis, k.where, nil
+	}
+	return f, f.Path(), nil
+}
+
+// warnIgnoredFile says, with a Redis store, that kind's `keys:` file is
+// not read, so nobody edits it expecting an effect.
+func (k *keyring) warnIgnoredFile(kind string, stderr io.Writer) {
+	if c := k.cfg.Callers[kind]; k.redis != nil && c.APIKeys != nil && c.APIKeys.Keys != "" {
+		fmt.Fprintf(stderr, "warning: callers.%s.api_keys.keys is not read: with a Redis store the keys are in Redis (keyward keys import copies a file's keys there)\n", kind)
+	}
 }
 
 func keysCreate(ctx context.Context, env keysEnv, args []string, stdout, stderr io.Writer) error {
@@ -116,10 +189,18 @@ func keysCreate(ctx context.Context, env keysEnv, args []string, stdout, stderr 
 			return usageError{fmt.Errorf("limits: %w", err)}
 		}
 	}
-	store, err := keyStore(*path, kind)
+	ring, err := openKeyring(*path)
 	if err != nil {
 		return err
 	}
+	defer ring.Close()
+	store, where, err := ring.store(kind)
+	if err != nil {
+		return err
+	}
+	ring.warnIgnoredFile(kind, stderr)
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout)
+	defer cancel()
 	key, h, err := apikey.Generate(env.random)
 	if err != nil {
 		return err
@@ -149,12 +230,12 @@ func keysCreate(ctx context.Context, env keysEnv, args []string, stdout, stderr 
 	if !r.Expires.IsZero() {
 		exp = "expires " + r.Expires.Format(time.RFC3339)
 	}
-	where := "above"
+	shown := "above"
 	if *out != "" {
-		where = "in " + *out
+		shown = "in " + *out
 	}
 	fmt.Fprintf(stderr, "created key %s/%s (%s); its hash is in %s.\nThe key %s is shown once: give it to its holder now.\n",
-		kind, *name, exp, store.Path(), where)
+		kind, *name, exp, where, shown)
 	return nil
 }
 
@@ -185,26 +266,24 @@ func keysList(ctx context.Context, env keysEnv, args []string, stdout, stderr io
 	if len(pos) > 1 {
 		return usageError{fmt.Errorf("unexpected argument %q", pos[1])}
 	}
-	cfg, err := config.Load(*path)
+	ring, err := openKeyring(*path)
 	if err != nil {
 		return err
 	}
-	var kinds []string
-	for name, c := range cfg.Config.Callers {
-		if c.APIKeys != nil && (len(pos) == 0 || pos[0] == name) {
-			kinds = append(kinds, name)
+	defer ring.Close()
+	kinds := ring.kinds()
+	if len(pos) == 1 {
+		if _, err := ring.file(pos[0]); err != nil {
+			return err
 		}
+		kinds = pos
 	}
-	if len(pos) == 1 && len(kinds) == 0 {
-		_, err := keyStore(*path, pos[0]) // for its message
-		return err
-	}
-	slices.Sort(kinds)
-	// Kinds may share a file; each file is read once and filtered by kind.
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout)
+	defer cancel()
 	rows := [][]string{{"KIND", "NAME", "CREATED", "EXPIRES", "LAST USED", "STATUS", "LIMITS"}}
 	now := env.now()
 	for _, kind := range kinds {
-		store, err := keyStore(*path, kind)
+		store, _, err := ring.store(kind)
 		if err != nil {
 			return err
 		}
@@ -272,13 +351,91 @@ func keysRevoke(ctx context.Context, env keysEnv, args []string, stderr io.Write
 	if len(pos) != 2 {
 		return usageError{errors.New("want: keys revoke KIND NAME")}
 	}
-	store, err := keyStore(*path, pos[0])
+	ring, err := openKeyring(*path)
 	if err != nil {
 		return err
 	}
+	defer ring.Close()
+	store, where, err := ring.store(pos[0])
+	if err != nil {
+		return err
+	}
+	ring.warnIgnoredFile(pos[0], stderr)
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout)
+	defer cancel()
 	if err := store.Revoke(ctx, pos[0], pos[1], env.now().UTC().Truncate(time.Second)); err != nil {
 		return fmt.Errorf("revoking %s/%s: %w", pos[0], pos[1], err)
 	}
-	fmt.Fprintf(stderr, "revoked key %s/%s in %s; serving instances refuse it within a second.\n", pos[0], pos[1], store.Path())
+	fmt.Fprintf(stderr, "revoked key %s/%s in %s; serving instances refuse it within a second.\n", pos[0], pos[1], where)
+	return nil
+}
+
+// keysImport copies the records of each api_keys kind's keys file
+// (revoked ones and last uses included) into the Redis store, so that a
+// config can move to Redis without issuing new keys. It can be run again:
+// a key already there is kept, and revoked if the file revokes it.
+func keysImport(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, path := newFlags("keys import", stderr)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageError{fmt.Errorf("unexpected argument %q", pos[1])}
+	}
+	ring, err := openKeyring(*path)
+	if err != nil {
+		return err
+	}
+	defer ring.Close()
+	if ring.redis == nil {
+		return fmt.Errorf("%s: store: is not Redis; keys import copies keys files into a Redis store", *path)
+	}
+	kinds := ring.kinds()
+	if len(pos) == 1 {
+		if _, err := ring.file(pos[0]); err != nil {
+			return err
+		}
+		kinds = pos
+	}
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout)
+	defer cancel()
+	for _, kind := range kinds {
+		f, err := ring.file(kind)
+		if err != nil {
+			return err
+		}
+		records, err := f.List(ctx, kind)
+		if err != nil {
+			return err
+		}
+		added, kept, revoked := 0, 0, 0
+		for _, r := range records {
+			err := ring.redis.Add(ctx, r)
+			if err == nil {
+				added++
+				continue
+			}
+			if !errors.Is(err, apikey.ErrNameTaken) {
+				return fmt.Errorf("importing %s/%s: %w", r.Kind, r.Name, err)
+			}
+			there, found, err := ring.redis.Lookup(ctx, r.Hash)
+			if err != nil {
+				return fmt.Errorf("importing %s/%s: %w", r.Kind, r.Name, err)
+			}
+			if !found || there.Kind != r.Kind || there.Name != r.Name {
+				return fmt.Errorf("importing %s/%s: %w; Redis has another key of that name", r.Kind, r.Name, apikey.ErrNameTaken)
+			}
+			if !r.Revoked.IsZero() && there.Revoked.IsZero() {
+				if err := ring.redis.Revoke(ctx, r.Kind, r.Name, r.Revoked); err != nil {
+					return fmt.Errorf("importing %s/%s: %w", r.Kind, r.Name, err)
+				}
+				revoked++
+			}
+			kept++
+		}
+		fmt.Fprintf(stderr, "%s: %d keys imported from %s into %s; %d already there, %d of them revoked now as in the file.\n",
+			kind, added, f.Path(), ring.where, kept, revoked)
+	}
 	return nil
 }

@@ -249,6 +249,13 @@ func TestAdmin(t *testing.T) {
 	if err := f.file.Add(ctx, Record{Kind: "partners", Name: "acme", Hash: h, Created: f.clk.Now()}); !errors.Is(err, ErrNameTaken) {
 		t.Errorf("duplicate name: %v", err)
 	}
+	acme := HashOf(f.add(t, "partners", "acme2", nil))
+	if err := f.file.Add(ctx, Record{Kind: "partners", Name: "again", Hash: acme, Created: f.clk.Now()}); err == nil || !strings.Contains(err.Error(), "same hash") {
+		t.Errorf("a hash stored twice: %v", err)
+	}
+	if err := f.file.Load(); err != nil {
+		t.Errorf("the file no longer loads: %v", err)
+	}
 	if err := f.file.Revoke(ctx, "partners", "acme", f.clk.Now()); err != nil {
 		t.Fatal(err)
 	}

@@ -235,6 +235,10 @@ func (f *File) Add(_ context.Context, r Record) error {
 			return ErrNameTaken
 		}
 	}
+	if set.byHash[r.Hash] != nil {
+		// A file with a hash twice would no longer load.
+		return errors.New("a key with the same hash is already stored")
+	}
 	if err := r.Validate(); err != nil {
 		return err
 	}
