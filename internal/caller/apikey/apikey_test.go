@@ -394,3 +394,28 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Errorf("records after concurrent writes (-want +got):\n%s\nold revoked: %v", diff, revoked)
 	}
 }
+
+// TestCompileStore: a verifier over a given store checks the block's
+// header and kind, reads no keys file, and refuses every key of a store
+// that was not opened.
+func TestCompileStore(t *testing.T) {
+	dir := t.TempDir()
+	// A keys file that would not load: CompileStore must not read it.
+	if err := os.WriteFile(filepath.Join(dir, "keys.yaml"), []byte("nonsense: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, probs := CompileStore("bad kind", config.APIKeys{Header: "X Key", Keys: "keys.yaml"}, caller.Env{Dir: dir}, NoStore{})
+	if len(probs) != 2 || probs[0].Path != "api_keys.header" || probs[1].Path != "api_keys" {
+		t.Errorf("problems = %+v", probs)
+	}
+	v, probs := CompileStore("partners", config.APIKeys{Keys: "keys.yaml"}, caller.Env{Dir: dir}, NoStore{})
+	if len(probs) > 0 {
+		t.Fatal(probs)
+	}
+	key, _, _ := Generate(rand.Reader)
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set(DefaultHeader, key)
+	if _, err := v.Verify(context.Background(), r); caller.ReasonOf(err) != caller.StoreFailed || !errors.Is(err, ErrNoStore) {
+		t.Errorf("a key with no store opened: %v, want store_failed", err)
+	}
+}

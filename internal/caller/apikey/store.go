@@ -132,3 +132,22 @@ var (
 	ErrNameTaken = errors.New("a key of that kind already has that name (names are never reused, even after a revocation)")
 	ErrNotFound  = errors.New("no active key of that kind has that name")
 )
+
+// NoStore is the Store of a config whose keys are in a store that was not
+// opened: `keyward check` and `keyward test` compile a config with
+// `store: redis://…` without connecting to Redis. Every lookup fails with
+// ErrNoStore, so no key is let in, and none is called unknown.
+type NoStore struct{}
+
+var _ Store = NoStore{}
+
+// ErrNoStore is the error of every NoStore lookup.
+var ErrNoStore = errors.New("the API keys are in a store this command does not open")
+
+// Lookup fails with ErrNoStore.
+func (NoStore) Lookup(context.Context, Hash) (Stored, bool, error) {
+	return Stored{}, false, ErrNoStore
+}
+
+// Used does nothing.
+func (NoStore) Used(Hash, time.Time) {}
