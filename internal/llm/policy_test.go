@@ -141,6 +141,7 @@ func TestReserveAndCharge(t *testing.T) {
 			Amount{Money: 135_000 + 7_500 + 600, Tokens: 1e6 + 1000}},
 		{"partial output above the bound (n answers)", 200, Usage{Input: 3, Output: 5000}, Amount{Money: wantRes.Money - 600 + 3000, Tokens: in + 5000}},
 		{"refused upstream: nothing", 429, Usage{}, Amount{}},
+		{"no status (sent, then a timeout): the reservation", 0, Usage{}, wantRes},
 		{"refused upstream with usage reported", 400, Usage{Input: 20, Output: 0, Complete: true}, Amount{Money: 3, Tokens: 20}},
 		{"refused but tokens seen: the reservation", 500, Usage{Input: 20}, wantRes},
 	} {

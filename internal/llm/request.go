@@ -113,7 +113,11 @@ func (r *Request) Reserve() Amount {
 }
 
 // Charge returns what the exchange costs, given the upstream's status
-// and the usage its response reported:
+// and the usage its response reported. status is 0 when the request was
+// sent but no status came back (a timeout, a reset): the provider may be
+// generating, and billing, all the same. A request that never left (a
+// failed dial, the outbound policy) costs nothing: release its
+// reservation without calling Charge.
 //
 //   - the usage's cost when it is Complete;
 //   - nothing when the upstream refused (a status outside 2xx) and
@@ -128,7 +132,7 @@ func (r *Request) Charge(status int, u Usage) Amount {
 	if u.Complete {
 		return Amount{Money: r.price.Cost(u), Tokens: u.Tokens()}
 	}
-	if (status < 200 || status > 299) && u.Input <= 0 && u.Output <= 0 {
+	if status != 0 && (status < 200 || status > 299) && u.Input <= 0 && u.Output <= 0 {
 		return Amount{}
 	}
 	var s sum
