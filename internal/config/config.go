@@ -184,9 +184,14 @@ type Server struct {
 
 // Log configures logging.
 type Log struct {
-	// Access turns the JSON access log (one line per request, on stderr) on
+	// Access turns the access log (one line per request, on stderr) on
 	// or off. Default true.
 	Access *bool `yaml:"access"`
+	// Format is how log lines are written: "text" (key=value, for a
+	// person at a terminal) or "json" (one object per line, for a log
+	// collector). Default: text when stderr is a terminal, else json. A
+	// change takes effect on restart.
+	Format string `yaml:"format"`
 }
 
 // SecretSource names exactly one place a secret's value is read from.
@@ -204,8 +209,13 @@ type Stage struct {
 	// Host mounts the stage's routes on a Host header, e.g. "dev.example.com".
 	Host string `yaml:"host"`
 	// Vars are available as {stage.NAME} in upstream URLs, query and header
-	// values.
+	// values. They are written in the file, so they are never credentials:
+	// a credential that differs by stage goes in Secrets.
 	Vars map[string]string `yaml:"vars"`
+	// Secrets overrides top-level secrets for this stage's routes (a dev
+	// key and a prod key under one name), or adds secrets only this stage
+	// uses. Default: none (the top-level secrets).
+	Secrets map[string]SecretSource `yaml:"secrets"`
 }
 
 // CORS is a CORS policy answered by the gateway itself.
@@ -279,6 +289,15 @@ type Route struct {
 	// before limits, validation or any upstream call. Default: none (the
 	// route is public).
 	Callers []string `yaml:"callers"`
+	// LLM says the upstream is a model API (OpenAI, Anthropic, Gemini):
+	// keyward checks the model, bounds the answer's length and reads the
+	// tokens it used, streams included, to charge money budgets. Default:
+	// none.
+	LLM *LLM `yaml:"llm"`
+	// Price is what one upstream call costs, e.g. "$0.005": money
+	// budgets are charged this much per call that goes upstream (cache
+	// hits cost nothing). Default: none.
+	Price string `yaml:"price"`
 	// Fallback lets requests that carry no credential at all through
 	// under these limits instead of refusing them (401): for callers who
 	// cannot prove themselves, such as devices that fail attestation. Its
