@@ -37,6 +37,14 @@ type Entry struct {
 	// hash of its id (never the id itself, nor a token); "" on public
 	// routes.
 	Caller, CallerID string
+	// Model is the model a model-API route called, and TokensIn and
+	// TokensOut what it reported. Cost is what the upstream call was
+	// charged, in micro-dollars, written (as dollars) when Charged is set:
+	// on model-API and priced routes.
+	Model               string
+	TokensIn, TokensOut int64
+	Cost                int64
+	Charged             bool
 }
 
 // Logger writes entries to an io.Writer. It is safe for concurrent use.
@@ -137,6 +145,20 @@ func appendEntry(b []byte, e *Entry) []byte {
 	b = appendMillis(b, e.UpstreamDuration)
 	b = append(b, `,"error":`...)
 	b = appendString(b, e.Error)
+	if e.Model != "" {
+		b = append(b, `,"model":`...)
+		b = appendString(b, e.Model)
+		b = append(b, `,"tokens_in":`...)
+		b = strconv.AppendInt(b, e.TokensIn, 10)
+		b = append(b, `,"tokens_out":`...)
+		b = strconv.AppendInt(b, e.TokensOut, 10)
+	}
+	if e.Charged {
+		// Dollars with six decimals, exact: the integer micro-dollars
+		// printed with a decimal point, no float rounding.
+		b = append(b, `,"cost":`...)
+		b = appendMicros(b, e.Cost)
+	}
 	if e.Caller != "" {
 		b = append(b, `,"caller":`...)
 		b = appendString(b, e.Caller)
@@ -193,4 +215,23 @@ func appendString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// appendMicros writes micro-dollars as a JSON number of dollars.
+func appendMicros(b []byte, micros int64) []byte {
+	if micros < 0 {
+		b = append(b, '-')
+		micros = -micros
+	}
+	b = strconv.AppendInt(b, micros/1_000_000, 10)
+	frac := micros % 1_000_000
+	if frac == 0 {
+		return b
+	}
+	b = append(b, '.')
+	digits := strconv.AppendInt(nil, frac+1_000_000, 10)[1:] // six digits, leading zeros
+	for len(digits) > 0 && digits[len(digits)-1] == '0' {
+		digits = digits[:len(digits)-1]
+	}
+	return append(b, digits...)
 }

@@ -46,6 +46,13 @@ func (g *Gateway) prepareBody(w http.ResponseWriter, r *http.Request, x *exchang
 			r.Method = t.Method
 		}
 	}
+	if ep.llm != nil {
+		// On the bytes that will be sent, after any transform: the model
+		// and the answer's bound are checked where they take effect.
+		if body, err = g.prepareLLM(r, x, body); err != nil {
+			return err
+		}
+	}
 	setBody(r, body)
 	return nil
 }
@@ -101,6 +108,12 @@ func (x *exchange) ModifyResponse(resp *http.Response) error {
 		// The cookie was dropped, but a response that set one is about one
 		// client's session: never store it for others.
 		cache.DoNotStore(resp.Request.Context())
+	}
+	if x.spend.req != nil {
+		// Usage is read as the body passes, before a response transform
+		// could reshape it, and never holds a stream back.
+		x.spend.meter = x.spend.req.Meter()
+		resp.Body = x.spend.meter.Body(resp.Body)
 	}
 	t := x.ep.transform
 	if t == nil || t.Response == nil || !isJSON(resp.Header.Get("Content-Type")) {

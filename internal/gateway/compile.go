@@ -666,6 +666,7 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	if rc.Cache != nil {
 		c.cache(path+".cache", rc, ep)
 	}
+	c.llmCompile(path, rc, ep)
 	if rc.Limits != nil {
 		c.limits(path+".limits", rc.Limits, ep)
 	} else if cfg.Limits != nil {

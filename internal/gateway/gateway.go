@@ -23,7 +23,9 @@ import (
 	"github.com/keyward/keyward/internal/caller"
 	"github.com/keyward/keyward/internal/caller/visitor"
 	"github.com/keyward/keyward/internal/clientip"
+	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/cors"
+	"github.com/keyward/keyward/internal/llm"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/outbound"
 	"github.com/keyward/keyward/internal/placeholder"
@@ -131,6 +133,8 @@ type endpoint struct {
 	fallback          *ratelimit.Limiter   // limits of requests without a credential; nil: refused
 	perCaller         bool                 // per-client limits count the caller, not the address
 	plans             *planLimiters        // API keys' own plans
+	llm               *llm.Policy          // nil: the upstream is no model API
+	price             config.Money         // what one upstream call costs; 0: unpriced
 	cache             *cache.Policy        // nil: not cached
 	cacheRoute        string               // route identity in cache keys
 	vary              string               // request headers the cache varies on, for the response's Vary
@@ -228,6 +232,7 @@ type exchange struct {
 	held    int64  // body bytes reserved against g.buffers
 	caller  caller.Identity
 	limiter *ratelimit.Limiter // what this request counts against
+	spend   spend
 	client  ratelimit.Client
 	in      *http.Request // the inbound request, once forwarding started
 }
@@ -345,7 +350,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		r.Body = http.MaxBytesReader(w, r.Body, ep.maxBody)
 	}
 	switch {
-	case ep.validator != nil || ep.transform != nil && ep.transform.Request != nil:
+	case ep.validator != nil || ep.transform != nil && ep.transform.Request != nil || ep.llm != nil:
 		if err := g.prepareBody(w, r, x); err != nil {
 			return err
 		}
@@ -385,6 +390,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) e
 	x.Begin(r.Context(), x.ep.timeout, x.ep.idleTimeout)
 	defer x.End()
 	err := g.proxy.Forward(w, g.outboundRequest(r, x), &x.Exchange, x)
+	g.settle(x, err)
 	if x.SetCookie && x.ep.cache != nil {
 		// A cookie in the upstream's trailers arrives after the body.
 		cache.DoNotStore(r.Context())

@@ -268,6 +268,8 @@ func (g *Gateway) finish(w *recorder, r *http.Request, x *exchange) {
 		Path: g.scrub.String(r.URL.EscapedPath()), Status: status, Bytes: w.bytes,
 		Duration: dur, UpstreamDuration: x.Duration, Error: x.errCode,
 		Caller: x.caller.Kind, CallerID: callerHash(&x.caller),
+		Model: x.spend.model(), TokensIn: x.spend.tokensIn(), TokensOut: x.spend.tokensOut(),
+		Cost: int64(x.spend.charged.Money), Charged: x.spend.settled,
 	})
 }
 

@@ -31,6 +31,8 @@ type Metrics struct {
 	budget    *prometheus.GaugeVec
 	storeErrs *prometheus.CounterVec
 	authFails *prometheus.CounterVec
+	spend     *prometheus.CounterVec
+	tokens    *prometheus.CounterVec
 	connOnce  sync.Once                  // registers the connection collectors (connections.go)
 	conns     atomic.Pointer[connSource] // what they read
 }
@@ -70,7 +72,14 @@ func New() *Metrics {
 	m.authFails = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keyward_auth_failures_total", Help: "Requests refused because they proved no accepted caller, by route, caller kinds and reason (missing, malformed, expired, bad_signature, ...).",
 	}, []string{"route", "kind", "reason"})
+	m.spend = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_spend_dollars_total", Help: "What upstream calls cost, in US dollars, by route and model (\"\" on priced routes).",
+	}, []string{"route", "model"})
+	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyward_tokens_total", Help: "Tokens model APIs reported, by route, model and kind (input, cached_input, cache_write, output).",
+	}, []string{"route", "model", "kind"})
 	m.reg.MustRegister(m.requests, m.duration, m.upstream, m.upErrors, m.reloads, m.configAge, m.limited, m.budget, m.storeErrs, m.authFails,
+		m.spend, m.tokens,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -119,6 +128,26 @@ func (m *Metrics) AuthFailure(route, kind, reason string) {
 		return
 	}
 	m.authFails.WithLabelValues(route, kind, reason).Inc()
+}
+
+// Spend records what an upstream call cost, in dollars.
+func (m *Metrics) Spend(route, model string, dollars float64) {
+	if m == nil {
+		return
+	}
+	m.spend.WithLabelValues(route, model).Add(dollars)
+}
+
+// Tokens records the tokens a model API reported for one call.
+func (m *Metrics) Tokens(route, model string, input, cachedInput, cacheWrite, output int64) {
+	if m == nil {
+		return
+	}
+	for kind, n := range map[string]int64{"input": input, "cached_input": cachedInput, "cache_write": cacheWrite, "output": output} {
+		if n > 0 {
+			m.tokens.WithLabelValues(route, model, kind).Add(float64(n))
+		}
+	}
 }
 
 // Limited records a request refused by a limit.

@@ -39,6 +39,7 @@ import (
 	"github.com/keyward/keyward/internal/abort"
 	"github.com/keyward/keyward/internal/outbound"
 	"github.com/keyward/keyward/internal/scrub"
+	"github.com/keyward/keyward/internal/upstream"
 )
 
 // Proxy forwards requests for one compiled config. It is immutable and
@@ -84,6 +85,9 @@ type Exchange struct {
 	// Duration is how long the upstream took to answer with its headers
 	// (or to fail), for the access log and metrics.
 	Duration time.Duration
+	// UpstreamStatus is the upstream's status code, 0 until (or unless)
+	// its response head arrived.
+	UpstreamStatus int
 	// SetCookie is set when the upstream's response set a cookie (in its
 	// headers or trailers). The cookie is never passed on, but such a
 	// response is about one client's session and must not be cached.
@@ -173,6 +177,9 @@ type Error struct {
 	// Err is the cause, for the log. It may hold the upstream URL and
 	// must be scrubbed before it is written anywhere.
 	Err error
+	// Sent is false when the request never reached the upstream (no
+	// connection could be had): it cost the upstream nothing.
+	Sent bool
 }
 
 func (e *Error) Error() string { return e.Err.Error() }
@@ -203,8 +210,11 @@ func (p *Proxy) Forward(w http.ResponseWriter, out *http.Request, x *Exchange, h
 	}
 	res, err := p.Transport.RoundTrip(out)
 	if err != nil {
-		return p.fail(x, err, false)
+		e := p.fail(x, err, false)
+		e.Sent = !upstream.NotSent(err)
+		return e
 	}
+	x.UpstreamStatus = res.StatusCode
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// keyward never asks for an upgrade (Upgrade is hop-by-hop).
 		res.Body.Close()
@@ -299,7 +309,7 @@ func (p *Proxy) fail(x *Exchange, err error, committed bool) *Error {
 	if !committed {
 		x.Duration = p.now().Sub(x.start)
 	}
-	e := &Error{Kind: Unavailable, Committed: committed, Err: err}
+	e := &Error{Kind: Unavailable, Committed: committed, Err: err, Sent: true}
 	switch cause := context.Cause(x); {
 	case x.body.err != nil:
 		// The client's body failed while the upstream was reading it: the

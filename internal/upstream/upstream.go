@@ -209,12 +209,12 @@ func (t *Transport) Retire() {
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := validate(req); err != nil {
 		closeBody(req)
-		return nil, err
+		return nil, notSentError{err}
 	}
 	ctx := req.Context()
 	if ctx.Err() != nil {
 		closeBody(req)
-		return nil, abortError(ctx, nil)
+		return nil, notSentError{abortError(ctx, nil)}
 	}
 	p := t.pool(req.URL.Scheme, req.URL.Host)
 	body := req.Body
@@ -225,7 +225,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		c, err := p.get(ctx, retried)
 		if err != nil {
 			closeReader(body)
-			return nil, err
+			return nil, notSentError{err}
 		}
 		resp, err := t.exchange(ctx, c, req, body)
 		if err == nil {
@@ -436,3 +436,18 @@ func abortError(ctx context.Context, err error) error {
 }
 
 func isChunked(te []string) bool { return len(te) > 0 && te[0] == "chunked" }
+
+// notSentError marks a failure before any byte of the request was
+// written: no connection could be had (dial, TLS, the outbound policy, or
+// the request ended while it waited for one).
+type notSentError struct{ error }
+
+func (e notSentError) Unwrap() error { return e.error }
+
+// NotSent reports whether err, from RoundTrip, failed before any of the
+// request reached the upstream: such a request cost the upstream nothing
+// (a budget need not be charged for it).
+func NotSent(err error) bool {
+	var ns notSentError
+	return errors.As(err, &ns)
+}
