@@ -43,6 +43,11 @@ func (v Value) Reveal() string {
 	return v.raw()
 }
 
+// Len returns the length of the raw value in bytes. It says whether the
+// value is long enough to be scrubbed (internal/scrub.MinLen) without
+// revealing it.
+func (v Value) Len() int { return len(v.Reveal()) }
+
 // String returns [REDACTED].
 func (v Value) String() string { return Redacted }
 
@@ -75,6 +80,12 @@ type Source struct {
 // credential is never what the user meant and would send "Bearer " upstream.
 var ErrEmpty = errors.New("value is empty")
 
+// ErrTrailingSpace reports a file whose value ends in white space once its
+// one trailing newline is trimmed: a blank line after the token, or a
+// space. An upstream would get it as part of the credential and refuse
+// it, with nothing in the request that looks wrong.
+var ErrTrailingSpace = errors.New("the value ends with a blank line or white space; remove it (one trailing newline is trimmed)")
+
 // Load resolves src into a Value named name. getenv is injected so that
 // loading stays pure in tests; nil means os.Getenv.
 func Load(name string, src Source, getenv func(string) string) (Value, error) {
@@ -95,8 +106,11 @@ func Load(name string, src Source, getenv func(string) string) (Value, error) {
 			return Value{}, fmt.Errorf("reading secret file: %w", err)
 		}
 		value = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-		if value == "" {
+		if strings.TrimSpace(value) == "" {
 			return Value{}, fmt.Errorf("file %s: %w", src.File, ErrEmpty)
+		}
+		if strings.TrimRight(value, " \t\r\n") != value {
+			return Value{}, fmt.Errorf("file %s: %w", src.File, ErrTrailingSpace)
 		}
 	default:
 		return Value{}, errors.New("no source: set env or file")

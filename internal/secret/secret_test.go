@@ -172,6 +172,9 @@ func TestRevealAndName(t *testing.T) {
 	if v.Name() != "github" {
 		t.Errorf("Name() = %q", v.Name())
 	}
+	if v.Len() != len(raw) {
+		t.Errorf("Len() = %d, want %d", v.Len(), len(raw))
+	}
 	var zero Value
 	if zero.Reveal() != "" || fmt.Sprint(zero) != Redacted {
 		t.Errorf("zero Value: Reveal %q, Sprint %q", zero.Reveal(), fmt.Sprint(zero))
@@ -203,7 +206,10 @@ func TestLoad(t *testing.T) {
 		{name: "file trailing newline", src: Source{File: write("nl", raw+"\n")}, want: raw},
 		{name: "file trailing crlf", src: Source{File: write("crlf", raw+"\r\n")}, want: raw},
 		{name: "file keeps inner newline", src: Source{File: write("two", "a\nb\n")}, want: "a\nb"},
-		{name: "file only one newline trimmed", src: Source{File: write("nn", raw+"\n\n")}, want: raw + "\n"},
+		{name: "file trailing blank line", src: Source{File: write("nn", raw+"\n\n")}, wantIs: ErrTrailingSpace},
+		{name: "file trailing crlf blank line", src: Source{File: write("crlfcrlf", raw+"\r\n\r\n")}, wantIs: ErrTrailingSpace},
+		{name: "file trailing space", src: Source{File: write("sp", raw+" \n")}, wantIs: ErrTrailingSpace},
+		{name: "file only blank lines", src: Source{File: write("blank", "\n\n \n")}, wantIs: ErrEmpty},
 		{name: "file empty", src: Source{File: write("empty", "")}, wantIs: ErrEmpty},
 		{name: "file only newline", src: Source{File: write("onlynl", "\n")}, wantIs: ErrEmpty},
 		{name: "file missing", src: Source{File: filepath.Join(dir, "missing")}, wantIs: os.ErrNotExist},
