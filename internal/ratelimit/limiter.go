@@ -28,6 +28,34 @@
 // blocked, and a spent route budget does not eat client budgets), and keys
 // are namespaced by route, not by instance (the limit does not multiply
 // with instances).
+//
+// # When the store fails: on_store_error and the bill
+//
+// A budget is a ceiling on the upstream's bill only while the store can
+// count. When it cannot (Redis down, too slow for Options.Timeout, or
+// restoring counts it lost; see package ratelimit/redis), each route's
+// fault policy decides, and the choice is between availability and the
+// bill:
+//
+//   - fail_open (the default) lets requests through. Rates are not
+//     enforced during the fault. Budgets are not enforced either, but the
+//     spend is not lost: each instance counts what it let through in its
+//     own ledger (Store.AdmittedOnFault), and that spend joins the shared
+//     counts once Redis answers again, so the budget then refuses
+//     correspondingly sooner. The bill can exceed a budget by what the
+//     instances let through while Redis could not count, and no more: a
+//     long outage on a busy route can cost up to a full outage's traffic.
+//   - fail_closed answers 503 store_unavailable instead. Budgets are never
+//     exceeded, even across a Redis restart that loses every count, at the
+//     price of refusing every request of the route for as long as Redis
+//     is unreachable, plus a hold of a few seconds after Redis lost its
+//     data while the instances restore their counts.
+//
+// A route whose budget protects real money (a paid API, a model API)
+// should fail closed; a route whose limits protect a free upstream from
+// abuse can fail open. A Memory store never fails this way: it loses its
+// counts only with the process, which then starts a new instance with
+// empty budgets (run one instance with Memory, or share Redis).
 package ratelimit
 
 import (
@@ -56,7 +84,9 @@ type FaultPolicy int
 const (
 	// FailOpen allows the request, so a store outage does not take the API
 	// down. It is the zero value; the outage is still reported through
-	// Result.Err and Options.OnFault.
+	// Result.Err and Options.OnFault, and what it lets through is counted
+	// against the budgets once the store answers again (see the package
+	// doc for what that means for the bill).
 	FailOpen FaultPolicy = iota
 	// FailClosed denies the request, so a store outage can never raise
 	// upstream spend beyond the budget.
@@ -493,6 +523,9 @@ func (l *Limiter) Spend(ctx context.Context, c Client) Result {
 	}
 	cells, ok, err := l.spend(ctx, now, cells, n)
 	if err != nil {
+		if l.policy == FailOpen {
+			l.store.AdmittedOnFault(now, 1, cells[:n])
+		}
 		return l.fault(res, "budget", err)
 	}
 	if own >= 0 {

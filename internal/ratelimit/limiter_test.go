@@ -21,8 +21,9 @@ var start = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 // faultyStore fails every call with err, or, if err is nil, blocks until
 // the context ends, like a Redis that accepts and never answers.
 type faultyStore struct {
-	err   error
-	calls atomic.Int64
+	err      error
+	calls    atomic.Int64
+	admitted []ratelimit.BudgetCell // what AdmittedOnFault was told
 }
 
 func (f *faultyStore) fail(ctx context.Context) error {
@@ -40,6 +41,10 @@ func (f *faultyStore) GCRA(ctx context.Context, _ time.Time, _ []ratelimit.RateC
 
 func (f *faultyStore) Budget(ctx context.Context, _ time.Time, _ int64, _ []ratelimit.BudgetCell) (bool, error) {
 	return false, f.fail(ctx)
+}
+
+func (f *faultyStore) AdmittedOnFault(_ time.Time, _ int64, cells []ratelimit.BudgetCell) {
+	f.admitted = append(f.admitted, cells...)
 }
 
 func TestFaultPolicy(t *testing.T) {
@@ -96,6 +101,19 @@ func TestFaultPolicy(t *testing.T) {
 				}
 				if store.calls.Load() != 1 {
 					t.Errorf("%d store calls, want 1: every key of a step is one call", store.calls.Load())
+				}
+				// What fail_open lets through is still spent: the store is
+				// told, so it can count it once it answers again.
+				var wantAdmitted []string
+				if st.op == "budget" && tt.wantAllow {
+					wantAdmitted = []string{"client-budget:r:2001:db8:1:2::/64", "client-budget:r:2001:db8:1::/48", "budget:r"}
+				}
+				var gotAdmitted []string
+				for _, c := range store.admitted {
+					gotAdmitted = append(gotAdmitted, c.Key)
+				}
+				if diff := cmp.Diff(wantAdmitted, gotAdmitted); diff != "" {
+					t.Errorf("keys reported admitted on the fault (-want +got):\n%s", diff)
 				}
 				h := http.Header{}
 				res.SetHeaders(h)

@@ -192,6 +192,11 @@ func (m *Memory) Budget(_ context.Context, now time.Time, n int64, cells []Budge
 	return true, nil
 }
 
+// AdmittedOnFault implements Store. A Memory store never fails a Budget
+// call it could have counted (ErrFull is its only fault), so there is
+// nothing to keep.
+func (m *Memory) AdmittedOnFault(time.Time, int64, []BudgetCell) {}
+
 // uncount takes back what Budget counted at cells before a later cell
 // found the store full, so that the call changes nothing.
 func (m *Memory) uncount(idx []uint8, cells []BudgetCell, n int64) {

@@ -42,6 +42,13 @@ type Store interface {
 	// concurrent callers across instances are admitted exactly up to every
 	// limit.
 	Budget(ctx context.Context, now time.Time, n int64, cells []BudgetCell) (allowed bool, err error)
+
+	// AdmittedOnFault tells the store that a Budget call with these
+	// arguments failed and the caller admitted the request anyway (the
+	// FailOpen policy). A store that keeps a ledger of what this instance
+	// spent (ratelimit/redis) counts it there, so that the spend reaches
+	// the shared count once the store answers again instead of being lost.
+	AdmittedOnFault(now time.Time, n int64, cells []BudgetCell)
 }
 
 // RateCell is one key of a Store.GCRA call: a per-client rate, or the

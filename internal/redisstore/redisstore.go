@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,3 +77,81 @@ type quiet struct{}
 func (quiet) Printf(context.Context, string, ...any) {}
 
 var quietOnce sync.Once
+
+// Persistence returns a warning, for the startup log, when the Redis
+// server behind c could lose keyward's budget counts: it keeps no data
+// across a restart (no AOF, no RDB snapshots), or it may evict keys
+// (every key keyward writes has a TTL, so volatile-* policies evict them
+// as readily as allkeys-*). It returns "" when neither applies.
+//
+// Budgets survive a loss anyway (ratelimit/redis restores them from what
+// each instance spent), but only from instances that are running, and
+// with a moment during which budgets refuse or admit by the routes'
+// on_store_error policy; a Redis that keeps its data avoids all of that.
+// Managed servers often disable CONFIG: Persistence then reads INFO, and
+// says so when it cannot tell.
+func Persistence(ctx context.Context, c goredis.Cmdable) string {
+	settings, cfgErr := configGet(ctx, c, "appendonly", "save", "maxmemory", "maxmemory-policy")
+	if cfgErr != nil {
+		// INFO reports AOF and the eviction policy, but not whether
+		// snapshots are configured.
+		var err error
+		if settings, err = infoGet(ctx, c, "aof_enabled", "maxmemory", "maxmemory_policy"); err != nil {
+			return fmt.Sprintf("could not check whether redis keeps budget counts across a restart: %v", err)
+		}
+		settings["appendonly"] = map[string]string{"1": "yes", "0": "no"}[settings["aof_enabled"]]
+		settings["save"] = "?"
+		settings["maxmemory-policy"] = settings["maxmemory_policy"]
+	}
+	var warns []string
+	switch {
+	case settings["appendonly"] == "yes":
+	case settings["save"] == "?":
+		warns = append(warns, fmt.Sprintf("redis has appendonly no, and whether it saves snapshots is unknown (CONFIG GET refused: %v): without either, a restart loses budget counts; set appendonly yes", cfgErr))
+	case strings.TrimSpace(settings["save"]) == "":
+		warns = append(warns, `redis does not persist its data (save "", appendonly no): a restart loses budget counts, which keyward then restores only from the instances still running; set appendonly yes`)
+	}
+	if settings["maxmemory"] != "0" && settings["maxmemory-policy"] != "noeviction" && settings["maxmemory-policy"] != "" {
+		warns = append(warns, fmt.Sprintf("redis may evict keys (maxmemory %s, maxmemory-policy %s): an evicted budget count is restored only from the instances that use it again; set maxmemory-policy noeviction, or give the cache its own redis", settings["maxmemory"], settings["maxmemory-policy"]))
+	}
+	return strings.Join(warns, "; ")
+}
+
+// configGet reads settings with one CONFIG GET each, which servers older
+// than Redis 7 require.
+func configGet(ctx context.Context, c goredis.Cmdable, names ...string) (map[string]string, error) {
+	out := make(map[string]string, len(names))
+	for _, n := range names {
+		m, err := c.ConfigGet(ctx, n).Result()
+		if err != nil {
+			return nil, fmt.Errorf("reading redis setting %s: %w", n, err)
+		}
+		v, ok := m[n]
+		if !ok {
+			return nil, fmt.Errorf("reading redis setting %s: not reported", n)
+		}
+		out[n] = v
+	}
+	return out, nil
+}
+
+// infoGet reads fields of INFO.
+func infoGet(ctx context.Context, c goredis.Cmdable, names ...string) (map[string]string, error) {
+	info, err := c.Info(ctx, "persistence", "memory").Result()
+	if err != nil {
+		return nil, fmt.Errorf("reading redis INFO: %w", err)
+	}
+	out := make(map[string]string, len(names))
+	for line := range strings.Lines(info) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && slices.Contains(names, k) {
+			out[k] = v
+		}
+	}
+	for _, n := range names {
+		if _, ok := out[n]; !ok {
+			return nil, fmt.Errorf("reading redis INFO: no %s", n)
+		}
+	}
+	return out, nil
+}

@@ -1,6 +1,7 @@
 package redisstore_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -8,6 +9,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/keyward/keyward/internal/redisstore"
+	"github.com/keyward/keyward/internal/redisstore/redistest"
 )
 
 // TestNewClientErrorsHideThePassword: the store URL carries the Redis
@@ -68,5 +70,62 @@ func TestAnswered(t *testing.T) {
 		if got := redisstore.Answered(tt.err); got != tt.want {
 			t.Errorf("%s: Answered(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestPersistence: the warning a Redis that would lose budget counts gets
+// at startup, from CONFIG or, where CONFIG is refused, from INFO.
+func TestPersistence(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := redistest.Client(t, srv.URL())
+	ctx := context.Background()
+	set := func(kv ...string) {
+		t.Helper()
+		for i := 0; i < len(kv); i += 2 {
+			if err := admin.ConfigSet(ctx, kv[i], kv[i+1]).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A user that may not run CONFIG, as on managed servers.
+	if err := admin.Do(ctx, "ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-config").Err(); err != nil {
+		t.Fatal(err)
+	}
+	restricted := redistest.Client(t, "redis://app:pw@"+srv.Addr()+"/0")
+	tests := []struct {
+		name     string
+		settings []string // CONFIG SET before the check
+		client   *goredis.Client
+		want     []string // substrings of the warning; none: no warning
+	}{
+		{name: "no persistence", client: admin, want: []string{`save ""`, "appendonly yes"}},
+		{name: "no persistence, CONFIG refused", client: restricted, want: []string{"appendonly no", "snapshots is unknown", "NOPERM"}},
+		{name: "snapshots", settings: []string{"save", "3600 1"}, client: admin},
+		{name: "append-only file", settings: []string{"save", "", "appendonly", "yes"}, client: admin},
+		{name: "append-only file, CONFIG refused", client: restricted},
+		{name: "eviction", settings: []string{"maxmemory", "100mb", "maxmemory-policy", "volatile-lru"}, client: admin, want: []string{"may evict", "volatile-lru", "noeviction"}},
+		{name: "eviction, CONFIG refused", client: restricted, want: []string{"may evict", "volatile-lru"}},
+		{name: "memory bound without eviction", settings: []string{"maxmemory-policy", "noeviction"}, client: admin},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set(tt.settings...)
+			got := redisstore.Persistence(ctx, tt.client)
+			if len(tt.want) == 0 && got != "" {
+				t.Errorf("warning %q, want none", got)
+			}
+			if len(tt.want) > 0 && got == "" {
+				t.Errorf("no warning, want one saying %q", tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("warning %q does not say %q", got, w)
+				}
+			}
+		})
+	}
+	srv.Kill()
+	if got := redisstore.Persistence(ctx, admin); !strings.Contains(got, "could not check") {
+		t.Errorf("with redis down: %q, want a warning that it could not check", got)
 	}
 }
