@@ -104,10 +104,15 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // Status is the HTTP status a refusal answers with: 403 when a valid
-// credential lacks a required claim, 401 otherwise.
+// credential lacks a required claim, 503 when the key store could not be
+// read (the key may be good: the caller should retry, not discard it),
+// 401 otherwise.
 func (e *Error) Status() int {
-	if e.Reason == ClaimFailed {
+	switch e.Reason {
+	case ClaimFailed:
 		return http.StatusForbidden
+	case StoreFailed:
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusUnauthorized
 }

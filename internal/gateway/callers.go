@@ -78,6 +78,19 @@ func (c *compiler) callers(cfg *config.Config, g *Gateway) *callerKinds {
 			if report(probs) {
 				ck.verifiers[kind], ck.sources[kind] = v, v.Source()
 			}
+		case k.APIKeys != nil && redisStore(cfg.Store):
+			// With Redis the keys live there only (docs/CALLERS.md says why).
+			if k.APIKeys.Keys != "" {
+				c.warnf(path+".api_keys.keys", "not read: with a Redis store the API keys are in Redis (keyward keys import copies a file's keys there)")
+			}
+			store := g.opts.KeyStore
+			if store == nil {
+				store = apikey.NoStore{}
+			}
+			v, probs := apikey.CompileStore(kind, *k.APIKeys, env, store)
+			if report(probs) {
+				ck.verifiers[kind], ck.sources[kind] = v, v.Source()
+			}
 		case k.APIKeys != nil:
 			v, f, probs := apikey.Compile(kind, *k.APIKeys, env, func(err error) {
 				g.opts.Logger.Warn("keys file", slogString("kind", kind), slogString("error", err.Error()))
@@ -118,6 +131,10 @@ func (c *compiler) callers(cfg *config.Config, g *Gateway) *callerKinds {
 	}
 	return ck
 }
+
+// redisStore reports whether the `store:` setting names Redis, the rule
+// the server and `keyward keys` use.
+func redisStore(store string) bool { return store != "" && store != "memory" }
 
 // visitorFailures limits failed visitor exchanges per client address, so
 // the exchange cannot be used to test stolen or forged proofs at speed:
@@ -194,6 +211,12 @@ func (g *Gateway) verifyCaller(w http.ResponseWriter, r *http.Request, x *exchan
 		status := http.StatusUnauthorized
 		if errors.As(err, &ce) {
 			status = ce.Status()
+		}
+		if status == http.StatusServiceUnavailable {
+			// The key store (Redis) could not be read: the key may be good,
+			// and is refused, never let in; the caller should retry.
+			return &refusal{status: status, code: "store_unavailable", msg: "callers cannot be checked right now; try again shortly",
+				cause: err, logMsg: "caller store unavailable", level: slog.LevelWarn}
 		}
 		if status == http.StatusForbidden {
 			return &refusal{status: status, code: "forbidden", msg: "the caller is not allowed to use this route",

@@ -9,6 +9,7 @@
 package gateway
 
 import (
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -21,6 +22,7 @@ import (
 	"github.com/keyward/keyward/internal/accesslog"
 	"github.com/keyward/keyward/internal/cache"
 	"github.com/keyward/keyward/internal/caller"
+	"github.com/keyward/keyward/internal/caller/apikey"
 	"github.com/keyward/keyward/internal/caller/visitor"
 	"github.com/keyward/keyward/internal/clientip"
 	"github.com/keyward/keyward/internal/config"
@@ -67,6 +69,11 @@ type Options struct {
 	// (server.max_buffered_bytes). It outlives reloads. If nil, Compile
 	// makes one from the config's bound.
 	BodyBuffers *BodyBuffers
+	// KeyStore holds the API keys when the config's store is Redis
+	// (caller/apikey/redis). It outlives reloads. If nil with a Redis
+	// store (keyward check, keyward test), every key is refused with
+	// store_failed: those commands do not connect to Redis.
+	KeyStore apikey.Store
 	// LimitStore holds rate-limit and budget state. It outlives reloads so
 	// a new config continues the old one's counts. If nil, Compile uses a
 	// private memory store.
@@ -182,6 +189,18 @@ func (g *Gateway) Replaced(next *Gateway) {
 	if next == nil || next.outbound != g.outbound {
 		g.outbound.Retire()
 	}
+	g.Close()
+}
+
+// Close writes what g holds for later: the last uses of API keys read
+// from keys files (kept in memory, written at most once a minute). The
+// server calls it when g is replaced and when it stops.
+func (g *Gateway) Close() error {
+	var errs []error
+	for _, f := range g.callers.files {
+		errs = append(errs, f.Flush())
+	}
+	return errors.Join(errs...)
 }
 
 // Settings returns the process-level settings of this config.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keyward/keyward/internal/cache"
 	cacheredis "github.com/keyward/keyward/internal/cache/redis"
+	akredis "github.com/keyward/keyward/internal/caller/apikey/redis"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/http1"
@@ -37,6 +38,7 @@ type Server struct {
 	public   atomic.Pointer[publicServer] // set while Serve runs
 	storeURL string                       // as opened at start; a change needs a restart
 	closers  []io.Closer                  // the store's connections
+	keys     *akredis.Store               // API keys in Redis; nil without Redis
 }
 
 // publicServer is the public listener's server and guard, which a reload
@@ -106,6 +108,10 @@ func (s *Server) openStore(url, cacheSize string) error {
 	}
 	s.closers = append(s.closers, client)
 	s.opts.LimitStore = rlredis.New(client, rlredis.Options{})
+	keys := akredis.New(client, akredis.Options{OnError: func(err error) {
+		s.log.Warn("API key last use", "error", err.Error())
+	}})
+	s.opts.KeyStore, s.keys = keys, keys
 	// With Redis, cache_size bounds the memory tier in front of it, which
 	// keeps hits (and stale_if_error) working through a Redis outage.
 	s.opts.Cache = cache.New(cacheredis.New(client, cacheredis.Options{}),
@@ -116,6 +122,14 @@ func (s *Server) openStore(url, cacheSize string) error {
 // Close releases the store's connections.
 func (s *Server) Close() error {
 	var errs []error
+	if h := s.handler; h != nil {
+		errs = append(errs, h.Current().Close())
+	}
+	if s.keys != nil {
+		// The last uses still being written, before the client goes.
+		errs = append(errs, s.keys.Flush())
+		s.keys = nil
+	}
 	for _, c := range s.closers {
 		errs = append(errs, c.Close())
 	}
