@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced (not run) by bench/run.sh, bench/cpu.sh and bench/soak.sh: the
+# Sourced (not run) by bench/run.sh, bench/cpu.sh, bench/soak.sh and
+# bench/faults.sh: the
 # paths, a work folder, the tools installed when missing, the binaries
 # built, processes started in their own process group, and every process
 # started stopped on exit (also on INT/TERM), by PID, never by name.
@@ -96,6 +97,7 @@ need() {
 		missing+=("$tool")
 		case $tool in
 		ps) pkgs+=(procps) ;;
+		redis-cli) pkgs+=(redis-tools) ;;
 		*) pkgs+=("$tool") ;;
 		esac
 	done
@@ -133,4 +135,80 @@ build() {
 start_upstream() {
 	start upstream 9001 "$WORK/bin/upstream" -addr 127.0.0.1:9001
 	wait_ready upstream 9001 || exit 1
+}
+
+# The fault run and the mixed soak (bench/faults.sh, bench/soak.sh):
+# keyward with bench/faults/keyward.yaml on 9205 (admin 9206), the checking
+# upstream (bench/faults, verb upstream) on 9201, redis-server on 9207.
+# Every fault, restart and reload is appended to $WORK/events.log as
+# `UNIX_NS name`, the time line the checking client reads.
+
+# build_faults: the checking upstream and client into $WORK/bin/faults.
+build_faults() {
+	mkdir -p "$WORK/bin"
+	(cd "$ROOT" && go build -o "$WORK/bin/faults" ./bench/faults) || exit 1
+}
+
+# event NAME: append it to the time line, now.
+event() { printf '%s %s\n' "$(date +%s%N)" "$1" >>"$WORK/events.log"; }
+
+# start_redis: redis-server on 127.0.0.1:9207 without persistence, so that
+# a restart comes back empty (the data loss of issue 15.6).
+start_redis() {
+	start redis 9207 redis-server --port 9207 --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --logfile ''
+	wait_redis
+}
+
+# wait_redis: until redis-server answers PING (10 s at most).
+wait_redis() {
+	local n
+	for ((n = 0; n < 100; n++)); do
+		[[ $(redis-cli -p 9207 ping 2>/dev/null) == PONG ]] && return 0
+		sleep 0.1
+	done
+	log "redis-server did not answer on 9207 within 10s"
+	tail -20 "$WORK/redis.log" >&2
+	exit 1
+}
+
+# start_faults_upstream: the checking upstream; it appends upstream_up to
+# the time line itself once it listens, and every request's id to
+# $WORK/ids.log, across restarts.
+start_faults_upstream() {
+	start upstream 9201 "$WORK/bin/faults" upstream -addr 127.0.0.1:9201 -log "$WORK/ids.log" -events "$WORK/events.log"
+	wait_ready upstream 9201 || exit 1
+}
+
+# faults_config GEN: generation GEN of bench/faults/keyward.yaml, written
+# next to $WORK/conf/keyward.yaml and renamed over it (the write-then-rename
+# docs/OPERATIONS.md recommends). Odd generations lower
+# server.max_connections by one, so that each reload changes a server
+# setting too.
+faults_config() {
+	local gen=$1 conns=10000
+	((gen % 2 == 0)) || conns=9999
+	mkdir -p "$WORK/conf"
+	sed -e "s/^# generation: 0$/# generation: $gen/" -e "s/^  max_connections: 10000$/  max_connections: $conns/" \
+		"$BENCH/faults/keyward.yaml" >"$WORK/conf/.keyward.yaml.tmp"
+	mv "$WORK/conf/.keyward.yaml.tmp" "$WORK/conf/keyward.yaml"
+}
+
+# start_faults_keyward: keyward on generation 0 of the config, and its
+# admin listener.
+start_faults_keyward() {
+	faults_config 0
+	start keyward 9205 "$ROOT/bin/keyward" serve -c "$WORK/conf/keyward.yaml"
+	wait_ready keyward 9205 || exit 1
+	wait_ready keyward 9206 || exit 1
+}
+
+# reloader N EVERY: rename N generations of the config into place, one
+# every EVERY seconds, each marked on the time line.
+reloader() {
+	local i
+	for ((i = 1; i <= $1; i++)); do
+		sleep "$2"
+		faults_config "$i"
+		event reload
+	done
 }
