@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -397,4 +398,40 @@ func benchmarkServeHit(b *testing.B, c *cache.Cache) {
 		}
 	})
 	b.ReportMetric(float64(misses.Load())/float64(b.N), "misses/op")
+}
+
+// BenchmarkServeMiss is a cache miss on a Redis store, without HTTP: the
+// lookups (memory tier, Redis), an in-process fetch and storing the
+// response, for a new key each time; what coalescing across instances
+// adds to a miss shows here.
+func BenchmarkServeMiss(b *testing.B) {
+	srv := redistest.Start(b)
+	client := redistest.Client(b, srv.URL())
+	c := cache.New(redis.New(client, redis.Options{}), cache.Options{})
+	p, _ := cache.NewPolicy(cache.PolicyOptions{TTL: time.Hour})
+	body := strings.Repeat(`{"id":12345,"name":"keyward","full_name":"keyward/keyward"},`, 30)
+	fetch := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, body)
+	}
+	r := httptest.NewRequest("GET", "/repos/keyward/keyward/issues", nil)
+	var n atomic.Int64
+	var hits atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			page := strconv.FormatInt(n.Add(1), 10)
+			key := p.Key("prod", "issues", r.URL.EscapedPath(), url.Values{"page": {page}}, r.Header)
+			w := httptest.NewRecorder()
+			c.Serve(w, r, key, p, fetch)
+			if w.Body.Len() != len(body) {
+				b.Errorf("served %d bytes", w.Body.Len())
+				return
+			}
+			if strings.HasPrefix(w.Header().Get("Cache-Status"), "keyward; hit") {
+				hits.Add(1)
+			}
+		}
+	})
+	b.ReportMetric(float64(hits.Load())/float64(b.N), "hits/op")
 }
