@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -70,13 +71,23 @@ type compiler struct {
 	secrets   map[string]secret.Value
 	used      map[string]bool // secrets referenced anywhere
 	kinds     *callerKinds
+	knockOns  int // errors not reported: decoding already reported their cause
 }
 
 func (c *compiler) errorf(path, format string, args ...any) {
+	if c.f.Shadowed(path) {
+		// A knock-on of a problem decoding reported ("upstream is
+		// required" after a misspelt upstrem): still an error, not news.
+		c.knockOns++
+		return
+	}
 	c.errs = append(c.errs, c.f.Errorf(path, format, args...))
 }
 
 func (c *compiler) warnf(path, format string, args ...any) {
+	if c.f.Shadowed(path) {
+		return
+	}
 	c.warns = append(c.warns, c.f.Errorf(path, format, args...))
 }
 
@@ -484,27 +495,11 @@ func (c *compiler) loadSecrets(cfg *config.Config) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		src := cfg.Secrets[name]
-		path := "secrets." + name
-		if !placeholder.ValidName(name) {
-			c.errorf(path, "bad secret name %q: use letters, digits, _ and -", name)
-			continue
+		if v, ok := c.loadSecret("secrets."+name, name, cfg.Secrets[name]); ok {
+			c.secrets[name] = v
 		}
-		if (src.Env == "") == (src.File == "") {
-			c.errorf(path, "set exactly one of env or file")
-			continue
-		}
-		file := src.File
-		if file != "" && !strings.HasPrefix(file, "/") {
-			file = c.relative(file)
-		}
-		v, err := secret.Load(name, secret.Source{Env: src.Env, File: file}, c.getenv)
-		if err != nil {
-			c.errorf(path, "%v", err)
-			continue
-		}
-		c.secrets[name] = v
 	}
+	c.loadStageSecrets(cfg)
 }
 
 // relative resolves a path relative to the config file's directory, so a
@@ -563,39 +558,53 @@ func (c *compiler) resolver(st stage, pat *route.Pattern) placeholder.Resolver {
 		},
 		Secret: func(n string) (secret.Value, bool) {
 			c.used[n] = true
-			v, ok := c.secrets[n]
+			v, ok := c.secretFor(st, n)
 			if !ok {
 				// A secret that failed to load is reported once, at its
 				// definition; don't also call it unknown here.
-				_, defined := c.f.Config.Secrets[n]
-				return secret.New(n, ""), defined
+				return secret.New(n, ""), c.secretDefined(st, n)
 			}
 			return v, ok
 		},
-		Param: func(n string) bool { return pat != nil && slices.Contains(pat.Names, n) },
+		// Without a pattern (the path has an error of its own), any
+		// parameter is taken, so the rest of the route is checked
+		// without knock-on errors.
+		Param: func(n string) bool { return pat == nil || slices.Contains(pat.Names, n) },
 	}
 }
 
 func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config.Config) *endpoint {
-	nerr := len(c.errs)
+	nerr := len(c.errs) + c.knockOns
 	ep := &endpoint{name: rc.Name, stage: st.name}
 	pat, err := route.ParsePattern(rc.Path)
-	if err != nil {
+	switch {
+	case rc.Path == "":
+		c.errorf(path+".path", "path is required: the public path clients call, e.g. path: /%s", cmp.Or(rc.Name, "my-repos"))
+	case err != nil:
 		c.errorf(path+".path", "%v", err)
-		return nil
 	}
-	ep.public = pat
-	if ep.pattern, err = pat.Prefixed(st.prefix); err != nil {
+	if err != nil {
+		// The rest of the route is still checked: every problem at once.
+		pat = nil
+	} else if ep.pattern, err = pat.Prefixed(st.prefix); err != nil {
 		c.errorf("stages."+st.name+".prefix", "%v", err)
 		return nil
 	}
+	ep.public = pat
 	ep.host = st.host
 
 	// Parameters and their patterns.
-	ep.paramRE = make([]*regexp.Regexp, len(pat.Names))
+	var names []string
+	if pat != nil {
+		names = pat.Names
+	}
+	ep.paramRE = make([]*regexp.Regexp, len(names))
 	for name, expr := range rc.Params {
-		i := slices.Index(pat.Names, name)
-		if i < 0 {
+		i := slices.Index(names, name)
+		if pat == nil {
+			i = -2 // unknown: the path did not parse
+		}
+		if i == -1 {
 			c.errorf(path+".params."+name, "parameter {%s} is not in path %q", name, rc.Path)
 			continue
 		}
@@ -603,8 +612,9 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 			c.errorf(path+".params."+name, "bad pattern %q: %v", expr, err)
 			continue
 		}
-		re := regexp.MustCompile("^(?:" + expr + ")$")
-		ep.paramRE[i] = re
+		if i >= 0 {
+			ep.paramRE[i] = regexp.MustCompile("^(?:" + expr + ")$")
+		}
 	}
 
 	// Methods.
@@ -628,17 +638,19 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	ep.allMethods = ep.methods
 
 	res := c.resolver(st, pat)
+	upstream, fromURL := splitUpstream(rc.Upstream)
 	if rc.Upstream == "" {
-		c.errorf(path+".upstream", "upstream is required")
-	} else if ep.upstream, err = route.CompileUpstream(rc.Upstream, res); err != nil {
+		c.errorf(path+".upstream", "upstream is required: the URL requests go to, e.g. upstream: \"https://api.github.com/user/repos\"")
+	} else if ep.upstream, err = route.CompileUpstream(upstream, res); err != nil {
 		c.errorf(path+".upstream", "%v", err)
 	}
+	c.literalCredentials(path, rc, st, ep.upstream, fromURL)
 	if up := ep.upstream; up != nil && up.Scheme == "http" && !isLoopbackHost(hostOnly(up.Host)) {
 		if ep.upstream.Template().HasSecret() || c.routeSendsSecret(rc) {
 			c.warnf(path+".upstream", "a secret is sent over plain http to %s: anyone on the path can read it; use https", up.Host)
 		}
 	}
-	if pat.Rest && slices.ContainsFunc(ep.methods, func(m string) bool { return m != "GET" && m != "HEAD" && m != "OPTIONS" }) {
+	if pat != nil && pat.Rest && slices.ContainsFunc(ep.methods, func(m string) bool { return m != "GET" && m != "HEAD" && m != "OPTIONS" }) {
 		c.warnf(path+".methods", "greedy path %q allows write methods %v: every upstream path under the prefix can be written", rc.Path, ep.methods)
 	}
 
@@ -650,6 +662,10 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 			return fmt.Errorf("{%s} needs a verified caller: list the route's callers", name)
 		}
 		return nil
+	}
+	if len(fromURL) > 0 {
+		// ?key={secret.maps} in the upstream URL means query.set.
+		rc = c.withURLQuery(path, rc, fromURL, withCaller)
 	}
 	c.query(path+".query", rc, ep, withCaller)
 	c.headers(path+".headers", rc, ep, withCaller)
@@ -665,6 +681,9 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	c.body(path, rc, ep, st)
 	if rc.Cache != nil {
 		c.cache(path+".cache", rc, ep)
+		if !slices.Contains(ep.methods, "GET") {
+			c.warnf(path+".cache", "only GET is cached, and the route allows %s: the cache block does nothing here; remove it, or add GET to methods", strings.Join(ep.methods, ", "))
+		}
 	}
 	c.llmCompile(path, rc, ep)
 	if rc.Limits != nil {
@@ -690,7 +709,7 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 	} else {
 		ep.cors = c.cors("cors", cfg.CORS, ep.methods, ep.headerAllowNames())
 	}
-	if len(c.errs) > nerr {
+	if len(c.errs)+c.knockOns > nerr || pat == nil {
 		return nil
 	}
 	return ep
