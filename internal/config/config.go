@@ -12,6 +12,14 @@ package config
 type Config struct {
 	// Listen is the public listener address. Default ":8080".
 	Listen string `yaml:"listen"`
+	// TLS serves Listen over HTTPS (HTTP/2 and HTTP/1.1) with certificate
+	// files or certificates obtained by ACME. Default: none (plain HTTP).
+	TLS *TLS `yaml:"tls"`
+	// HTTPRedirect is a second, plain HTTP listener (":80") that answers
+	// every request with a 301 to the same host and path over https, and
+	// answers ACME HTTP-01 challenges. It requires tls. A change takes
+	// effect on restart. Default: none.
+	HTTPRedirect string `yaml:"http_redirect"`
 	// Admin configures the optional admin listener (health, metrics).
 	Admin Admin `yaml:"admin"`
 	// Server holds the public listener's timeouts and size limits.
@@ -180,6 +188,12 @@ type Server struct {
 	// route with a budget are read whole first); a request that would
 	// cross it gets 503 busy with Retry-After. Default "64MiB".
 	MaxBufferedBytes string `yaml:"max_buffered_bytes"`
+	// Engine is the HTTP/1.x server on the public listener: "keyward"
+	// (keyward's own, internal/http1: faster and leaner) or "stdlib"
+	// (Go's net/http), each behind the framing guard. HTTP/2 (over TLS)
+	// is always net/http's. A change takes effect on restart. Default
+	// "keyward".
+	Engine string `yaml:"engine"`
 }
 
 // Log configures logging.

@@ -48,7 +48,7 @@ func TestParseDefaults(t *testing.T) {
 		Listen:   ":9000",
 		ClientIP: ClientIP{IPv6WidePrefix: &wide},
 		Server: Server{ReadHeaderTimeout: "10s", IdleTimeout: "120s", MaxHeaderBytes: 64 << 10, ShutdownTimeout: "30s",
-			ReadBodyTimeout: "60s", WriteTimeout: "30s", MaxBufferedBytes: "64MiB", MaxConnections: 10000, MaxHeaders: 100},
+			ReadBodyTimeout: "60s", WriteTimeout: "30s", MaxBufferedBytes: "64MiB", MaxConnections: 10000, MaxHeaders: 100, Engine: "keyward"},
 		Log: Log{Access: &on},
 		Secrets: map[string]SecretSource{
 			"github": {Env: "GITHUB_TOKEN"},

@@ -707,6 +707,10 @@ func (c *Config) setDefaults() {
 	if s.ReadBodyTimeout == "" {
 		s.ReadBodyTimeout = "60s"
 	}
+	if s.Engine == "" {
+		s.Engine = "keyward"
+	}
+	c.TLS.setDefaults()
 	if c.ClientIP.IPv6WidePrefix == nil {
 		wide := 48
 		c.ClientIP.IPv6WidePrefix = &wide
