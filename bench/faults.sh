@@ -15,7 +15,8 @@
 # figure is not met. About 75 s.
 #   bench/faults.sh          RATE=500 RELOADS=30 KILLS=7 FREEZE=5 KEEP_WORK=
 # The report is also written to bench/results/faults.txt, every request to
-# faults-raw.tsv and the time line to faults-events.log there. Installs
+# faults-raw.tsv, the time line to faults-events.log and keyward's log
+# without its request lines to faults-keyward.log there. Installs
 # redis-server when missing (as root).
 set -euo pipefail
 RATE=${RATE:-500}
@@ -103,4 +104,5 @@ mkdir -p "$BENCH/results"
 cp "$WORK/report.txt" "$BENCH/results/faults.txt"
 cp "$WORK/raw.tsv" "$BENCH/results/faults-raw.tsv" 2>/dev/null || true
 cp "$WORK/events.log" "$BENCH/results/faults-events.log"
+grep -v '"msg":"request"' "$WORK/keyward.log" >"$BENCH/results/faults-keyward.log" || true
 exit "$rc"

@@ -79,7 +79,7 @@ type routeStats struct {
 type restart struct {
 	up        time.Time
 	recovery  time.Duration // to the first success; -1 if none
-	failedAft int           // direct-route requests sent after up (before the next kill) that failed
+	failedAft int           // direct-route requests sent after up and over before the next kill that failed
 }
 
 // faultLatency is the latency of the requests that overlapped one Redis
@@ -340,7 +340,7 @@ func restarts(events []event, results []result) []restart {
 						rs.recovery = d
 					}
 				}
-				if r.start.After(e.at) && r.start.Before(until) && r.outcome != answered && r.code != "store_unavailable" {
+				if r.start.After(e.at) && r.start.Add(r.total).Before(until) && r.outcome != answered && r.code != "store_unavailable" {
 					rs.failedAft++
 				}
 			}
