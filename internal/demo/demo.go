@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -74,7 +75,11 @@ func Run(ctx context.Context, o Options) error {
 	defer os.RemoveAll(dir)
 	cfgPath := filepath.Join(dir, "keyward.yaml")
 	var cfg strings.Builder
-	vars := map[string]string{"Listen": o.Listen, "Page": o.Page, "API": apiLn.Addr().String()}
+	var quoted []string
+	for _, origin := range pageOrigins(o.Page) {
+		quoted = append(quoted, strconv.Quote(origin))
+	}
+	vars := map[string]string{"Listen": o.Listen, "Origins": strings.Join(quoted, ", "), "API": apiLn.Addr().String()}
 	if err := template.Must(template.New("cfg").Parse(configTemplate)).Execute(&cfg, vars); err != nil {
 		return fmt.Errorf("rendering the demo config: %w", err)
 	}
@@ -116,19 +121,38 @@ func Run(ctx context.Context, o Options) error {
 
 	fmt.Fprintf(o.Out, `keyward demo: a stand-in third-party API that needs a key, and keyward in front of it.
 
-  page (another origin):   http://%[1]s/
+  page (another origin):   %[1]s
   gateway:                 http://%[2]s/quote
   stand-in API:            http://%[3]s/v1/quotes/random   (needs the key; the page never sees it)
   gateway config:          %[4]s
 
 Try:
-  curl -i http://%[2]s/quote?topic=gateways
-  curl -i http://%[3]s/v1/quotes/random          # 401 without the key
-  curl -i -X POST http://%[2]s/quote             # 405: only GET is allowed
+  curl -i 'http://%[2]s/quote?topic=gateways'
+  curl -i 'http://%[3]s/v1/quotes/random'          # 401 without the key
+  curl -i -X POST 'http://%[2]s/quote'             # 405: only GET is allowed
 
 Open the page in a browser and press the buttons. Ctrl-C stops everything.
-`, o.Page, o.Listen, apiLn.Addr(), cfgPath)
+`, strings.Join(pageOrigins(o.Page), "/ or ")+"/", o.Listen, apiLn.Addr(), cfgPath)
 	return srv.Serve(ctx, gwLn, nil)
+}
+
+// pageOrigins are the origins the demo page may be opened as: the address
+// given and, for a loopback one, its other usual spelling (a browser sends
+// http://localhost:8081 for a page opened as localhost, and that is
+// another origin than http://127.0.0.1:8081).
+func pageOrigins(page string) []string {
+	out := []string{"http://" + page}
+	host, port, err := net.SplitHostPort(page)
+	if err != nil {
+		return out
+	}
+	switch host {
+	case "127.0.0.1":
+		out = append(out, "http://"+net.JoinHostPort("localhost", port))
+	case "localhost":
+		out = append(out, "http://"+net.JoinHostPort("127.0.0.1", port))
+	}
+	return out
 }
 
 func newKey() string {

@@ -97,10 +97,31 @@ func TestDemo(t *testing.T) {
 	if !strings.Contains(string(html), `fetch("http://`+gw+`/quote`) {
 		t.Errorf("the page does not call the gateway:\n%s", html)
 	}
-	for _, want := range []string{"curl -i http://" + gw + "/quote", "Ctrl-C stops everything"} {
+	for _, want := range []string{"curl -i 'http://" + gw + "/quote?topic=gateways'", "Ctrl-C stops everything"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+	// zsh takes an unquoted ? as a glob and refuses the line ("no matches
+	// found"): every URL in a curl line is quoted.
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Contains(line, "curl ") && regexp.MustCompile(`(^|\s)http://`).MatchString(line) {
+			t.Errorf("unquoted URL in %q", line)
+		}
+	}
+
+	// The page opened as localhost is another origin than 127.0.0.1; both
+	// may call the gateway.
+	_, port, _ := net.SplitHostPort(page)
+	req, _ := http.NewRequest("GET", "http://"+gw+"/quote", nil)
+	req.Header.Set("Origin", "http://localhost:"+port)
+	res, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:"+port {
+		t.Errorf("the page opened as localhost: %d %v", res.StatusCode, res.Header)
 	}
 	if strings.Contains(out.String()+logs.String()+string(body)+string(html), "demo_sk_") {
 		t.Error("the demo key appears in the output, the log, a response or the page")
