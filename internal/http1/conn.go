@@ -3,6 +3,7 @@ package http1
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -96,6 +97,7 @@ type conn struct {
 	rw      net.Conn
 	crowd   crowdReporter // rw's listener, if it reports waiting connections
 	remote  string
+	tls     *tls.ConnectionState // nil in plaintext; shared by its requests, as net/http does
 	state   atomic.Int32
 	idleSeq atomic.Int64 // the server's idleSeq when it last went idle
 	cr      connReader
@@ -284,6 +286,7 @@ func (c *conn) serveRequest(req *http.Request) bool {
 	ctx, cancel := context.WithCancelCause(c.s.baseContext())
 	req = req.WithContext(ctx)
 	req.RemoteAddr = c.remote
+	req.TLS = c.tls
 	c.setCancel(cancel)
 	if !c.userWD.IsZero() {
 		c.userWD, c.armed = time.Time{}, false // the last handler's

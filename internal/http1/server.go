@@ -29,8 +29,9 @@
 //     to send is reported to the handler as a *BodyError, then the
 //     connection is closed without waiting for the rest of it.
 //
-// It speaks HTTP/1.0 and 1.1 on plaintext connections only, does not
-// support protocol upgrades, ignores 1xx responses from handlers, and does
+// It speaks HTTP/1.0 and 1.1, in plaintext or over TLS (a connection that
+// reports its TLS state, as the framing guard's over TLS do, gives it to
+// each request's http.Request.TLS), does not support protocol upgrades, ignores 1xx responses from handlers, and does
 // not sniff a Content-Type the handler did not set (the gateway sends
 // X-Content-Type-Options: nosniff on its own answers; an upstream's
 // response keeps the type the upstream gave it).
@@ -39,6 +40,7 @@ package http1
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -392,9 +394,20 @@ func (s *Server) CloseIdle(n int) int {
 	return closed
 }
 
+// tlsConn is a connection over TLS whose handshake is done (the framing
+// guard's, from listener.GuardTLS, or a *tls.Conn).
+type tlsConn interface {
+	ConnectionState() tls.ConnectionState
+}
+
 func (s *Server) newConn(rw net.Conn, crowd crowdReporter) *conn {
 	c := &conn{s: s, rw: rw, crowd: crowd, remote: rw.RemoteAddr().String(), wdone: make(chan struct{}, 1), born: time.Now()}
 	c.cr.c = c
+	if tc, ok := rw.(tlsConn); ok {
+		if st := tc.ConnectionState(); st.HandshakeComplete {
+			c.tls = &st
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutdown.Load() {

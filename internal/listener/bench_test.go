@@ -84,7 +84,7 @@ func BenchmarkGuard(b *testing.B) {
 		})
 		b.Run(bc.name+"/guarded", func(b *testing.B) {
 			l := Guard(newFakeListener(), Options{MaxConns: -1})
-			c := l.wrap(&loopConn{msg: []byte(bc.msg)})
+			c := l.wrap(&loopConn{msg: []byte(bc.msg)}, true)
 			buf := make([]byte, 4096)
 			b.SetBytes(int64(len(bc.msg)))
 			b.ReportAllocs()

@@ -58,7 +58,7 @@ func guardStream(t testing.TB, data []byte, split uint8) ([]byte, []framing, *co
 	l := Guard(newFakeListener(), Options{MaxConns: -1, MaxHeaderBytes: 8 << 10, MaxHeaders: 20})
 	arrive := []int{int(split)%7 + 1, 4096, int(split)/7 + 1, 3}
 	reads := []int{4096, int(split)%13 + 2, 4096, 1000}
-	c := l.wrap(&feedConn{data: data, sizes: arrive})
+	c := l.wrap(&feedConn{data: data, sizes: arrive}, true)
 	var heads []framing
 	c.onHead = func(f framing) { heads = append(heads, f) }
 	var out []byte

@@ -12,17 +12,20 @@
 // starts, and on any ambiguity answers 400 (431 for oversized heads) with
 // Connection: close and closes the connection. Valid bytes pass unmodified.
 //
-// The guard speaks HTTP/1.x on plaintext connections only. HTTP/2 with prior
-// knowledge is refused. When TLS arrives it has to sit under the guard
-// (Guard(tls.NewListener(ln, cfg))), so that the guard sees plaintext, and
-// connections that negotiate h2 by ALPN must bypass it; net/http then no
-// longer sees a *tls.Conn, so that wiring needs its own design.
+// The guard speaks HTTP/1.x. HTTP/2 with prior knowledge is refused. On a
+// TLS listener (GuardTLS) it checks the decrypted stream of the connections
+// that negotiated HTTP/1.1, after the handshake; those that negotiated h2 by
+// ALPN bypass it and go, as *tls.Conn, to net/http's HTTP/2 server, whose
+// binary framing has no such ambiguity (its own limits are tested in
+// test/security). One connection limit covers both.
 //
 // A server behind the guard reads requests with Read and watches for a
 // client hanging up with WatchRead (internal/http1 does), so that a bad
 // head pipelined after a running request is refused after that request's
 // response, without cancelling it. net/http's background read uses Read:
-// behind the guard it would cancel the running request instead.
+// its server must mark the connection active while a handler runs
+// (SetActive, from http.Server.ConnState), so that such a refusal waits for
+// the response instead of cancelling the running request.
 //
 // A handler that hijacks a connection after a 101 Switching Protocols
 // (WebSocket through httputil.ReverseProxy) would still have its reads
@@ -31,6 +34,7 @@
 package listener
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -68,6 +72,14 @@ type Options struct {
 	// cannot get in. Nil: a waiting connection waits for one to close by
 	// itself (idle ones after the server's idle timeout).
 	Idle IdleCloser
+	// HandshakeTimeout bounds a TLS handshake (GuardTLS), from the
+	// connection's acceptance: a client that opens connections and sends
+	// nothing holds a slot this long at most. Zero: 10s.
+	HandshakeTimeout time.Duration
+	// HandshakeError, if set, is told of each failed TLS handshake (a
+	// scanner, a client that does not trust the certificate, an unknown
+	// server name). Nil: they are dropped silently.
+	HandshakeError func(remote net.Addr, err error)
 }
 
 // IdleCloser is the server behind the guard, as the guard needs it when
@@ -85,6 +97,7 @@ type IdleCloser interface {
 const (
 	defaultMaxConns   = 10000
 	defaultMaxHeaders = 100
+	defaultHandshake  = 10 * time.Second
 	// bufSize is the size of the buffers that hold an incomplete head; it
 	// matches net/http's read buffer, so one socket read fills either.
 	bufSize = 4096
@@ -118,6 +131,7 @@ type Listener struct {
 	wake      chan struct{} // a slot was freed or the limit rose
 	done      chan struct{}
 	closeOnce sync.Once
+	tls       *split // set by GuardTLS
 	// Test hooks, copied to each connection.
 	onHead   func(framing)
 	onReject func(*violation)
@@ -128,15 +142,21 @@ type limits struct {
 	maxHeaderBytes int
 	maxHeaders     int
 	idle           IdleCloser
+	handshake      time.Duration
+	handshakeError func(net.Addr, error)
 }
 
 func (l *Listener) set(opts Options) {
-	lim := &limits{maxHeaderBytes: opts.MaxHeaderBytes, maxHeaders: opts.MaxHeaders, idle: opts.Idle}
+	lim := &limits{maxHeaderBytes: opts.MaxHeaderBytes, maxHeaders: opts.MaxHeaders, idle: opts.Idle,
+		handshake: opts.HandshakeTimeout, handshakeError: opts.HandshakeError}
 	if lim.maxHeaderBytes <= 0 {
 		lim.maxHeaderBytes = http.DefaultMaxHeaderBytes
 	}
 	if lim.maxHeaders <= 0 {
 		lim.maxHeaders = defaultMaxHeaders
+	}
+	if lim.handshake <= 0 {
+		lim.handshake = defaultHandshake
 	}
 	l.limits.Store(lim)
 	switch {
@@ -199,14 +219,28 @@ func (l *Listener) maxConns() int { return int(l.max.Load()) }
 
 // Accept takes the next connection and returns it once it has a slot. At
 // the limit, it holds the connection and asks the server to close idle
-// ones (Options.Idle) until a slot is free.
+// ones (Options.Idle) until a slot is free. On a TLS listener (GuardTLS)
+// it returns the next HTTP/1.x connection whose handshake is done.
 func (l *Listener) Accept() (net.Conn, error) {
+	if l.tls != nil {
+		return l.tls.accept(l.tls.h1, nil)
+	}
+	c, err := l.acceptSlot()
+	if err != nil {
+		return nil, err
+	}
+	return l.wrap(c, true), nil
+}
+
+// acceptSlot takes the next connection from the kernel and returns it
+// once it holds a slot.
+func (l *Listener) acceptSlot() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
 	if l.acquire() {
-		return l.wrap(c), nil
+		return c, nil
 	}
 	return l.admit(c)
 }
@@ -234,7 +268,7 @@ func (l *Listener) admit(c net.Conn) (net.Conn, error) {
 			return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
 		}
 	}
-	return l.wrap(c), nil
+	return c, nil
 }
 
 // acquire takes a slot if one is free.
@@ -251,11 +285,14 @@ func (l *Listener) acquire() bool {
 	}
 }
 
-func (l *Listener) wrap(c net.Conn) *conn {
+// wrap puts c behind the framing guard. With slot, closing it frees the
+// slot c holds; without, c is a TLS connection whose own Close does.
+func (l *Listener) wrap(c net.Conn, slot bool) *conn {
 	lim := l.limits.Load()
 	return &conn{
 		Conn: c,
 		l:    l,
+		slot: slot,
 		ps:   parser{maxHeaderBytes: lim.maxHeaderBytes, maxHeaders: lim.maxHeaders},
 
 		onHead:   l.onHead,
@@ -280,7 +317,8 @@ func (l *Listener) signal() {
 	}
 }
 
-// Close closes the underlying listener and wakes a waiting Accept.
+// Close closes the underlying listener and wakes a waiting Accept (on a
+// TLS listener, the HTTP/2 side's too).
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() { close(l.done) })
 	return l.Listener.Close()
@@ -296,8 +334,9 @@ func (l *Listener) Close() error {
 // back, so a valid request costs one scan and no copy.
 type conn struct {
 	net.Conn
-	l  *Listener
-	ps parser
+	l    *Listener
+	slot bool // Close frees a slot (a plaintext connection)
+	ps   parser
 
 	buf        []byte
 	r, pass, w int
@@ -308,6 +347,7 @@ type conn struct {
 	peek       [1]byte
 	readyFn    func(uintptr) bool
 	rejected   bool
+	active     atomic.Bool               // a handler runs: see SetActive
 	reply      atomic.Pointer[violation] // refusal to send on Close
 	closeOnce  sync.Once
 	closeErr   error
@@ -355,7 +395,7 @@ func (c *conn) read(p []byte, watch bool) (int, error) {
 			return 0, err
 		}
 		if c.rejected {
-			if watch {
+			if watch || c.active.Load() && c.reply.Load() != nil {
 				return c.discardUntilError()
 			}
 			return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errRejected}
@@ -381,6 +421,27 @@ func (c *conn) read(p []byte, watch bool) (int, error) {
 		}
 		c.fill()
 	}
+}
+
+// SetActive tells the guard whether a handler is running on the
+// connection, for a server whose hang-up watch uses Read (net/http's
+// background read; its http.Server.ConnState calls SetActive(true) on
+// StateActive and SetActive(false) on StateIdle). While active, a refused
+// head (pipelined after the running request) makes Read wait like a quiet
+// socket, as WatchRead does, instead of failing: the failure would cancel
+// the running request. Once inactive, the next Read reports the refusal
+// and the server closes the connection, sending it. A body fault still
+// fails Read at once: the running request's own body is broken.
+func (c *conn) SetActive(active bool) { c.active.Store(active) }
+
+// ConnectionState returns the TLS state of a connection from GuardTLS;
+// its HandshakeComplete is false for a plaintext one. The server behind
+// the guard reads it for http.Request.TLS.
+func (c *conn) ConnectionState() tls.ConnectionState {
+	if tc, ok := c.Conn.(*tls.Conn); ok {
+		return tc.ConnectionState()
+	}
+	return tls.ConnectionState{}
 }
 
 // WaitRead blocks until Read has something to return (input, an error, or
@@ -545,7 +606,9 @@ func (c *conn) Close() error {
 			c.answer(v)
 		}
 		c.closeErr = c.Conn.Close()
-		c.l.release()
+		if c.slot {
+			c.l.release()
+		}
 	})
 	return c.closeErr
 }
