@@ -30,9 +30,6 @@ type refusal struct {
 	cause  error
 	logMsg string
 	level  slog.Level
-	// upstream is set for failures of the upstream exchange: they are
-	// counted in keyward_upstream_errors_total and logged with the target.
-	upstream bool
 }
 
 func (e *refusal) Error() string { return e.code + ": " + e.msg }
