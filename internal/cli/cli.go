@@ -8,18 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
-	"github.com/keyward/keyward/internal/accesslog"
-	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/demo"
 	"github.com/keyward/keyward/internal/gateway"
-	"github.com/keyward/keyward/internal/reload"
-	"github.com/keyward/keyward/internal/server"
 )
 
 // Exit codes.
@@ -32,15 +24,18 @@ const (
 const usage = `keyward: an API gateway that keeps your API keys off the browser
 
 Usage:
-  keyward serve  [-c keyward.yaml]     serve, reloading on change and SIGHUP
-  keyward check  [-c keyward.yaml]     validate the config and exit
-  keyward test   [-c keyward.yaml] METHOD PATH [-H 'K: V']... [-d BODY] [--stage S] [--send]
-                                       show the upstream request a call would make
-  keyward routes [-c keyward.yaml]     list the public routes
-  keyward keys   create|list|revoke    manage API keys (keyward keys help)
-  keyward demo   [-listen ADDR]        run a stand-in API with keyward in front of it
-  keyward version                      print the version
-  keyward help                         print this help
+  keyward serve  [-c keyward.yaml]                 serve, reloading on change (config and file: secrets) and SIGHUP
+  keyward check  [-c keyward.yaml] [--no-secrets]  validate the config and exit (exit 1 on errors)
+  keyward test   [-c keyward.yaml] METHOD PATH [-H 'K: V']... [-d BODY] [--stage S] [--send] [--no-secrets]
+                                                   show the upstream request a call would make
+  keyward routes [-c keyward.yaml] [--no-secrets]  list the public routes
+  keyward keys   create|list|revoke|import         manage API keys (keyward keys help)
+  keyward demo   [-listen ADDR] [-page ADDR]       run a stand-in API with keyward in front of it
+  keyward version                                  print the version
+  keyward help                                     print this help
+
+--no-secrets treats every secret as present with a placeholder value, so
+that check, routes and test run in CI without the real credentials.
 `
 
 // Run runs the command line args (without the program name) and returns
@@ -79,6 +74,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.Is(err, errReported):
+		return exitError
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "keyward %s: %v\n", verb, ue.error)
 		return exitUsage
@@ -92,6 +89,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // usageError marks a command-line mistake (exit 2) as opposed to a failure.
 type usageError struct{ error }
+
+// errReported is a failure the verb has already explained in its output:
+// exit 1, with nothing more printed.
+var errReported = errors.New("failed")
 
 func unjoin(err error) []error {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -135,25 +136,16 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func compile(path string, stderr io.Writer) (*gateway.Gateway, error) {
-	f, err := config.Load(path)
-	if err != nil {
-		return nil, err
-	}
-	g, warns, err := gateway.Compile(f, gateway.Options{})
-	for _, w := range warns {
-		fmt.Fprintf(stderr, "%s:%d: warning: %s: %s\n", w.File, w.Line, w.Path, w.Msg)
-	}
-	return g, err
-}
-
-// compileArgs parses a verb that takes only -c and compiles the config.
+// compileArgs parses a verb that takes -c and --no-secrets, and compiles
+// the config.
 func compileArgs(verb string, args []string, stderr io.Writer) (*gateway.Gateway, error) {
 	fs, path := newFlags(verb, stderr)
+	noSecrets := fs.Bool("no-secrets", false, "treat every secret as present, with a placeholder value (for CI)")
 	if err := parseNone(fs, args); err != nil {
 		return nil, err
 	}
-	return compile(*path, stderr)
+	_, g, err := compile(*path, *noSecrets, gateway.Options{}, stderr)
+	return g, err
 }
 
 // parseNone parses flags and refuses positional arguments.
@@ -173,15 +165,7 @@ func check(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	stages := map[string]bool{}
-	names := map[string]bool{}
-	for _, r := range g.Routes() {
-		names[r.Name] = true
-		if r.Stage != "" {
-			stages[r.Stage] = true
-		}
-	}
-	fmt.Fprintf(stdout, "ok: %d routes, %d stages\n", len(names), len(stages))
+	fmt.Fprintf(stdout, "ok: %s\n", summary(g))
 	return nil
 }
 
@@ -190,6 +174,12 @@ func routes(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	table(stdout, routeRows(g))
+	return nil
+}
+
+// routeRows is the route table of routes and of serve's start.
+func routeRows(g *gateway.Gateway) [][]string {
 	rows := [][]string{{"ROUTE", "STAGE", "METHODS", "PATH", "UPSTREAM"}}
 	for _, r := range g.Routes() {
 		p := r.Path
@@ -198,8 +188,7 @@ func routes(args []string, stdout, stderr io.Writer) error {
 		}
 		rows = append(rows, []string{r.Name, dash(r.Stage), strings.Join(r.Methods, ","), p, r.Upstream})
 	}
-	table(stdout, rows)
-	return nil
+	return rows
 }
 
 func dash(s string) string {
@@ -228,45 +217,6 @@ func table(w io.Writer, rows [][]string) {
 		}
 		fmt.Fprintln(w, b.String())
 	}
-}
-
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
-	fs, path := newFlags("serve", stderr)
-	if err := parseNone(fs, args); err != nil {
-		return err
-	}
-	logger := slog.New(slog.NewJSONHandler(stderr, nil))
-	access := accesslog.New(stderr, true)
-	defer access.Close()
-	srv, err := server.New(*path, gateway.Options{Logger: logger, AccessLog: access})
-	if err != nil {
-		return err
-	}
-	public, admin, err := srv.Listen()
-	if err != nil {
-		return err
-	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	trigger := make(chan struct{}, 1)
-	go func() {
-		for range hup {
-			select {
-			case trigger <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go func() {
-		w := &reload.Watcher{Path: *path, Signal: trigger, Reload: func() { _ = srv.Reload() }, Logger: logger}
-		if err := w.Run(wctx); err != nil {
-			logger.Warn("config file watching is off; reload with SIGHUP", "error", err.Error())
-		}
-	}()
-	return srv.Serve(ctx, public, admin)
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {

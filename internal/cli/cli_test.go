@@ -72,7 +72,7 @@ routes:
 	}
 	t.Setenv("KEYWARD_TEST_KEY", "s3cr3t-value")
 	code, stdout, stderr := run(t, "check", "-c", cfg)
-	if code != exitOK || stdout != "ok: 1 routes, 1 stages\n" {
+	if code != exitOK || stdout != "ok: 1 route in 1 stage (1 mounted)\n" {
 		t.Errorf("code %d stdout %q stderr %q", code, stdout, stderr)
 	}
 }

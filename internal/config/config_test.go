@@ -384,3 +384,14 @@ func TestParseDuration(t *testing.T) {
 		})
 	}
 }
+
+func TestHas(t *testing.T) {
+	f := mustParse(t, sample)
+	for path, want := range map[string]bool{
+		"listen": true, "routes[1].methods": true, "routes[0].methods": false, "admin.listen": false, "store": false, "": true,
+	} {
+		if got := f.Has(path); got != want {
+			t.Errorf("Has(%q) = %v, want %v", path, got, want)
+		}
+	}
+}

@@ -427,6 +427,11 @@ func (f *File) unknownField(kv *ast.MappingValueNode, key, path string, fields m
 	if best != "" {
 		add(fmt.Sprintf("unknown field (did you mean %q?)", best))
 		f.shadow = append(f.shadow, join(path, best))
+		if _, ok := fields["env"]; ok && len(fields) == 2 {
+			// A secret's source is checked as a whole ("set exactly one
+			// of env or file"), on the secret.
+			f.shadow = append(f.shadow, path)
+		}
 		return
 	}
 	route := yamlFields(reflect.TypeOf(Route{}))
@@ -602,8 +607,19 @@ func join(path, key string) string {
 // the closest enclosing node that exists, so an error about a missing field
 // points at its parent.
 func (f *File) Line(path string) int {
+	line, _ := f.lookup(path)
+	return line
+}
+
+// Has reports whether the file writes the value at path (a default
+// applies where it does not).
+func (f *File) Has(path string) bool {
+	_, found := f.lookup(path)
+	return found
+}
+
+func (f *File) lookup(path string) (line int, found bool) {
 	n := f.root
-	line := 0
 	if n != nil {
 		line = n.GetToken().Position.Line
 	}
@@ -625,11 +641,11 @@ func (f *File) Line(path string) int {
 			}
 		}
 		if next == nil {
-			return line
+			return line, false
 		}
 		n = next
 	}
-	return line
+	return line, n != nil
 }
 
 // lineOfNode returns where a node starts; a mapping inside a sequence

@@ -127,7 +127,7 @@ routes:
 	}
 	// The misspelt field is unset because of the typo: saying so again
 	// would be a knock-on error.
-	for _, path := range []string{"routes[0].upstream", "secrets.gl.env", "secrets.gh", "routes[0].cors"} {
+	for _, path := range []string{"routes[0].upstream", "secrets.gl.env", "secrets.gl", "secrets.gh", "routes[0].cors"} {
 		if !f.Shadowed(path) {
 			t.Errorf("Shadowed(%q) = false", path)
 		}

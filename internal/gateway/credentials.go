@@ -42,7 +42,7 @@ var credentialNames = map[string]bool{
 	"access_token": true, "token": true, "key": true, "api_key": true, "apikey": true,
 	"client_secret": true, "password": true, "passwd": true, "secret": true, "sig": true,
 	"signature": true, "auth": true, "auth_token": true, "api_token": true, "private_token": true,
-	"access_key": true, "secret_key": true, "app_key": true, "appkey": true, "subscription_key": true,
+	"access_key": true, "secret_key": true, "app_key": true, "appkey": true, "appid": true, "subscription_key": true,
 	"authorization": true, "proxy_authorization": true, "x_api_key": true, "x_auth_token": true,
 	"x_access_token": true, "x_auth_key": true, "x_token": true, "cookie": true,
 }
