@@ -108,6 +108,7 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	c.loadSecrets(cfg)
 	g.cors = c.cors("cors", cfg.CORS, nil, nil)
 
+	g.authGuard.now = g.opts.Now
 	c.kinds = c.callers(cfg, g)
 	g.callers = c.kinds
 	stages := c.stages(cfg)

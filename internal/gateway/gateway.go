@@ -108,6 +108,7 @@ type Gateway struct {
 	cache     *cache.Cache // nil when no route caches
 	buffers   *BodyBuffers
 	callers   *callerKinds
+	authGuard authGuard
 	faultLog  atomic.Int64 // unix ns of the last logged store fault
 }
 

@@ -273,3 +273,29 @@ func TestCallers(t *testing.T) {
 		t.Errorf("the keys file holds the key itself (or cannot be read: %v)", err)
 	}
 }
+
+// TestForgedTokenFloodHeldOff: every forged token costs a signature check,
+// so an address that keeps presenting bad credentials is refused with 429
+// before its credential is looked at, and no upstream call is made.
+func TestForgedTokenFloodHeldOff(t *testing.T) {
+	is := newIssuer(t)
+	ts, _ := turnstileStandIn(t)
+	h := newHarness(t, callersConfig(is, filepath.Join(t.TempDir(), "keys.yaml"), ts.URL), nil)
+	forged := is.token(t, "x", map[string]any{"role": "member"})
+	forged = forged[:len(forged)-4] + "AAAA"
+	var codes []int
+	for range 25 {
+		res := h.Raw("GET", "/me", http.Header{"Authorization": {"Bearer " + forged}}, "")
+		codes = append(codes, res.Status)
+	}
+	if codes[19] != http.StatusUnauthorized || codes[24] != http.StatusTooManyRequests {
+		t.Errorf("statuses %v: want 401 for the first 20 failures, then 429", codes)
+	}
+	res := h.Raw("GET", "/me", http.Header{"Authorization": {"Bearer " + is.token(t, "alice", map[string]any{"role": "member"})}}, "")
+	if res.Status != http.StatusTooManyRequests || res.Header.Get("Retry-After") == "" {
+		t.Errorf("while held off: %d, Retry-After %q", res.Status, res.Header.Get("Retry-After"))
+	}
+	if got := h.Up.Take(); len(got) != 0 {
+		t.Errorf("the upstream got %d requests", len(got))
+	}
+}
