@@ -11,10 +11,49 @@
 // Concurrent misses for one key are coalesced: one request (the leader)
 // calls fetch, the others wait and are answered from its response. Memory
 // is the single-instance Store; package cache/redis shares entries between
-// instances, and coalescing stays per instance, so with n instances a cold
-// key costs at most n upstream calls (a cross-instance lock would cost a
-// Redis round trip on every miss and a stall on every lock holder's crash,
-// to save at most n-1 calls per TTL).
+// instances.
+//
+// # Coalescing across instances
+//
+// A shared Store that is also a Locker (cache/redis) lets n instances
+// missing one key make one upstream call between them, not n: a cold key
+// on a fleet costs the upstream (and the bill) what it costs one
+// instance. Each instance still coalesces its own requests first, so
+// only one request per instance and key takes part:
+//
+//   - Its leader claims the key's lock in the store (Locker.Claim: SET NX
+//     PX with a random token, in one script with a look at the entry, so
+//     that an entry stored just before is found rather than fetched
+//     again). The lock lives for the route's upstream timeout plus
+//     LockSlack (PolicyOptions.UpstreamTimeout).
+//   - The instance that wins calls the upstream, then stores the response
+//     and deletes its lock in one store call (Locker.SetUnlock).
+//   - The others poll Claim, from minPoll doubling to maxPoll (2 to 25
+//     ms), until the entry appears; they answer from it, as a local waiter
+//     would ("collapsed"). Polling was chosen over pub/sub: it needs no
+//     connection per waiting key, nothing is lost if a message would be,
+//     and it costs a waiting instance at most 40 cheap calls a second.
+//   - If the winner dies (the lock expires without an entry), the next
+//     poll of one waiting instance takes the lock and calls the upstream:
+//     after at most the lock's lifetime, one more call, not one per
+//     instance. A winner whose client goes away releases the lock at once.
+//   - A failed call (5xx, a body cut short, a panic) leaves its failure in
+//     the lock for Options.FailureWindow: the waiting instances, and any
+//     instance asking during the window, answer with it (or with a stale
+//     entry), as local requests do, rather than all call the failing
+//     upstream when the lock goes. A response that is not storable says
+//     so in the lock as soon as its head shows it, briefly: the waiting
+//     instances then call the upstream themselves, as local waiters do.
+//   - If the store fails (a lookup just failed, Claim fails or times out),
+//     the instance stops waiting and calls the upstream itself, coalescing
+//     locally: an outage costs one call per instance, as before, and no
+//     request waits on a dead store longer than one store timeout.
+//
+// The price is one more store round trip on a miss (the Claim; storing
+// and unlocking is one call), none on a hit, and, when an instance dies
+// holding a lock, a wait of up to the route's timeout for the others.
+// A winner whose call outlasts its lock (a body still streaming past
+// the timeout plus LockSlack) lets one other instance call too.
 //
 // # Faults
 //
@@ -131,7 +170,11 @@ type Options struct {
 // was served from the memory tier or as a miss (Get), or its response was
 // kept in the memory tier only (Set).
 type StoreError struct {
-	// Op is "get" or "set".
+	// Op is "get", "set" (storing an entry, and releasing the key's lock
+	// with it if the instance held one), "lock" (claiming a key's lock, or
+	// waiting for it: the instance then calls the upstream on its own) or
+	// "unlock" (the lock then expires by itself, and other instances wait
+	// for it until then).
 	Op string
 	// Err is the store's error; errors.Is(err, context.DeadlineExceeded)
 	// for a timeout.
@@ -168,6 +211,7 @@ const maxFailing = 1024
 // coalescing) and change only the policies passed to Serve.
 type Cache struct {
 	store          Store
+	locker         Locker        // the store's lock, if it is shared and has one; nil if not
 	near           *Memory       // the memory tier in front of a shared store; nil if none
 	timeout        time.Duration // 0 for stores that need no deadline
 	refreshTimeout time.Duration
@@ -203,6 +247,7 @@ func New(store Store, o Options) *Cache {
 	if _, local := store.(*Memory); local {
 		c.timeout = 0
 	} else {
+		c.locker, _ = store.(Locker)
 		if c.timeout <= 0 {
 			c.timeout = DefaultTimeout
 		}
@@ -236,9 +281,10 @@ func (c *Cache) Wait() { c.background.Wait() }
 //
 // Methods other than GET and HEAD go straight to fetch. A fresh entry is
 // written with Cache-Status and Age. On a miss, fetch is called once per
-// key at a time on this instance; concurrent requests for the key wait for
-// it (or for their own context to end, and then call fetch themselves) and
-// are answered from its response if it was stored. If it was not
+// key at a time on this instance, and with a Locker store across the
+// instances sharing it (see the package doc); concurrent requests for the
+// key wait for it (or for their own context to end, and then call fetch
+// themselves) and are answered from its response if it was stored. If it was not
 // storable, every waiter calls fetch itself, concurrently: the upstream
 // would answer each of them anyway, and running them one after another
 // would only add latency. A waiter learns that as soon as the leader's
@@ -280,7 +326,7 @@ func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy
 		return
 	}
 	landed := c.landed.Load()
-	e := c.get(r.Context(), key, p)
+	e, shared := c.get(r.Context(), key, p)
 	now := c.now()
 	fwd := "uri-miss"
 	var stale *Entry // usable if the upstream fails
@@ -293,7 +339,7 @@ func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy
 		case e.MustRevalidate:
 		case now.Before(e.Expires.Add(p.swr)):
 			c.write(w, r, e, statusStale(e, now, "", 0, "stale-while-revalidate"))
-			c.revalidate(key, p, r, fetch)
+			c.revalidate(key, p, r, shared, fetch)
 			return
 		case now.Before(e.Expires.Add(p.sie)):
 			stale = e
@@ -321,14 +367,15 @@ func (c *Cache) Serve(w http.ResponseWriter, r *http.Request, key Key, p *Policy
 				// A flight landed between the lookup and the join, maybe this
 				// key's, which stores before it lands: look again, or this
 				// request would call the upstream for a response just stored.
-				if e := c.get(r.Context(), key, p); e != nil && c.now().Before(e.Expires) {
+				var e *Entry
+				if e, shared = c.get(r.Context(), key, p); e != nil && c.now().Before(e.Expires) {
 					f.publish(served, e, nil, "", 0)
 					c.land(key, f)
 					c.write(w, r, e, statusHit(e, c.now()))
 					return
 				}
 			}
-			c.lead(f, w, r, key, p, fwd, stale, true, fetch)
+			c.lead(f, w, r, key, p, fwd, stale, true, shared, fetch)
 			return
 		}
 		if c.onWait != nil {
@@ -392,6 +439,10 @@ type flight struct {
 	// then it stays in Cache.flights and answers requests for its key.
 	// Guarded by Cache.mu.
 	until time.Time
+	// window, if not 0, shortens the failure window: what is left of
+	// another instance's, whose failure the flight passes on. Set before
+	// publish.
+	window time.Duration
 }
 
 // failure is a 5xx answer kept to pass on to the requests that a failed
@@ -457,7 +508,11 @@ func (c *Cache) land(key Key, f *flight) {
 			c.sweep(now)
 		}
 		if c.failing < maxFailing {
-			f.until = now.Add(c.failureWindow)
+			window := c.failureWindow
+			if f.window > 0 {
+				window = min(window, f.window)
+			}
+			f.until = now.Add(window)
 			c.failing++
 			return
 		}
@@ -492,10 +547,22 @@ func (c *Cache) sweep(now time.Time) {
 // lead calls fetch for a flight, serves w, and publishes the result to the
 // flight's waiters and the store. client says whether r is a client's
 // request, whose end (the client went away) abandons the flight rather
-// than failing it.
-func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key, p *Policy, fwd string, stale *Entry, client bool, fetch http.HandlerFunc) {
+// than failing it. shared says whether the store answered the lookup
+// just made: if it did and it is a Locker, the flight first claims the
+// key's lock across instances (coordinate), and publishes there too.
+func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key, p *Policy, fwd string, stale *Entry, client, shared bool, fetch http.HandlerFunc) {
+	var lk *lock
+	if shared && c.locker != nil {
+		var done bool
+		if lk, done = c.coordinate(f, w, r, key, p, fwd, stale, client, fetch); done {
+			return
+		}
+	}
 	t := &tee{w: w, h: make(http.Header), c: c, p: p, fwd: fwd, store: true, stale: stale, keepFailure: true}
-	t.onGiveUp = func() { f.publish(released, nil, nil, fwd, 0) }
+	t.onGiveUp = func() {
+		f.publish(released, nil, nil, fwd, 0)
+		lk.releaseSoon()
+	}
 	ctx := r.Context()
 	r = r.WithContext(context.WithValue(ctx, teeKey{}, t))
 	gone := func() bool { return client && ctx.Err() != nil }
@@ -515,6 +582,7 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 			f.publish(failed, nil, nil, fwd, http.StatusBadGateway)
 			c.land(key, f)
 		}
+		lk.settle(f)
 		if abort && stale != nil && !gone() && !t.committed() {
 			// Nothing reached the client: the stale entry can still be its
 			// answer, as it is the waiters'.
@@ -526,6 +594,7 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 	fetch(t, r)
 	if gone() && (!t.wrote || t.status >= 500 || t.truncated()) {
 		c.abandon(key, f, fwd)
+		lk.settle(f)
 		return
 	}
 	switch {
@@ -535,6 +604,7 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 		// on.
 		f.publish(failed, nil, nil, fwd, http.StatusBadGateway)
 		c.land(key, f)
+		lk.settle(f)
 		if stale != nil && !t.committed() {
 			c.write(w, r, stale, statusStale(stale, c.now(), fwd, http.StatusBadGateway, "stale-if-error"))
 		}
@@ -542,6 +612,7 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 	case t.status >= 500:
 		f.publish(failed, nil, t.fail, fwd, t.status)
 		c.land(key, f)
+		lk.settle(f)
 		if t.swallow {
 			c.write(w, r, stale, statusStale(stale, c.now(), fwd, t.status, "stale-if-error"))
 		}
@@ -552,12 +623,13 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 	if e == nil {
 		f.publish(released, nil, nil, fwd, 0)
 		c.land(key, f)
+		lk.settle(f)
 		return
 	}
 	f.publish(served, e, nil, fwd, t.status)
 	defer c.land(key, f)
 	// The response is complete: store it even if the client has gone.
-	c.set(context.WithoutCancel(ctx), key, e, e.Expires.Sub(c.now())+p.staleWindow())
+	c.set(context.WithoutCancel(ctx), key, e, e.Expires.Sub(c.now())+p.staleWindow(), lk)
 }
 
 // answerFailed answers a request for a key whose upstream call failed:
@@ -604,8 +676,8 @@ func (c *Cache) forward(w http.ResponseWriter, r *http.Request, p *Policy, fwd, 
 }
 
 // revalidate refreshes a stale entry in the background, unless a request
-// for it is already in flight or has just failed.
-func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.HandlerFunc) {
+// for it is already in flight or has just failed. shared is as for lead.
+func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, shared bool, fetch http.HandlerFunc) {
 	f, leader := c.join(key)
 	if !leader {
 		return
@@ -630,7 +702,7 @@ func (c *Cache) revalidate(key Key, p *Policy, r *http.Request, fetch http.Handl
 				c.fault(&RefreshError{Panic: v})
 			}
 		}()
-		c.lead(f, &discard{}, bg, key, p, "stale", nil, false, fetch)
+		c.lead(f, &discard{}, bg, key, p, "stale", nil, false, shared, fetch)
 	}()
 }
 
@@ -649,13 +721,15 @@ func IsRevalidation(ctx context.Context) bool {
 // entry, in the store, bounded by the store timeout. If the store fails
 // or has nothing, the memory tier's stale entry, if any, is the answer,
 // so that stale-while-revalidate and stale-if-error still work during an
-// outage. A fault is reported; without a stale entry it is a miss.
-func (c *Cache) get(ctx context.Context, key Key, p *Policy) *Entry {
+// outage. A fault is reported; without a stale entry it is a miss. ok
+// reports that the store did not fail, so that a miss that follows a
+// fault does not wait on the store again for the key's lock.
+func (c *Cache) get(ctx context.Context, key Key, p *Policy) (e *Entry, ok bool) {
 	var near *Entry
 	if c.near != nil {
 		near, _ = c.near.Get(ctx, key) // a Memory never fails
 		if near != nil && c.now().Before(near.Expires) {
-			return near
+			return near, true
 		}
 	}
 	sctx := ctx
@@ -669,22 +743,23 @@ func (c *Cache) get(ctx context.Context, key Key, p *Policy) *Entry {
 		if !errors.Is(err, context.Canceled) || context.Cause(sctx) != context.Canceled {
 			c.fault(&StoreError{Op: "get", Err: err})
 		}
-		return near
+		return near, false
 	}
 	if e == nil {
-		return near
+		return near, true
 	}
 	if c.near != nil {
 		// Read through, so that the next hit costs no store call, and an
 		// outage finds the entries this instance serves in memory.
 		_ = c.near.Set(ctx, key, e, e.Expires.Sub(c.now())+p.staleWindow())
 	}
-	return e
+	return e, true
 }
 
-// set stores e under key for ttl in the memory tier and the store; a
-// store fault is reported, and the entry is then in memory only.
-func (c *Cache) set(ctx context.Context, key Key, e *Entry, ttl time.Duration) {
+// set stores e under key for ttl in the memory tier and the store, and
+// ends lk, if not nil, in the same store call; a store fault is
+// reported, and the entry is then in memory only.
+func (c *Cache) set(ctx context.Context, key Key, e *Entry, ttl time.Duration, lk *lock) {
 	if c.near != nil {
 		_ = c.near.Set(ctx, key, e, ttl) // a Memory never fails
 	}
@@ -693,7 +768,13 @@ func (c *Cache) set(ctx context.Context, key Key, e *Entry, ttl time.Duration) {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	if err := c.store.Set(ctx, key, e, ttl); err != nil {
+	var err error
+	if lk.take() {
+		err = c.locker.SetUnlock(ctx, key, e, ttl, lk.token)
+	} else {
+		err = c.store.Set(ctx, key, e, ttl)
+	}
+	if err != nil {
 		c.fault(&StoreError{Op: "set", Err: err})
 	}
 }

@@ -54,7 +54,25 @@ type PolicyOptions struct {
 	// whose response is complete without the request (no partial content,
 	// no revalidation answer).
 	Statuses []int
+	// UpstreamTimeout is how long the route waits for its upstream's
+	// response head (the route's timeout). With a store shared by several
+	// instances (Redis), the instance calling the upstream for a key locks
+	// the key for this long plus LockSlack, so that if it dies another
+	// instance takes over after at most that. 0 means
+	// DefaultUpstreamTimeout.
+	UpstreamTimeout time.Duration
 }
+
+// DefaultUpstreamTimeout is PolicyOptions.UpstreamTimeout when it is not
+// set: the route timeout's default.
+const DefaultUpstreamTimeout = 30 * time.Second
+
+// LockSlack is added to a route's upstream timeout to make the lock's
+// lifetime: once the head has arrived within the timeout, the body (at
+// most max_entry) is read and stored; the lock should outlive that on a
+// healthy upstream, since a lock that expires early lets a second
+// instance call the upstream.
+const LockSlack = time.Second
 
 // Policy is one route's compiled cache configuration. It is immutable and
 // safe for concurrent use.
@@ -66,6 +84,7 @@ type Policy struct {
 	honor    bool
 	maxEntry int64
 	statuses []int
+	lockTTL  time.Duration
 }
 
 // NewPolicy compiles o, reporting every problem at once.
@@ -80,6 +99,9 @@ func NewPolicy(o PolicyOptions) (*Policy, error) {
 	if o.StaleIfError < 0 {
 		errs = append(errs, fmt.Errorf("stale_if_error %v is negative", o.StaleIfError))
 	}
+	if o.UpstreamTimeout < 0 {
+		errs = append(errs, fmt.Errorf("upstream timeout %v is negative", o.UpstreamTimeout))
+	}
 	if o.MaxEntry < 0 {
 		errs = append(errs, fmt.Errorf("max_entry %d is negative", o.MaxEntry))
 	}
@@ -90,6 +112,10 @@ func NewPolicy(o PolicyOptions) (*Policy, error) {
 		honor:    o.HonorUpstream,
 		maxEntry: o.MaxEntry,
 		statuses: []int{http.StatusOK},
+		lockTTL:  o.UpstreamTimeout + LockSlack,
+	}
+	if o.UpstreamTimeout == 0 {
+		p.lockTTL = DefaultUpstreamTimeout + LockSlack
 	}
 	if p.maxEntry == 0 {
 		p.maxEntry = DefaultMaxEntry

@@ -26,6 +26,7 @@ func TestNewPolicyErrors(t *testing.T) {
 		StaleWhileRevalidate: -time.Second,
 		StaleIfError:         -time.Second,
 		MaxEntry:             -1,
+		UpstreamTimeout:      -time.Second,
 		Vary:                 []string{"Accept-Language", "accept-language", "bad name"},
 		Statuses:             []int{200, 206, 304, 500, 404},
 	})
@@ -37,6 +38,7 @@ func TestNewPolicyErrors(t *testing.T) {
 		"ttl 0s must be positive",
 		"stale_while_revalidate -1s is negative",
 		"stale_if_error -1s is negative",
+		"upstream timeout -1s is negative",
 		"max_entry -1 is negative",
 		"vary[1]: Accept-Language is listed twice",
 		`vary[2]: "bad name" is not a header name`,

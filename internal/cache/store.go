@@ -21,6 +21,45 @@ type Store interface {
 	Set(ctx context.Context, key Key, e *Entry, ttl time.Duration) error
 }
 
+// Locker is an optional capability of a Store shared by several gateway
+// instances: a short lock per key, so that the instances missing a key
+// make one upstream call between them instead of one each. The Cache
+// uses it when its Store has it; see the package doc for the protocol.
+//
+// The lock's value is opaque to the store: the Cache writes into it
+// either the holder's token or a note for the instances waiting (the
+// call failed, or its response is not storable). Operations on one key
+// touch only that key's entry and lock, so a store can keep the two
+// together (one Redis hash slot).
+type Locker interface {
+	// Claim returns the entry stored under key if it is still fresh, that
+	// is if more than stale of its time in the store is left; or else
+	// sets key's lock to token for ttl if nobody holds it; or else
+	// reports the lock's value and remaining time. It does all of that
+	// in one step, so that an entry stored and its lock released just
+	// before are never missed.
+	Claim(ctx context.Context, key Key, token string, ttl, stale time.Duration) (Claim, error)
+	// SetUnlock stores e under key for ttl, as Set does, and then, in the
+	// same step, deletes key's lock if its value is still token.
+	SetUnlock(ctx context.Context, key Key, e *Entry, ttl time.Duration, token string) error
+	// Unlock, if key's lock's value is still token, deletes the lock when
+	// note is empty, or replaces its value with note for ttl otherwise.
+	Unlock(ctx context.Context, key Key, token string, note []byte, ttl time.Duration) error
+}
+
+// Claim is what Locker.Claim found.
+type Claim struct {
+	// Entry is the fresh entry stored under the key; nothing was locked.
+	Entry *Entry
+	// Won reports that the lock was free and now holds the caller's token.
+	Won bool
+	// Held is, when Entry is nil and Won false, the lock's value: another
+	// instance's token or note.
+	Held []byte
+	// TTL is the time Held has left.
+	TTL time.Duration
+}
+
 // DefaultMemorySize is the bound of a Memory store when none is given.
 const DefaultMemorySize = 64 << 20
 
