@@ -3,9 +3,16 @@
 // imports a Redis client.
 //
 // An entry is one string key holding cache.Entry's binary encoding, written
-// with SET ... PX so that Redis expires it; nothing else is stored and no
-// script is needed. Keys are the prefix and the hex SHA-256 cache key, so
-// Redis never holds client text in a key name.
+// with SET ... PX so that Redis expires it. Keys are the prefix and the hex
+// SHA-256 cache key in braces, so Redis never holds client text in a key
+// name: PREFIX{HEX}.
+//
+// The Store is also a cache.Locker: a key's lock is the string key
+// PREFIX{HEX}:lock, taken with SET NX PX and ended by compare-and-delete
+// (or compare-and-set, to leave a note), each in one Lua script. The
+// braces make the hex key the hash tag of both names, so that every
+// script, which touches an entry and its lock, stays within one slot of
+// a Redis Cluster.
 //
 // Open the client with redisstore.NewClient, which sets the timeouts that
 // keep an outage from stalling requests; limiter and cache share one
@@ -14,6 +21,7 @@ package redis
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -29,6 +37,9 @@ import (
 // cache can share a Redis database with the rate limiter.
 const DefaultPrefix = "keyward:cache:"
 
+// lockSuffix follows an entry's name to make its lock's.
+const lockSuffix = ":lock"
+
 // DefaultCooldown is how long a Store fails fast after consecutive faults
 // when Options does not say.
 const DefaultCooldown = 500 * time.Millisecond
@@ -40,7 +51,8 @@ var ErrUnavailable = breaker.ErrOpen
 
 // Options configures a Store.
 type Options struct {
-	// Prefix is prepended to every key; "" means DefaultPrefix.
+	// Prefix is prepended to every key; "" means DefaultPrefix. It must
+	// not contain "{", which would make it the keys' hash tag.
 	Prefix string
 	// Cooldown is how long the Store answers ErrUnavailable without asking
 	// Redis after three consecutive faults, so that during an outage
@@ -58,6 +70,7 @@ type Options struct {
 type Client interface {
 	Get(ctx context.Context, key string) *goredis.StringCmd
 	Set(ctx context.Context, key string, value any, expiration time.Duration) *goredis.StatusCmd
+	goredis.Scripter
 }
 
 // Store is a cache.Store on Redis. It is safe for concurrent use.
@@ -68,7 +81,10 @@ type Store struct {
 	breaker *breaker.Breaker
 }
 
-var _ cache.Store = (*Store)(nil)
+var (
+	_ cache.Store  = (*Store)(nil)
+	_ cache.Locker = (*Store)(nil)
+)
 
 // New returns a Store on client. The client's own timeouts are a backstop
 // only: the Cache bounds each call with a context deadline, which go-redis
@@ -94,7 +110,7 @@ func (s *Store) Get(ctx context.Context, key cache.Key) (*cache.Entry, error) {
 	if err := s.open(); err != nil {
 		return nil, err
 	}
-	b, err := s.client.Get(ctx, s.prefix+key.String()).Bytes()
+	b, err := s.client.Get(ctx, s.name(key)).Bytes()
 	if errors.Is(err, goredis.Nil) {
 		s.ok()
 		return nil, nil
@@ -123,10 +139,144 @@ func (s *Store) Set(ctx context.Context, key cache.Key, e *cache.Entry, ttl time
 		return fmt.Errorf("encoding entry: %w", err)
 	}
 	ttl = (ttl + time.Millisecond - 1).Truncate(time.Millisecond)
-	if err := s.account(ctx, s.client.Set(ctx, s.prefix+key.String(), b, ttl).Err()); err != nil {
+	if err := s.account(ctx, s.client.Set(ctx, s.name(key), b, ttl).Err()); err != nil {
 		return fmt.Errorf("redis SET: %w", err)
 	}
 	return nil
+}
+
+// claimScript is Claim: the entry if it has more than ARGV[3] ms left,
+// or else the lock taken with the token ARGV[1] for ARGV[2] ms, or else
+// the lock's value and remaining time. KEYS: the entry, its lock.
+var claimScript = goredis.NewScript(`
+if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then
+  local e = redis.call('GET', KEYS[1])
+  if e then return {1, e} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2}
+end
+return {3, redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[2])}
+`)
+
+// setUnlockScript is SetUnlock: the entry ARGV[1] stored for ARGV[2] ms,
+// then the lock deleted if it holds the token ARGV[3]. KEYS: the entry,
+// its lock.
+var setUnlockScript = goredis.NewScript(`
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
+`)
+
+// unlockScript is Unlock: if the lock KEYS[1] holds the token ARGV[1],
+// it is deleted when the note ARGV[2] is empty, or else set to it for
+// ARGV[3] ms.
+var unlockScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+`)
+
+// Claim implements cache.Locker, with one script call.
+func (s *Store) Claim(ctx context.Context, key cache.Key, token string, ttl, stale time.Duration) (cache.Claim, error) {
+	if err := s.open(); err != nil {
+		return cache.Claim{}, err
+	}
+	name := s.name(key)
+	res, err := claimScript.Run(ctx, s.client, []string{name, name + lockSuffix}, token, ms(ttl), ms(stale)).Slice()
+	if err := s.account(ctx, err); err != nil {
+		return cache.Claim{}, fmt.Errorf("redis claim: %w", err)
+	}
+	c, err := decodeClaim(res)
+	if err != nil {
+		return cache.Claim{}, fmt.Errorf("redis claim: %w", err)
+	}
+	return c, nil
+}
+
+// errReply is a script's reply of an unexpected shape.
+var errReply = errors.New("unexpected reply")
+
+// decodeClaim reads claimScript's reply. A record that does not decode
+// is an error, as for Get.
+func decodeClaim(res []any) (cache.Claim, error) {
+	if len(res) == 0 {
+		return cache.Claim{}, errReply
+	}
+	switch kind, _ := res[0].(int64); {
+	case kind == 1 && len(res) == 2:
+		b, ok := res[1].(string)
+		if !ok {
+			return cache.Claim{}, errReply
+		}
+		e := new(cache.Entry)
+		if err := e.UnmarshalBinary([]byte(b)); err != nil {
+			return cache.Claim{}, err
+		}
+		return cache.Claim{Entry: e}, nil
+	case kind == 2:
+		return cache.Claim{Won: true}, nil
+	case kind == 3 && len(res) == 3:
+		held, ok1 := res[1].(string)
+		pttl, ok2 := res[2].(int64)
+		if !ok1 || !ok2 {
+			return cache.Claim{}, errReply
+		}
+		return cache.Claim{Held: []byte(held), TTL: time.Duration(max(pttl, 0)) * time.Millisecond}, nil
+	}
+	return cache.Claim{}, errReply
+}
+
+// SetUnlock implements cache.Locker, with one script call.
+func (s *Store) SetUnlock(ctx context.Context, key cache.Key, e *cache.Entry, ttl time.Duration, token string) error {
+	if ttl <= 0 {
+		return s.Unlock(ctx, key, token, nil, 0)
+	}
+	if err := s.open(); err != nil {
+		return err
+	}
+	b, err := e.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("encoding entry: %w", err)
+	}
+	name := s.name(key)
+	if err := s.account(ctx, setUnlockScript.Run(ctx, s.client, []string{name, name + lockSuffix}, b, ms(ttl), token).Err()); err != nil {
+		return fmt.Errorf("redis set and unlock: %w", err)
+	}
+	return nil
+}
+
+// Unlock implements cache.Locker, with one script call.
+func (s *Store) Unlock(ctx context.Context, key cache.Key, token string, note []byte, ttl time.Duration) error {
+	if err := s.open(); err != nil {
+		return err
+	}
+	if note == nil {
+		note = []byte{}
+	}
+	if err := s.account(ctx, unlockScript.Run(ctx, s.client, []string{s.name(key) + lockSuffix}, token, note, ms(ttl)).Err()); err != nil {
+		return fmt.Errorf("redis unlock: %w", err)
+	}
+	return nil
+}
+
+// name is the Redis key of an entry: the hex key in braces is the hash
+// tag it shares with its lock.
+func (s *Store) name(key cache.Key) string {
+	var b [2*len(cache.Key{}) + 2]byte
+	b[0] = '{'
+	hex.Encode(b[1:], key[:])
+	b[len(b)-1] = '}'
+	return s.prefix + string(b[:])
+}
+
+// ms is d in whole milliseconds, rounded up, as PX takes it.
+func ms(d time.Duration) int64 {
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 // open returns ErrUnavailable while the breaker is open.

@@ -63,7 +63,7 @@ func TestStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff([]string{redis.DefaultPrefix + key.String()}, keys); diff != "" {
+		if diff := cmp.Diff([]string{redis.DefaultPrefix + "{" + key.String() + "}"}, keys); diff != "" {
 			t.Errorf("keys (-want +got):\n%s", diff)
 		}
 		ttl, err := c.PTTL(ctx, keys[0]).Result()
@@ -75,11 +75,71 @@ func TestStore(t *testing.T) {
 		}
 	})
 	t.Run("corrupt record is an error", func(t *testing.T) {
-		if err := c.Set(ctx, redis.DefaultPrefix+key.String(), "garbage", time.Minute).Err(); err != nil {
+		if err := c.Set(ctx, redis.DefaultPrefix+"{"+key.String()+"}", "garbage", time.Minute).Err(); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Get(ctx, key); !errors.Is(err, cache.ErrCorrupt) {
-			t.Errorf("err = %v, want ErrCorrupt", err)
+			t.Errorf("get: err = %v, want ErrCorrupt", err)
+		}
+		if _, err := s.Claim(ctx, key, "me", time.Second, 0); !errors.Is(err, cache.ErrCorrupt) {
+			t.Errorf("claim: err = %v, want ErrCorrupt", err)
+		}
+	})
+	t.Run("lock", func(t *testing.T) {
+		key := p.Key("prod", "r", "/lock", nil, nil)
+		lock := redis.DefaultPrefix + "{" + key.String() + "}:lock"
+		claim := func(token string, stale time.Duration) cache.Claim {
+			t.Helper()
+			cl, err := s.Claim(ctx, key, token, 10*time.Second, stale)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl.TTL = cl.TTL.Round(time.Second) // Redis counts down
+			return cl
+		}
+		unlock := func(token, note string, ttl time.Duration) {
+			t.Helper()
+			if err := s.Unlock(ctx, key, token, []byte(note), ttl); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if diff := cmp.Diff(cache.Claim{Won: true}, claim("a", 0)); diff != "" {
+			t.Errorf("first claim (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff(cache.Claim{Held: []byte("a"), TTL: 10 * time.Second}, claim("b", 0)); diff != "" {
+			t.Errorf("second claim (-want +got):\n%s", diff)
+		}
+		unlock("b", "", 0) // not b's: nothing happens
+		unlock("a", "failed", 5*time.Second)
+		if diff := cmp.Diff(cache.Claim{Held: []byte("failed"), TTL: 5 * time.Second}, claim("b", 0)); diff != "" {
+			t.Errorf("claim of a lock with a note (-want +got):\n%s", diff)
+		}
+		unlock("a", "other", time.Second) // the note is not a's token any more
+		if got := c.Get(ctx, lock).Val(); got != "failed" {
+			t.Errorf("lock = %q after an unlock by a former holder", got)
+		}
+		c.Del(ctx, lock)
+
+		claim("c", 0)
+		if err := s.SetUnlock(ctx, key, want, 3*time.Second, "c"); err != nil {
+			t.Fatal(err)
+		}
+		if n := c.Exists(ctx, lock).Val(); n != 0 {
+			t.Error("SetUnlock left the lock")
+		}
+		if diff := cmp.Diff(cache.Claim{Entry: want}, claim("d", 2*time.Second)); diff != "" {
+			t.Errorf("claim of a fresh entry (-want +got):\n%s", diff)
+		}
+		// With 3 s left in the store of which 5 s are the stale window,
+		// the entry is stale: the claim takes the lock.
+		if diff := cmp.Diff(cache.Claim{Won: true}, claim("d", 5*time.Second)); diff != "" {
+			t.Errorf("claim of a stale entry (-want +got):\n%s", diff)
+		}
+		if err := s.SetUnlock(ctx, key, want, 3*time.Second, "x"); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Get(ctx, lock).Val(); got != "d" {
+			t.Errorf("lock = %q after SetUnlock by another token, want d's", got)
 		}
 	})
 	t.Run("prefix", func(t *testing.T) {
