@@ -36,7 +36,7 @@ kw=${PID[keyward]}
 log "keyward $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo dev), pid $kw; work folder $WORK"
 
 "$WORK/bin/faults" load -url http://127.0.0.1:9205 -rate "$RATE" -store-timeout 50ms -recovery 50ms \
-	-upstream-log "$WORK/ids.log" -events "$WORK/events.log" -metrics http://127.0.0.1:9206/metrics -raw "$WORK/raw.tsv" -pid "$kw" \
+	-upstream-log "$WORK/ids.log" -events "$WORK/events.log" -metrics http://127.0.0.1:9206/metrics -raw "$WORK/raw.tsv" -pid "$kw" -redis 127.0.0.1:9207 \
 	>"$WORK/load.txt" 2>&1 &
 loadpid=$!
 STARTED+=("$loadpid")

@@ -7,15 +7,16 @@
 #      streams; RATE requests/s) for DURATION seconds (default 600), a new
 #      config renamed into place every RELOAD_EVERY seconds (default 30),
 #      its RSS, Go heap and goroutines sampled every INTERVAL seconds
-#      (default 10). Flat: after the first minute (warm-up), the last
-#      minute's mean RSS is at most max(2 MB, 5%) above the first
-#      minute's. Every answer is checked as in bench/faults.sh.
+#      (default 10). Flat: after the first minute (warm-up), the
+#      least-squares trend of RSS grows by at most max(2 MB, 5%) over the
+#      run. Every answer is checked as in bench/faults.sh.
 #   2. IDLE idle keep-alive connections (default 10000; 0 skips) held for
 #      10 s on a fresh keyward with bench/keyward.yaml (bench/idleconns):
 #      its RSS, read once they are open and again at the end of the hold,
 #      must stay at most IDLE_MAX_MB (default 150).
 # About DURATION + 40 s; exits 1 when a figure is not met. The report is
-# also written to bench/results/soak.txt.
+# also written to bench/results/soak.txt, and every request of part 1 to
+# soak-raw.tsv there.
 #   bench/soak.sh          DURATION=600 RATE=500 INTERVAL=10 RELOAD_EVERY=30 IDLE=10000
 # LOAD=wrk runs the earlier soak instead of part 1: bench/keyward.yaml's one
 # route under wrk at CONNS connections (default 256), RSS printed every
@@ -39,6 +40,7 @@ report() { tee -a "$WORK/report.txt"; }
 # mixed_soak: part 1; its status is the checking client's.
 mixed_soak() {
 	build_faults
+	mkdir -p "$BENCH/results"
 	start_redis
 	start_faults_upstream
 	start_faults_keyward
@@ -51,7 +53,7 @@ mixed_soak() {
 	fi
 	"$WORK/bin/faults" load -url http://127.0.0.1:9205 -rate "$RATE" -duration "${DURATION}s" \
 		-pid "$kw" -sample "${INTERVAL}s" -warmup 60s -metrics http://127.0.0.1:9206/metrics \
-		-upstream-log "$WORK/ids.log" -events "$WORK/events.log" | report || rc=$?
+		-upstream-log "$WORK/ids.log" -events "$WORK/events.log" -redis 127.0.0.1:9207 -raw "$BENCH/results/soak-raw.tsv" | report || rc=$?
 	if [[ -n ${reloadpid:-} ]]; then
 		wait "$reloadpid" || true
 		forget "$reloadpid"

@@ -101,6 +101,7 @@ type loadFlags struct {
 	sample       time.Duration
 	warmup       time.Duration
 	raw          string
+	redis        string
 }
 
 func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (bool, error) {
@@ -122,6 +123,7 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (bool
 	fs.IntVar(&f.pid, "pid", 0, "the gateway's process, whose RSS is sampled (0: none)")
 	fs.DurationVar(&f.sample, "sample", 10*time.Second, "RSS sampling interval")
 	fs.DurationVar(&f.warmup, "warmup", time.Minute, "RSS samples before this are warm-up, not trend")
+	fs.StringVar(&f.redis, "redis", "", "Redis's address, PINGed every 10 ms to tell a slow Redis from a slow gateway")
 	fs.StringVar(&f.raw, "raw", "", "file every request is written to, one tab-separated line each, for a closer look")
 	if err := fs.Parse(args); err != nil {
 		return false, err
@@ -143,6 +145,10 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (bool
 	if f.pid != 0 {
 		sampling.Go(func() { samples = sampleMemory(sctx, f.pid, f.metrics, f.sample, stdout) })
 	}
+	var pings []ping
+	if f.redis != "" {
+		sampling.Go(func() { pings = pingRedis(sctx, f.redis, 10*time.Millisecond, time.Second) })
+	}
 	var waitBefore time.Duration
 	if f.pid != 0 {
 		waitBefore, _ = runQueueWait(f.pid)
@@ -160,7 +166,7 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (bool
 		}
 	}
 
-	in := input{results: l.results, notSent: notSent, samples: samples}
+	in := input{results: l.results, notSent: notSent, samples: samples, pings: pings}
 	var err error
 	if f.events != "" {
 		if in.events, err = readEvents(f.events); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -71,20 +72,22 @@ func rssMB(pid int) (float64, error) {
 	return 0, errors.New("no VmRSS in /proc/PID/status")
 }
 
-// trend says whether RSS stayed flat after warm-up: the mean of the last
-// minute's samples against the first minute's after warm-up, and the
-// least-squares slope over all of them.
+// trend says whether RSS stayed flat after warm-up.
 type trend struct {
 	judged      bool // enough samples after warm-up: two minutes
 	first, last float64
-	slope       float64 // MB per minute
+	slope       float64 // MB per minute, least squares
+	growth      float64 // slope times the span: the trend's growth over the run
 	flat        bool
 }
 
-// rssTrend judges samples taken after warmup. Flat means the last minute's
-// mean is at most max(2 MB, 5%) above the first minute's: less is the
-// noise of a garbage-collected heap under a steady load, a leak at a
-// steady load grows by its rate times the run.
+// rssTrend judges samples taken after warmup. Flat means the least-squares
+// trend grows by at most max(2 MB, 5% of the mean) over the run: a leak at
+// a steady load grows by its rate times the run, while RSS also follows
+// the number of client connections, which rises and falls with the
+// machine's stalls (each stall leaves more requests, so connections, in
+// flight) and moves a single minute's mean by that much. The means of the
+// first and last minute are reported beside it.
 func rssTrend(samples []sample, warmup time.Duration) trend {
 	var s []sample
 	for _, x := range samples {
@@ -99,7 +102,6 @@ func rssTrend(samples []sample, warmup time.Duration) trend {
 	tr := trend{judged: true}
 	tr.first = meanRSS(s, func(t time.Duration) bool { return t < from+time.Minute })
 	tr.last = meanRSS(s, func(t time.Duration) bool { return t > to-time.Minute })
-	tr.flat = tr.last-tr.first <= max(2, 0.05*tr.first)
 	var n, sx, sy, sxx, sxy float64
 	for _, x := range s {
 		m := x.t.Minutes()
@@ -112,6 +114,8 @@ func rssTrend(samples []sample, warmup time.Duration) trend {
 	if d := n*sxx - sx*sx; d != 0 {
 		tr.slope = (n*sxy - sx*sy) / d
 	}
+	tr.growth = tr.slope * (to - from).Minutes()
+	tr.flat = tr.growth <= max(2, 0.05*sy/n)
 	return tr
 }
 
@@ -197,4 +201,72 @@ func runQueueWait(pid int) (time.Duration, error) {
 		}
 	}
 	return sum, nil
+}
+
+// ping is one PING to Redis: when it was sent and how long the answer
+// took (the timeout if none came).
+type ping struct {
+	start time.Time
+	rtt   time.Duration
+}
+
+// pingRedis sends a PING to addr every interval on one connection, opened
+// again after a failure, until ctx ends: the time line of how fast Redis
+// itself answered, so that a store timeout can be told from the gateway's
+// own stalls.
+func pingRedis(ctx context.Context, addr string, interval, timeout time.Duration) []ping {
+	var out []ping
+	var c net.Conn
+	var br *bufio.Reader
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return out
+		case <-tick.C:
+			if ctx.Err() != nil {
+				return out // both were ready
+			}
+		}
+		p := ping{start: time.Now(), rtt: timeout}
+		if c == nil {
+			var err error
+			if c, err = net.DialTimeout("tcp", addr, timeout); err != nil {
+				c = nil
+				out = append(out, p)
+				continue
+			}
+			br = bufio.NewReader(c)
+		}
+		_ = c.SetDeadline(p.start.Add(timeout))
+		_, err := c.Write([]byte("PING\r\n"))
+		var line string
+		if err == nil {
+			line, err = br.ReadString('\n')
+		}
+		if err != nil || line != "+PONG\r\n" {
+			c.Close()
+			c = nil
+		} else {
+			p.rtt = time.Since(p.start)
+		}
+		out = append(out, p)
+	}
+}
+
+// slowestPing is the slowest answer to a PING sent in [from, to].
+func slowestPing(pings []ping, from, to time.Time) time.Duration {
+	var m time.Duration
+	for _, p := range pings {
+		if !p.start.Before(from) && !p.start.After(to) {
+			m = max(m, p.rtt)
+		}
+	}
+	return m
 }

@@ -56,6 +56,7 @@ type input struct {
 	reloadsOK     float64        // during the run
 	reloadsFailed float64        // since the gateway started
 	samples       []sample
+	pings         []ping // Redis's own answers, when it was PINGed
 }
 
 // figures are issue 15's targets.
@@ -108,7 +109,8 @@ type report struct {
 	duplicates   []string
 	phantoms     int // a 200 on a route without cache that the upstream never saw
 	unexplained  []result
-	stallRefused int // store_unavailable while Redis was up, within a second of a stall longer than the store timeout
+	stallRefused int // store_unavailable while Redis was up, within a second of a gateway stall longer than the store timeout
+	slowRefused  int // the same, within a second of a PING that Redis answered slower than the store timeout
 	retried      int
 	restarts     []restart
 	redis        []faultLatency
@@ -179,6 +181,8 @@ func analyse(in input, fig figures) *report {
 			case explained(windows, r, fig.grace):
 			case r.code == "store_unavailable" && st.around(r.start.Add(-time.Second), r.end()) > fig.storeTimeout:
 				rep.stallRefused++
+			case r.code == "store_unavailable" && slowestPing(in.pings, r.start.Add(-time.Second), r.end()) > fig.storeTimeout:
+				rep.slowRefused++
 			default:
 				rep.unexplained = append(rep.unexplained, *r)
 			}
@@ -431,8 +435,8 @@ func (rep *report) verdicts() []verdict {
 			fmt.Sprintf("%.0f ok, %.0f failed", rep.reloadsOK, rep.reloadsFail), ok})
 	}
 	if rep.rss.judged {
-		v = append(v, verdict{"RSS flat after warm-up (last minute ≤ first minute + max(2 MB, 5%))",
-			fmt.Sprintf("%.1f → %.1f MB, slope %+.2f MB/min", rep.rss.first, rep.rss.last, rep.rss.slope), rep.rss.flat})
+		v = append(v, verdict{"RSS flat after warm-up (its trend grows by ≤ max(2 MB, 5%) over the run)",
+			fmt.Sprintf("trend %+.2f MB/min, %+.1f MB over the run; first minute %.1f MB, last %.1f MB", rep.rss.slope, rep.rss.growth, rep.rss.first, rep.rss.last), rep.rss.flat})
 	}
 	return v
 }
@@ -498,9 +502,9 @@ func (rep *report) print(w io.Writer) {
 	for _, d := range first(rep.duplicates, 5) {
 		fmt.Fprintf(w, "duplicate: %s\n", d)
 	}
-	if rep.stallRefused > 0 {
-		fmt.Fprintf(w, "store_unavailable while Redis was up: %d, each within a second of a stall: store-free requests slower than %s (a store call timed out, and three in a row fail fast for 500 ms)\n",
-			rep.stallRefused, rep.fig.storeTimeout)
+	if rep.stallRefused+rep.slowRefused > 0 {
+		fmt.Fprintf(w, "store_unavailable while Redis was up: %d within a second of a gateway stall (store-free requests slower than %s), %d of a Redis one (a PING answered slower): a store call timed out, and three in a row fail fast for 500 ms\n",
+			rep.stallRefused, rep.fig.storeTimeout, rep.slowRefused)
 	}
 	for _, r := range first(rep.unexplained, 5) {
 		fmt.Fprintf(w, "outside a fault: %s %s at %s: %s %d %s %s\n", r.route, r.id, r.start.Format("15:04:05.000"), r.outcome, r.status, r.code, r.detail)

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -102,9 +105,11 @@ func TestStoreUnavailableDuringAStall(t *testing.T) {
 		refusal(routeGuarded, "b", "store_unavailable", 1400, 1),
 		refusal(routeGuarded, "c", "store_unavailable", 3000, 1), // two seconds later: not the stall's
 	}
-	rep := analyse(input{results: results}, figures{storeTimeout: 50 * time.Millisecond, grace: time.Second})
-	if rep.stallRefused != 1 || len(rep.unexplained) != 1 || rep.unexplained[0].id != "c" {
-		t.Errorf("stallRefused %d, unexplained %+v; want 1 and c", rep.stallRefused, rep.unexplained)
+	pings := []ping{{at(2990), 2 * time.Millisecond}, {at(5000), 80 * time.Millisecond}} // Redis stalled at 5 s
+	results = append(results, refusal(routeGuarded, "d", "store_unavailable", 5500, 1))
+	rep := analyse(input{results: results, pings: pings}, figures{storeTimeout: 50 * time.Millisecond, grace: time.Second})
+	if rep.stallRefused != 1 || rep.slowRefused != 1 || len(rep.unexplained) != 1 || rep.unexplained[0].id != "c" {
+		t.Errorf("stallRefused %d, slowRefused %d, unexplained %+v; want 1, 1 and c", rep.stallRefused, rep.slowRefused, rep.unexplained)
 	}
 }
 
@@ -134,6 +139,10 @@ func TestRSSTrend(t *testing.T) {
 		{"flat with noise", series(func(i int) float64 { return 40 + float64(i%3) }), true, true},
 		{"warm-up growth is not trend", series(func(i int) float64 { return 20 + min(float64(i), 6)*3 }), true, true},
 		{"a leak of 1 MB a minute", series(func(i int) float64 { return 40 + float64(i)/6 }), false, true},
+		{"a leak of 0.3 MB a minute", series(func(i int) float64 { return 40 + float64(i)/20 }), false, true},
+		// More connections in the last minute (a stall): its mean is 2.4 MB
+		// higher, the trend is not.
+		{"a bump at the end", series(func(i int) float64 { return 35 + 2.4*float64(i/55) }), true, true},
 		{"too short", series(func(int) float64 { return 40 })[:15], false, false},
 	}
 	for _, tt := range tests {
@@ -275,5 +284,45 @@ func TestMetricValue(t *testing.T) {
 	}
 	if _, ok := metricValue(text, "go_threads"); ok {
 		t.Error("metricValue(go_threads) found a series that is not there")
+	}
+}
+
+// TestPingRedis PINGs a fake Redis that answers twice, then stops
+// answering: the third PING counts as slow as the timeout.
+func TestPingRedis(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for n := 1; ; n++ {
+			if _, err := br.ReadString('\n'); err != nil {
+				return
+			}
+			if n == 3 {
+				cancel() // the third goes unanswered
+				return
+			}
+			c.Write([]byte("+PONG\r\n"))
+		}
+	}()
+	pings := pingRedis(ctx, ln.Addr().String(), time.Millisecond, 200*time.Millisecond)
+	if len(pings) != 3 {
+		t.Fatalf("%d pings, want 3: %+v", len(pings), pings)
+	}
+	if pings[0].rtt >= 200*time.Millisecond || pings[1].rtt >= 200*time.Millisecond || pings[2].rtt != 200*time.Millisecond {
+		t.Errorf("rtts %v %v %v; want two answers and a timeout", pings[0].rtt, pings[1].rtt, pings[2].rtt)
+	}
+	if got := slowestPing(pings, pings[0].start, pings[1].start); got >= 200*time.Millisecond {
+		t.Errorf("slowestPing over the answered two = %v", got)
 	}
 }
