@@ -45,6 +45,10 @@ type Entry struct {
 	TokensIn, TokensOut int64
 	Cost                int64
 	Charged             bool
+	// DroppedQuery counts the client's query parameters that did not go
+	// upstream (not allowed, or set by the gateway): a parameter a page
+	// expected to work and that the config leaves out shows here.
+	DroppedQuery int
 }
 
 // Logger writes entries to an io.Writer. It is safe for concurrent use.
@@ -158,6 +162,10 @@ func appendEntry(b []byte, e *Entry) []byte {
 		// printed with a decimal point, no float rounding.
 		b = append(b, `,"cost":`...)
 		b = appendMicros(b, e.Cost)
+	}
+	if e.DroppedQuery > 0 {
+		b = append(b, `,"dropped_query":`...)
+		b = strconv.AppendInt(b, int64(e.DroppedQuery), 10)
 	}
 	if e.Caller != "" {
 		b = append(b, `,"caller":`...)

@@ -174,6 +174,13 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	}
 	if len(c.errs) > 0 {
 		errs := dedupe(c.errs)
+	for _, stName := range sortedKeys(cfg.Stages) {
+		for name := range cfg.Stages[stName].Secrets {
+			if !c.used[name] {
+				c.warnf("stages."+stName+".secrets."+name, "secret %q is never used", name)
+			}
+		}
+	}
 		sort.SliceStable(errs, func(i, j int) bool { return line(errs[i]) < line(errs[j]) })
 		return nil, c.warns, errors.Join(errs...)
 	}
@@ -652,7 +659,13 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 		}
 	}
 	if pat != nil && pat.Rest && slices.ContainsFunc(ep.methods, func(m string) bool { return m != "GET" && m != "HEAD" && m != "OPTIONS" }) {
-		c.warnf(path+".methods", "greedy path %q allows write methods %v: every upstream path under the prefix can be written", rc.Path, ep.methods)
+		var writes []string
+		for _, m := range ep.methods {
+			if m != "GET" && m != "HEAD" && m != "OPTIONS" {
+				writes = append(writes, m)
+			}
+		}
+		c.warnf(path+".methods", "greedy path %q allows write methods %v: every upstream path under the prefix can be written", rc.Path, writes)
 	}
 
 	// The caller may be written into what the route sets, never into the
@@ -757,8 +770,8 @@ func (c *compiler) body(path string, rc *config.Route, ep *endpoint, st stage) {
 		ep.transformSecrets = map[string]string{}
 		for _, name := range t.Request.SecretNames() {
 			c.used[name] = true
-			v, ok := c.secrets[name]
-			if _, defined := c.f.Config.Secrets[name]; !defined {
+			v, ok := c.secretFor(st, name)
+			if !c.secretDefined(st, name) {
 				c.errorf(path+".transform.request", "unknown secret $secret.%s", name)
 				continue
 			}

@@ -165,7 +165,7 @@ routes:
 		t.Errorf("upstream shown as %q", r.Upstream)
 	}
 	ep := r.ep
-	q, err := ep.outboundQuery("address=x&KEY=mine&key=mine", nil)
+	q, _, err := ep.outboundQuery("address=x&KEY=mine&key=mine", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -236,25 +236,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // allocation for both.
 type exchange struct {
 	proxy.Exchange
-	rec     recorder
-	id      [1]string // X-Request-Id header value
-	url     url.URL   // the upstream URL
-	g       *Gateway
-	ep      *endpoint
-	params  route.Params
-	start   time.Time
-	path    string // escaped upstream path
-	rawPath string // decoded upstream path
-	query   string
-	status  int
-	errCode string
-	ctype   string // Content-Type set by a request transform
-	held    int64  // body bytes reserved against g.buffers
-	caller  caller.Identity
-	limiter *ratelimit.Limiter // what this request counts against
-	spend   spend
-	client  ratelimit.Client
-	in      *http.Request // the inbound request, once forwarding started
+	rec          recorder
+	id           [1]string // X-Request-Id header value
+	url          url.URL   // the upstream URL
+	g            *Gateway
+	ep           *endpoint
+	params       route.Params
+	start        time.Time
+	path         string // escaped upstream path
+	rawPath      string // decoded upstream path
+	query        string
+	status       int
+	errCode      string
+	ctype        string // Content-Type set by a request transform
+	held         int64  // body bytes reserved against g.buffers
+	droppedQuery int    // client query parameters left out
+	caller       caller.Identity
+	limiter      *ratelimit.Limiter // what this request counts against
+	spend        spend
+	client       ratelimit.Client
+	in           *http.Request // the inbound request, once forwarding started
 }
 
 // ServeHTTP is the request path. Every refusal on the way is returned as
@@ -357,7 +358,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		}
 	}
 	var err error
-	if x.query, err = ep.outboundQuery(r.URL.RawQuery, x.param); err != nil {
+	if x.query, x.droppedQuery, err = ep.outboundQuery(r.URL.RawQuery, x.param); err != nil {
 		return refused(http.StatusBadRequest, "invalid_query", err.Error())
 	}
 	if x.path, x.rawPath, err = ep.upstream.Path(&x.params); err != nil {

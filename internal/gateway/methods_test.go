@@ -84,3 +84,21 @@ routes:
 		})
 	}
 }
+
+// TestDroppedQueryLogged: a client query parameter the config leaves out
+// is counted in the access-log line, so "my parameter does nothing" shows
+// up in the log.
+func TestDroppedQueryLogged(t *testing.T) {
+	h := gatewaytest.New(t, `
+routes:
+  - { name: search, path: /search, upstream: "{{UP}}/search", query: { allow: [q] } }
+`, nil)
+	t.Cleanup(h.Scan)
+	if res := h.Get("/search?q=1&page=2&sort=x", nil); res.Status != 200 {
+		t.Fatalf("%d %s", res.Status, res.Body)
+	}
+	h.Up.Take()
+	if !strings.Contains(h.Logs.String(), `"dropped_query":2`) {
+		t.Errorf("no dropped_query count in the access log:\n%s", h.Logs.String())
+	}
+}

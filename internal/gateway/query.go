@@ -10,9 +10,11 @@ import (
 // then allowed client parameters in their order, then the gateway's own.
 // A client parameter whose name collides with a set one in any spelling
 // is dropped, so the gateway's value is the only one the upstream sees.
-func (ep *endpoint) outboundQuery(raw string, param func(string) string) (string, error) {
+// dropped counts the client's parameters that were left out (not allowed,
+// or set by the gateway), for the access log.
+func (ep *endpoint) outboundQuery(raw string, param func(string) string) (q string, dropped int, err error) {
 	if raw == "" && len(ep.querySet) == 0 {
-		return ep.upstream.RawQuery, nil
+		return ep.upstream.RawQuery, 0, nil
 	}
 	var b strings.Builder
 	b.WriteString(ep.upstream.RawQuery)
@@ -24,19 +26,20 @@ func (ep *endpoint) outboundQuery(raw string, param func(string) string) (string
 		}
 		if strings.ContainsAny(pair, ";") {
 			// Some servers split on ";" too; refuse rather than guess.
-			return "", errors.New("query contains ';'")
+			return "", 0, errors.New("query contains ';'")
 		}
 		rawName, rawValue, _ := strings.Cut(pair, "=")
 		name, err := url.QueryUnescape(rawName)
 		if err != nil {
-			return "", errors.New("query parameter name is not validly encoded")
+			return "", 0, errors.New("query parameter name is not validly encoded")
 		}
 		if !ep.queryAllow[name] || ep.isSetParam(name) {
+			dropped++
 			continue
 		}
 		value, err := url.QueryUnescape(rawValue)
 		if err != nil {
-			return "", errors.New("query parameter " + quoteName(name) + " is not validly encoded")
+			return "", 0, errors.New("query parameter " + quoteName(name) + " is not validly encoded")
 		}
 		if b.Len() > 0 {
 			b.WriteByte('&')
@@ -54,7 +57,7 @@ func (ep *endpoint) outboundQuery(raw string, param func(string) string) (string
 		b.WriteByte('=')
 		b.WriteString(url.QueryEscape(string(qs.value.Expand(nil, param, nil))))
 	}
-	return b.String(), nil
+	return b.String(), dropped, nil
 }
 
 func (ep *endpoint) isSetParam(name string) bool {

@@ -264,7 +264,7 @@ func (g *Gateway) finish(w *recorder, r *http.Request, x *exchange) {
 		Time: x.start, ID: x.id[0], Stage: stageName, Route: routeName, Method: r.Method,
 		Path: g.scrub.String(r.URL.EscapedPath()), Status: status, Bytes: w.bytes,
 		Duration: dur, UpstreamDuration: x.Duration, Error: x.errCode,
-		Caller: x.caller.Kind, CallerID: callerHash(&x.caller),
+		Caller: x.caller.Kind, CallerID: callerHash(&x.caller), DroppedQuery: x.droppedQuery,
 		Model: x.spend.model(), TokensIn: x.spend.tokensIn(), TokensOut: x.spend.tokensOut(),
 		Cost: int64(x.spend.charged.Money), Charged: x.spend.settled,
 	})
