@@ -160,6 +160,9 @@ func TestCompose(t *testing.T) {
 				if target == port(t, str(cfg, "admin", "listen")) && (len(parts) != 3 || parts[0] != "127.0.0.1") {
 					t.Errorf("port %q publishes the admin listener beyond the host's loopback", p)
 				}
+				if needsLowPorts(target) && str(s, "sysctls", unprivilegedPortsSysctl) != "0" {
+					t.Errorf("port %q: the non-root user cannot bind %s without sysctls %s: 0", p, target, unprivilegedPortsSysctl)
+				}
 			}
 			if host, _, _ := strings.Cut(strings.TrimPrefix(str(cfg, "admin", "listen"), "["), ":"); host == "" || host == "127.0.0.1" || host == "localhost" {
 				t.Errorf("admin.listen %q: loopback inside the container is unreachable through a published port", str(cfg, "admin", "listen"))

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -261,8 +262,19 @@ func TestDockerfileStages(t *testing.T) {
 }
 
 // recipePorts are the container ports the compose and Kubernetes recipes
-// use: http_redirect, the TLS listener, admin.
-var recipePorts = []string{"8080", "8443", "9090"}
+// use (the TLS listener, http_redirect, admin), and the default listen.
+var recipePorts = []string{"443", "80", "9090", "8080"}
+
+// unprivilegedPortsSysctl lets a non-root process bind ports under 1024 in
+// its container's network namespace when set to 0.
+const unprivilegedPortsSysctl = "net.ipv4.ip_unprivileged_port_start"
+
+// needsLowPorts reports whether a container port needs
+// unprivilegedPortsSysctl: the image's user has no capability.
+func needsLowPorts(port string) bool {
+	n, err := strconv.Atoi(port)
+	return err == nil && n < 1024
+}
 
 func TestDockerfileBuildCommandMatchesMakefile(t *testing.T) {
 	df := readDockerfile(t)

@@ -156,6 +156,14 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("tls.%s %s is not a file of a mounted Secret (mounted: %v)", k, p, files)
 		}
 	}
+	// keyward watches each file's directory for the kubelet's ..data swap;
+	// in a subdirectory of the volume that directory is itself a link into
+	// the swapped data, and only the first update is seen.
+	for f := range files {
+		if path.Dir(f) != path.Dir(configPath) {
+			t.Errorf("%s is not at the top of its volume (%s): keyward would see it change once only", f, path.Dir(configPath))
+		}
+	}
 
 	// Ports: the probes and containerPorts are the listeners keyward.yaml
 	// opens, the admin listener on an address the kubelet reaches.
@@ -170,6 +178,15 @@ func TestKubernetes(t *testing.T) {
 	for name, p := range want {
 		if ports[name] != p {
 			t.Errorf("containerPort %s = %q, want %s from %s", name, ports[name], p, cfgPath)
+		}
+		if needsLowPorts(p) {
+			var set bool
+			for _, s := range list(pod, "securityContext", "sysctls") {
+				set = set || str(s, "name") == unprivilegedPortsSysctl && str(s, "value") == "0"
+			}
+			if !set {
+				t.Errorf("containerPort %s: the non-root user cannot bind %s without the sysctl %s=0", name, p, unprivilegedPortsSysctl)
+			}
 		}
 	}
 	if host, _, _ := strings.Cut(str(cfg, "admin", "listen"), ":"); host == "" || host == "127.0.0.1" || host == "localhost" {

@@ -69,7 +69,7 @@ func (a *atomicDir) write(files map[string]string) {
 // unchanged path.
 func TestConfigMapUpdateReloads(t *testing.T) {
 	a := &atomicDir{t: t, dir: t.TempDir()}
-	a.write(map[string]string{"keyward.yaml": "v1", "tls/cert.pem": "cert1", "tls/key.pem": "key1"})
+	a.write(map[string]string{"keyward.yaml": "v1", "cert.pem": "cert1", "key.pem": "key1"})
 
 	path := filepath.Join(a.dir, "keyward.yaml")
 	loaded := make(chan string, 10)
@@ -98,7 +98,7 @@ func TestConfigMapUpdateReloads(t *testing.T) {
 	expect(t, loaded, "v1")
 
 	for _, v := range []string{"v2", "v3"} {
-		a.write(map[string]string{"keyward.yaml": v, "tls/cert.pem": "cert-" + v, "tls/key.pem": "key-" + v})
+		a.write(map[string]string{"keyward.yaml": v, "cert.pem": "cert-" + v, "key.pem": "key-" + v})
 		expect(t, loaded, v)
 	}
 }
