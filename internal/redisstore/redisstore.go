@@ -42,6 +42,13 @@ func NewClient(rawURL string) (*goredis.Client, error) {
 	if opts.DialerRetries == 0 {
 		opts.DialerRetries = 1
 	}
+	if !strings.Contains(rawURL, "max_retries=") {
+		// No retries: a command that failed on the network may still have
+		// run, and a budget script run twice counts twice; and a refused
+		// connection fails at once instead of after three tries, so a dead
+		// Redis costs a request well under its store_timeout.
+		opts.MaxRetries = -1
+	}
 	return goredis.NewClient(opts), nil
 }
 
