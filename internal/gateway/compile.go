@@ -391,7 +391,7 @@ func (c *compiler) limits(path string, lc *config.Limits, ep *endpoint) {
 
 func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 	cc := rc.Cache
-	o := cache.PolicyOptions{Vary: cc.Vary, HonorUpstream: cc.HonorUpstream, Statuses: cc.Statuses}
+	o := cache.PolicyOptions{Vary: cc.Vary, HonorUpstream: cc.HonorUpstream, Statuses: cc.Statuses, UpstreamTimeout: ep.timeout}
 	if cc.TTL == "" {
 		c.errorf(path+".ttl", "ttl is required")
 	} else {
