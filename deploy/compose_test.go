@@ -50,7 +50,7 @@ func TestCompose(t *testing.T) {
 	cmd := strings.Join(strs(redis, "command"), " ")
 	for _, want := range []string{"--appendonly yes", "--maxmemory-policy noeviction"} {
 		if !strings.Contains(cmd, want) {
-			t.Errorf("redis command %q: want %s (keyward warns at start without it)", cmd, want)
+			t.Errorf("redis command %q: want %s (a restart or eviction would lose budgets and API keys)", cmd, want)
 		}
 	}
 	if len(list(redis, "healthcheck", "test")) == 0 {

@@ -159,4 +159,16 @@ func TestSystemdAnalyzeSecurity(t *testing.T) {
 	if score > maxExposure {
 		t.Errorf("exposure %.1f, over %.1f: what lost its protection?\n%s", score, maxExposure, stdout)
 	}
+	// The figure the unit and the docs quote.
+	for _, doc := range []string{unitPath, deployDoc} {
+		quoted := regexp.MustCompile(`(\d+\.\d) OK`).FindAllSubmatch(readFile(t, doc), -1)
+		if len(quoted) == 0 {
+			t.Errorf("%s quotes no exposure figure", doc)
+		}
+		for _, q := range quoted {
+			if string(q[1]) != m[1] {
+				t.Errorf("%s quotes exposure %s; systemd-analyze says %s", doc, q[1], m[1])
+			}
+		}
+	}
 }
