@@ -6,9 +6,19 @@
 // One Limiter per route combines them over a Store, in two steps that the
 // gateway takes at two points of a request: AllowRate when the request
 // arrives, so that every request a client sends costs it rate, whatever
-// becomes of it; Spend just before the request goes upstream, so that the
-// budgets count what the upstream receives (and bills), not requests the
-// gateway refused itself or answered from its cache.
+// becomes of it; Reserve (or Spend) just before the request goes
+// upstream, so that the budgets count what the upstream receives (and
+// bills), not requests the gateway refused itself or answered from its
+// cache.
+//
+// Budgets count requests, money or tokens (Unit). A call's cost in money
+// or tokens is known only once its answer is (a model call), so Reserve
+// counts the worst case against every budget that applies, the route's,
+// the client's and the spend cap shared by every route, in one atomic
+// step, and Reservation.Settle later gives back the difference to the
+// real cost, in the window the reservation was counted in. Concurrent
+// calls therefore cannot overshoot a budget that only some of them fit:
+// each in-flight call holds its worst case until it settles.
 //
 // An IPv6 client is also counted in its wide network (Client.Wide, the
 // /48 by default; see package clientip), against WideFactor times its own
@@ -69,10 +79,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
-// DefaultTimeout bounds the store round trip of one AllowRate or Spend
-// call when Options does not. It is long enough for a Redis round trip
+// DefaultTimeout bounds the store round trip of one AllowRate, Reserve,
+// Spend or Settle call when Options does not. It is long enough for a Redis round trip
 // inside a data centre and short enough that a Redis outage adds little
 // latency before the fault policy applies.
 const DefaultTimeout = 50 * time.Millisecond
@@ -135,11 +147,27 @@ type Options struct {
 	// Burst is how many requests a client may send at once before Rate
 	// applies; values below 1 mean 1. Ignored without a Rate.
 	Burst int64
-	// ClientBudget is a per-client budget; the zero Budget means none.
+	// ClientBudget is a per-client budget, in requests or money; the zero
+	// Budget means none.
 	ClientBudget Budget
-	// Budget is the route budget shared by all clients: the ceiling on
-	// requests the upstream receives per window. The zero Budget means none.
+	// Budget is the route budget shared by all clients, in requests or
+	// money: the ceiling on what the upstream receives (or bills) per
+	// window. The zero Budget means none.
 	Budget Budget
+	// ClientTokens is a per-client token budget (Unit Tokens); the zero
+	// Budget means none.
+	ClientTokens Budget
+	// Tokens is the route's token budget shared by all clients (Unit
+	// Tokens); the zero Budget means none.
+	Tokens Budget
+	// SpendCap is the money budget (Unit Money) shared by every route and
+	// every instance: the configuration's spend_cap, given to every
+	// limiter alike. The zero Budget means none.
+	SpendCap Budget
+	// Price is what one upstream call costs when Spend is called: the
+	// route's price. Reserve takes the cost from its caller instead. 0
+	// means a call costs nothing in money.
+	Price config.Money
 	// WideFactor is how many clients' allowance the clients of one wide
 	// network (Client.Wide) share: the network's rate, burst and client
 	// budget are WideFactor times a client's. 0 means DefaultWideFactor;
@@ -147,8 +175,8 @@ type Options struct {
 	WideFactor int64
 	// OnStoreError is the fault policy. The zero value is FailOpen.
 	OnStoreError FaultPolicy
-	// Timeout bounds the store round trip of one AllowRate or Spend call;
-	// 0 means DefaultTimeout. It does not apply to a Memory store, which
+	// Timeout bounds the store round trip of one AllowRate, Reserve, Spend
+	// or Settle call; 0 means DefaultTimeout. It does not apply to a Memory store, which
 	// never waits on anything but shard locks.
 	Timeout time.Duration
 	// Store holds the state. Required.
@@ -180,27 +208,56 @@ type Client struct {
 // and because state lives in the Store under Options.Name the new one
 // continues where the old one stopped.
 type Limiter struct {
-	name          string
-	rate          Rate
-	emission      time.Duration
-	limit         time.Duration // emission * burst
-	wideEmission  time.Duration // emission / WideFactor, rounded up
-	wideLimit     time.Duration // wideEmission * burst * WideFactor
-	clientBudget  Budget
-	wideBudget    int64 // clientBudget.Limit * WideFactor, saturated
-	budget        Budget
+	name         string
+	rate         Rate
+	emission     time.Duration
+	limit        time.Duration // emission * burst
+	wideEmission time.Duration // emission / WideFactor, rounded up
+	wideLimit    time.Duration // wideEmission * burst * WideFactor
+	// budgets holds each configured budget by slot, a wide network's
+	// scaled by WideFactor; the zero Budget for none.
+	budgets       [numSlots]Budget
+	budgetKeys    [numSlots]string // key, or prefix to which the client key is appended
+	price         config.Money
 	policy        FaultPolicy
 	timeout       time.Duration // 0 for stores that need no deadline
 	store         Store
 	local         *Memory // store, if it is a Memory
 	now           func() time.Time
 	onFault       func(error)
-	rateKey       string // prefixes; the client key is appended
-	clientBudKey  string
-	budgetKey     string
+	rateKey       string // prefix; the client key is appended
 	policyHeader  [stepBoth + 1][]string
-	budgetSpentTo atomic.Int64 // unix µs until which Budget is known spent
+	budgetSpentTo atomic.Int64 // unix µs until which a request Budget is known spent
 }
+
+// slot is one budget a reservation may count at. The order is the order
+// of a reservation's cells.
+type slot uint8
+
+const (
+	slotClient           slot = iota // ClientBudget at Client.Key
+	slotClientWide                   // ClientBudget, scaled, at Client.Wide
+	slotClientTokens                 // ClientTokens at Client.Key
+	slotClientTokensWide             // ClientTokens, scaled, at Client.Wide
+	slotRoute                        // Budget
+	slotTokens                       // Tokens
+	slotSpendCap                     // SpendCap, one key for every route
+	numSlots
+)
+
+// perClient reports whether the slot's key is a client's or a network's.
+func (s slot) perClient() bool { return s < slotRoute }
+
+// wide reports whether the slot counts a client's wide network.
+func (s slot) wide() bool { return s == slotClientWide || s == slotClientTokensWide }
+
+// maxLimit bounds budget limits to what Redis's Lua, which computes in
+// doubles, counts exactly: 2^53.
+const maxLimit = 1 << 53
+
+// SpendCapKey is the store key of the spend cap, the same for every
+// limiter so that every route counts at it.
+const SpendCapKey = "spend-cap"
 
 // maxWideFactor bounds Options.WideFactor far above any useful value (a
 // factor as large as the number of clients in a network is no limit at
@@ -235,18 +292,18 @@ func New(o Options) (*Limiter, error) {
 		factor = 1
 	}
 	l := &Limiter{
-		name:         o.Name,
-		rate:         o.Rate,
-		clientBudget: o.ClientBudget,
-		budget:       o.Budget,
-		policy:       o.OnStoreError,
-		timeout:      o.Timeout,
-		store:        o.Store,
-		now:          o.Now,
-		onFault:      o.OnFault,
-		rateKey:      "rate:" + o.Name + ":",
-		clientBudKey: "client-budget:" + o.Name + ":",
-		budgetKey:    "budget:" + o.Name,
+		name:    o.Name,
+		rate:    o.Rate,
+		price:   o.Price,
+		policy:  o.OnStoreError,
+		timeout: o.Timeout,
+		store:   o.Store,
+		now:     o.Now,
+		onFault: o.OnFault,
+		rateKey: "rate:" + o.Name + ":",
+	}
+	if o.Price < 0 {
+		errs = append(errs, fmt.Errorf("price %v is negative", o.Price))
 	}
 	if !o.Rate.IsZero() {
 		burst := max(o.Burst, 1)
@@ -271,19 +328,49 @@ func New(o Options) (*Limiter, error) {
 		}
 	}
 	for _, b := range []struct {
-		what string
-		b    Budget
-	}{{"client budget", o.ClientBudget}, {"budget", o.Budget}} {
-		if !b.b.IsZero() && (b.b.Limit <= 0 || b.b.Window < Minute || b.b.Window > Month) {
-			errs = append(errs, fmt.Errorf("%s %v: limit must be positive and the window minute, hour, day or month", b.what, b.b))
+		what  string
+		b     Budget
+		units []Unit
+	}{
+		{"client budget", o.ClientBudget, []Unit{Requests, Money}},
+		{"budget", o.Budget, []Unit{Requests, Money}},
+		{"client token budget", o.ClientTokens, []Unit{Tokens}},
+		{"token budget", o.Tokens, []Unit{Tokens}},
+		{"spend cap", o.SpendCap, []Unit{Money}},
+	} {
+		switch {
+		case b.b.IsZero():
+		case b.b.Limit <= 0 || b.b.Limit > maxLimit || b.b.Window < Minute || b.b.Window > Month:
+			errs = append(errs, fmt.Errorf("%s %v: limit must be positive, at most 2^53, and the window minute, hour, day or month", b.what, b.b))
+		case !slices.Contains(b.units, b.b.Unit):
+			errs = append(errs, fmt.Errorf("%s %v: counts %v, want %v", b.what, b.b, b.b.Unit, b.units))
 		}
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("rate limiter %q: %w", o.Name, errors.Join(errs...))
 	}
-	l.wideBudget = o.ClientBudget.Limit * factor
-	if o.ClientBudget.Limit > math.MaxInt64/factor {
-		l.wideBudget = math.MaxInt64
+	wide := func(b Budget) Budget {
+		if !b.IsZero() {
+			b.Limit = min(b.Limit, maxLimit/factor) * factor // saturates at about 2^53
+		}
+		return b
+	}
+	l.budgets = [numSlots]Budget{
+		slotClient: o.ClientBudget, slotClientWide: wide(o.ClientBudget),
+		slotClientTokens: o.ClientTokens, slotClientTokensWide: wide(o.ClientTokens),
+		slotRoute: o.Budget, slotTokens: o.Tokens, slotSpendCap: o.SpendCap,
+	}
+	clientKey, routeKey := "client-budget:", "budget:"
+	if o.ClientBudget.Unit == Money {
+		clientKey = "client-budget-usd:"
+	}
+	if o.Budget.Unit == Money {
+		routeKey = "budget-usd:"
+	}
+	l.budgetKeys = [numSlots]string{
+		slotClient: clientKey + o.Name + ":", slotClientWide: clientKey + o.Name + ":",
+		slotClientTokens: "client-tokens:" + o.Name + ":", slotClientTokensWide: "client-tokens:" + o.Name + ":",
+		slotRoute: routeKey + o.Name, slotTokens: "tokens:" + o.Name, slotSpendCap: SpendCapKey,
 	}
 	if l.now == nil {
 		l.now = time.Now
@@ -318,6 +405,18 @@ const (
 	// ReasonStoreError means the store failed under FailClosed; answer 503,
 	// since the client did nothing wrong.
 	ReasonStoreError
+	// ReasonClientTokens means the client's token budget, or its wide
+	// network's (Result.Wide), cannot hold the call's worst case; answer
+	// 429.
+	ReasonClientTokens
+	// ReasonTokens means the route's token budget cannot hold the call's
+	// worst case; answer 429.
+	ReasonTokens
+	// ReasonSpendCap means the spend cap shared by every route cannot hold
+	// the call's worst case; answer 503 spend_cap_reached (or the
+	// configured fallback): the whole gateway, not this client, is out of
+	// money.
+	ReasonSpendCap
 )
 
 // String returns a short snake_case name for r, suitable as a metric label
@@ -334,6 +433,12 @@ func (r Reason) String() string {
 		return "budget"
 	case ReasonStoreError:
 		return "store_error"
+	case ReasonClientTokens:
+		return "client_tokens"
+	case ReasonTokens:
+		return "tokens"
+	case ReasonSpendCap:
+		return "spend_cap"
 	}
 	return "Reason(" + strconv.Itoa(int(r)) + ")"
 }
@@ -345,8 +450,11 @@ type Decision struct {
 	// Allowed reports whether this limit let the request through, or
 	// would have if another limit of the same step had not refused it.
 	Allowed bool
-	// Remaining is how many more requests this limit would allow right now.
+	// Remaining is how much more this limit would allow right now, in
+	// Unit: requests, micro-dollars or tokens.
 	Remaining int64
+	// Unit is what Remaining counts; Requests for a rate.
+	Unit Unit
 	// Reset is how long until the limit is back to its full quota: for a
 	// rate, until a full burst is available again; for a budget, until the
 	// window ends.
@@ -362,6 +470,7 @@ func combine(own, wide Decision) Decision {
 	return Decision{
 		Allowed:    own.Allowed && wide.Allowed,
 		Remaining:  min(own.Remaining, wide.Remaining),
+		Unit:       own.Unit,
 		Reset:      max(own.Reset, wide.Reset),
 		RetryAfter: max(own.RetryAfter, wide.RetryAfter),
 	}
@@ -377,10 +486,11 @@ type Result struct {
 	// the client's own limit would have allowed it: the clients of the
 	// network together used up WideFactor clients' allowance.
 	Wide bool
-	// Rate, ClientBudget and Budget are the state of each configured limit
-	// that was checked; a limit that was not configured or not reached
-	// (another step's, or the store failed) is the zero Decision.
-	Rate, ClientBudget, Budget Decision
+	// Rate, ClientBudget, Budget, ClientTokens, Tokens and SpendCap are
+	// the state of each configured limit that was checked; a limit that
+	// was not configured or not reached (another step's, or the store
+	// failed) is the zero Decision.
+	Rate, ClientBudget, Budget, ClientTokens, Tokens, SpendCap Decision
 	// Err is the store fault behind this decision, a *StoreError, or nil.
 	// It is set under FailOpen too, where the request is allowed anyway.
 	Err error
@@ -396,6 +506,9 @@ const (
 	checkedRate checks = 1 << iota
 	checkedClientBudget
 	checkedBudget
+	checkedClientTokens
+	checkedTokens
+	checkedSpendCap
 )
 
 // step is which limits a Result covers, for its RateLimit-Policy.
@@ -403,7 +516,7 @@ type step uint8
 
 const (
 	stepRate  step = iota // AllowRate
-	stepSpend             // Spend
+	stepSpend             // Spend or Reserve
 	stepBoth              // Allow
 )
 
@@ -411,7 +524,7 @@ const (
 type StoreError struct {
 	// Limiter is the limiter's Options.Name.
 	Limiter string
-	// Op is the check that failed: "rate" or "budget".
+	// Op is the step that failed: "rate", "budget" or "settle".
 	Op string
 	// Err is the store's error; errors.Is(err, context.DeadlineExceeded)
 	// for a timeout.
@@ -420,7 +533,11 @@ type StoreError struct {
 
 // Error implements error.
 func (e *StoreError) Error() string {
-	return "rate limiter " + strconv.Quote(e.Limiter) + ": checking " + e.Op + ": " + e.Err.Error()
+	what := "checking " + e.Op
+	if e.Op == "settle" {
+		what = "settling a reservation"
+	}
+	return "rate limiter " + strconv.Quote(e.Limiter) + ": " + what + ": " + e.Err.Error()
 }
 
 // Unwrap returns the store's error.
@@ -479,89 +596,241 @@ func gcraDecision(allowed bool, c RateCell) Decision {
 	return Decision{Reset: c.Debt, RetryAfter: c.Emission - room}
 }
 
-// Spend counts one request about to go upstream against the client budget
-// (at c.Key, and at c.Wide against WideFactor times it) and the route
-// budget, all in one atomic store step: if any of them is spent the
-// request is counted by none. Without budgets it allows without asking the
-// store.
-//
-// The gateway calls it just before sending the request upstream, so the
-// budgets count what the upstream receives and bills: never a request the
-// gateway refused or answered from its cache. The call is bounded by
-// Options.Timeout; a store fault is decided by the fault policy.
-func (l *Limiter) Spend(ctx context.Context, c Client) Result {
-	res := Result{Allowed: true, step: stepSpend, l: l}
-	if l.clientBudget.IsZero() && l.budget.IsZero() {
-		return res
+// Amount is what one upstream call costs, in each unit a budget can
+// count besides requests (a call is always one request). It has the
+// fields of llm.Amount, so that the gateway converts one into the other.
+type Amount struct {
+	// Money is in micro-dollars.
+	Money config.Money
+	// Tokens counts input and output tokens together.
+	Tokens int64
+}
+
+// in returns what a counts in unit u.
+func (a Amount) in(u Unit) int64 {
+	switch u {
+	case Money:
+		return int64(a.Money)
+	case Tokens:
+		return a.Tokens
 	}
+	return 1
+}
+
+// maxCells is the most cells a reservation counts at: one per slot.
+const maxCells = int(numSlots)
+
+// A Reservation is what Reserve counted for one upstream call: its worst
+// case at every budget that applies, until Settle replaces it with what
+// the call cost. The zero Reservation (nothing was reserved) settles to
+// nothing. A Reservation is settled once; it is not safe for concurrent
+// use.
+type Reservation struct {
+	l       *Limiter
+	at      time.Time // when reserved: Settle counts in this window
+	amount  Amount
+	cells   [maxCells]BudgetCell
+	slots   [maxCells]slot
+	n       uint8
+	settled bool
+}
+
+// Reserved returns what r holds: the worst case Reserve was given.
+func (r *Reservation) Reserved() Amount { return r.amount }
+
+// Reserve counts a, the worst case of one upstream call about to be
+// made for c, and the call itself as one request, against every budget
+// that applies: the client budgets (at c.Key, and at c.Wide against
+// WideFactor times them), the route's budgets and the spend cap, all in
+// one atomic store step. If any of them cannot hold it, nothing is
+// counted anywhere and the Result says which refused (the spend cap
+// first, then the route's, then the client's). Without budgets it allows
+// without asking the store.
+//
+// The gateway calls it just before dialling the upstream, so the budgets
+// count what the upstream receives and bills, never a request the
+// gateway refused or answered from its cache, and then settles the
+// Reservation with what the call cost. The call is bounded by
+// Options.Timeout; a store fault is decided by the fault policy, and
+// under FailOpen the returned Reservation is still settled (what it
+// reserved is in this instance's ledger).
+func (l *Limiter) Reserve(ctx context.Context, c Client, a Amount) (Reservation, Result) {
+	res := Result{Allowed: true, step: stepSpend, l: l}
+	var r Reservation
+	route := l.budgets[slotRoute]
 	now := l.now()
-	if !l.budget.IsZero() {
-		// A route budget never decreases inside its window, so once this
-		// instance has seen it spent it can answer without the store.
+	if !route.IsZero() && route.Unit == Requests {
+		// A request budget never decreases inside its window (a settled
+		// call stays one request), so once this instance has seen it spent
+		// it can answer without the store.
 		if until := l.budgetSpentTo.Load(); now.UnixMicro() < until {
 			reset := time.Duration(until-now.UnixMicro()) * time.Microsecond
 			res.Budget = Decision{Reset: reset, RetryAfter: reset}
 			res.checked |= checkedBudget
-			return res.deny(ReasonBudget)
+			return r, res.deny(ReasonBudget)
 		}
 	}
+	a.Money, a.Tokens = max(a.Money, 0), max(a.Tokens, 0)
+	n := 0
+	for k := range numSlots {
+		b := l.budgets[k]
+		if b.IsZero() || (k.wide() && c.Wide == "") {
+			continue
+		}
+		key := l.budgetKeys[k]
+		if k.perClient() {
+			if k.wide() {
+				key += c.Wide
+			} else {
+				key += c.Key
+			}
+		}
+		r.cells[n] = BudgetCell{Key: key, Limit: b.Limit, Window: b.Window, N: a.in(b.Unit)}
+		r.slots[n] = k
+		n++
+	}
+	if n == 0 {
+		return r, res
+	}
+	r.l, r.at, r.amount, r.n = l, now, a, uint8(n)
 	ctx, cancel := l.deadline(ctx)
 	defer cancel()
-	var cells [3]BudgetCell
-	n, own, wide, route := 0, -1, -1, -1
-	if !l.clientBudget.IsZero() {
-		cells[n] = BudgetCell{Key: l.clientBudKey + c.Key, Limit: l.clientBudget.Limit, Window: l.clientBudget.Window}
-		own, n = n, n+1
-		if c.Wide != "" {
-			cells[n] = BudgetCell{Key: l.clientBudKey + c.Wide, Limit: l.wideBudget, Window: l.clientBudget.Window}
-			wide, n = n, n+1
-		}
-	}
-	if !l.budget.IsZero() {
-		cells[n] = BudgetCell{Key: l.budgetKey, Limit: l.budget.Limit, Window: l.budget.Window}
-		route, n = n, n+1
-	}
-	cells, ok, err := l.spend(ctx, now, cells, n)
+	cells, ok, err := l.spend(ctx, now, r.cells, n)
 	if err != nil {
 		if l.policy == FailOpen {
-			l.store.AdmittedOnFault(now, 1, cells[:n])
+			// A copy: cells passed through the Store interface escape to
+			// the heap, and r must not on every call for this rare one.
+			admitted := r.cells
+			l.store.AdmittedOnFault(now, admitted[:n])
+			return r, l.fault(res, "budget", err)
 		}
-		return l.fault(res, "budget", err)
+		return Reservation{}, l.fault(res, "budget", err)
 	}
-	if own >= 0 {
-		res.checked |= checkedClientBudget
-		res.ClientBudget = budgetDecision(ok, cells[own], now)
-		if wide >= 0 {
-			w := budgetDecision(ok, cells[wide], now)
-			res.Wide = res.ClientBudget.Allowed && !w.Allowed
-			res.ClientBudget = combine(res.ClientBudget, w)
+	var own, wide [numSlots]Decision
+	for i, k := range r.slots[:n] {
+		d := budgetDecision(ok, cells[i], l.budgets[k].Unit, now)
+		if k.wide() {
+			wide[k-1] = d // the own slot precedes its wide one
+		} else {
+			own[k] = d
 		}
 	}
-	if route >= 0 {
-		res.checked |= checkedBudget
-		res.Budget = budgetDecision(ok, cells[route], now)
+	decide := func(k slot, f checks, dst *Decision) {
+		if l.budgets[k].IsZero() {
+			return
+		}
+		res.checked |= f
+		*dst = own[k]
+		if k.perClient() && c.Wide != "" {
+			res.Wide = res.Wide || (own[k].Allowed && !wide[k].Allowed)
+			*dst = combine(own[k], wide[k])
+		}
 	}
-	switch {
-	case ok:
-		return res
-	case route >= 0 && !res.Budget.Allowed:
-		// The route's refusal is reported even when the client's budget is
-		// spent too: it applies to everyone and is remembered.
-		res.Wide = false
-		l.budgetSpentTo.Store(now.UnixMicro() + res.Budget.Reset.Microseconds())
-		return res.deny(ReasonBudget)
+	decide(slotClient, checkedClientBudget, &res.ClientBudget)
+	decide(slotClientTokens, checkedClientTokens, &res.ClientTokens)
+	decide(slotRoute, checkedBudget, &res.Budget)
+	decide(slotTokens, checkedTokens, &res.Tokens)
+	decide(slotSpendCap, checkedSpendCap, &res.SpendCap)
+	if ok {
+		return r, res
 	}
-	return res.deny(ReasonClientBudget)
+	// The shared limits' refusals are reported even when the client's
+	// budget refused too: they apply to everyone.
+	for _, shared := range []struct {
+		checked checks
+		d       Decision
+		why     Reason
+	}{
+		{checkedSpendCap, res.SpendCap, ReasonSpendCap},
+		{checkedBudget, res.Budget, ReasonBudget},
+		{checkedTokens, res.Tokens, ReasonTokens},
+	} {
+		if res.checked&shared.checked != 0 && !shared.d.Allowed {
+			res.Wide = false
+			if shared.why == ReasonBudget && route.Unit == Requests {
+				l.budgetSpentTo.Store(now.UnixMicro() + res.Budget.Reset.Microseconds())
+			}
+			return Reservation{}, res.deny(shared.why)
+		}
+	}
+	if res.checked&checkedClientBudget != 0 && !res.ClientBudget.Allowed {
+		return Reservation{}, res.deny(ReasonClientBudget)
+	}
+	return Reservation{}, res.deny(ReasonClientTokens)
+}
+
+// Settle replaces what r reserved by actual, what the call cost: it gives
+// back the difference at every budget r counted at, or, if the call cost
+// more than its worst case (an input estimate too low), counts the
+// excess without comparing limits, since the upstream has billed it
+// already. The request itself stays counted. Counts never go below zero.
+// It counts in the window r was reserved in, even if another has started
+// since. A call that never reached the upstream settles with the zero
+// Amount; a call whose cost is unknown (a stream cut before its usage)
+// should not be settled at all, so that its worst case stands.
+//
+// Settle is bounded by Options.Timeout but not cancelled with ctx: the
+// client hanging up does not change what the call cost. A second Settle
+// does nothing. A store fault is reported (OnFault) and returned as a
+// *StoreError; the reservation then stands.
+func (r *Reservation) Settle(ctx context.Context, actual Amount) error {
+	if r.l == nil || r.settled {
+		return nil
+	}
+	r.settled = true
+	l := r.l
+	actual.Money, actual.Tokens = max(actual.Money, 0), max(actual.Tokens, 0)
+	var cells [maxCells]BudgetCell
+	n := 0
+	for i, k := range r.slots[:r.n] {
+		u := l.budgets[k].Unit
+		if d := actual.in(u) - r.amount.in(u); d != 0 {
+			cells[n] = r.cells[i]
+			cells[n].N = d
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	var err error
+	if l.local != nil {
+		err = l.local.Adjust(ctx, r.at, l.now(), cells[:n]) // waits on nothing but locks
+	} else {
+		ctx, cancel := l.deadline(context.WithoutCancel(ctx))
+		defer cancel()
+		remote := cells
+		err = l.store.Adjust(ctx, r.at, l.now(), remote[:n])
+	}
+	if err != nil {
+		serr := &StoreError{Limiter: l.name, Op: "settle", Err: err}
+		l.report(serr)
+		return serr
+	}
+	return nil
+}
+
+// Spend is Reserve of the route's price (Options.Price) for one request,
+// never settled: for a route whose calls cost what they cost whatever
+// the answer. The call is bounded by Options.Timeout; a store fault is
+// decided by the fault policy.
+func (l *Limiter) Spend(ctx context.Context, c Client) Result {
+	_, res := l.Reserve(ctx, c, Amount{Money: l.price})
+	return res
 }
 
 // budgetDecision is the Decision for one cell of a Budget call that
-// counted the request or not.
-func budgetDecision(counted bool, c BudgetCell, now time.Time) Decision {
+// counted or not. Remaining is what is left even when the cell refused:
+// a call that cost less might fit.
+func budgetDecision(counted bool, c BudgetCell, u Unit, now time.Time) Decision {
 	reset := c.Window.End(now).Sub(now)
-	if counted || c.Used < c.Limit {
-		return Decision{Allowed: true, Remaining: max(c.Limit-c.Used, 0), Reset: reset}
+	d := Decision{Remaining: max(c.Limit-c.Used, 0), Unit: u, Reset: reset}
+	if counted || c.Used <= c.Limit-c.N {
+		d.Allowed = true
+	} else {
+		d.RetryAfter = reset
 	}
-	return Decision{Reset: reset, RetryAfter: reset}
+	return d
 }
 
 // gcra runs the first n cells through the store's GCRA. A Memory store,
@@ -579,13 +848,13 @@ func (l *Limiter) gcra(ctx context.Context, now time.Time, cells [2]RateCell, n 
 }
 
 // spend is gcra for the store's Budget.
-func (l *Limiter) spend(ctx context.Context, now time.Time, cells [3]BudgetCell, n int) ([3]BudgetCell, bool, error) {
+func (l *Limiter) spend(ctx context.Context, now time.Time, cells [maxCells]BudgetCell, n int) ([maxCells]BudgetCell, bool, error) {
 	if l.local != nil {
-		ok, err := l.local.Budget(ctx, now, 1, cells[:n])
+		ok, err := l.local.Budget(ctx, now, cells[:n])
 		return cells, ok, err
 	}
 	remote := cells
-	ok, err := l.store.Budget(ctx, now, 1, remote[:n])
+	ok, err := l.store.Budget(ctx, now, remote[:n])
 	return remote, ok, err
 }
 
@@ -636,23 +905,59 @@ func (l *Limiter) report(err error) {
 	}
 }
 
+// budgetItems are the budgets' items of the RateLimit fields, in the
+// order they are written: each a slot, the name of its item and the flag
+// of its Result field (Result.decision).
+var budgetItems = [...]struct {
+	slot    slot
+	name    string
+	checked checks
+}{
+	{slotClient, "client-budget", checkedClientBudget},
+	{slotRoute, "budget", checkedBudget},
+	{slotClientTokens, "client-tokens", checkedClientTokens},
+	{slotTokens, "tokens", checkedTokens},
+	{slotSpendCap, "spend-cap", checkedSpendCap},
+}
+
+// decision returns the budget Decision a checks flag names. A switch,
+// not a table of functions: a Result passed to a function value escapes
+// to the heap.
+func (res *Result) decision(f checks) Decision {
+	switch f {
+	case checkedClientBudget:
+		return res.ClientBudget
+	case checkedBudget:
+		return res.Budget
+	case checkedClientTokens:
+		return res.ClientTokens
+	case checkedTokens:
+		return res.Tokens
+	case checkedSpendCap:
+		return res.SpendCap
+	}
+	return Decision{}
+}
+
 // buildPolicyHeader renders the RateLimit-Policy field of one step once,
 // since it only depends on configuration. Its items follow
 // draft-ietf-httpapi-ratelimit-headers-09: the rate policy states the
 // configured sustained rate (q requests per w seconds), each budget its
-// limit per window, a month counted as 30 days. The wide network's limits
-// are not announced: they are the client's scaled, and a client sees them
-// only through the combined Remaining.
+// limit per window, a month counted as 30 days, in the budget's unit:
+// "qu" says which when it is not requests ("usd-micros", "tokens"; the
+// draft registers only units of requests and bytes, and a client that
+// does not know these reads the numbers as they are). The wide network's
+// limits are not announced: they are the client's scaled, and a client
+// sees them only through the combined Remaining.
 func (l *Limiter) buildPolicyHeader(s step) []string {
 	var items []string
 	if l.limit > 0 && s != stepSpend {
-		items = append(items, policyItem("rate", l.rate.Count, l.rate.Per))
+		items = append(items, policyItem("rate", l.rate.Count, l.rate.Per, Requests))
 	}
-	if !l.clientBudget.IsZero() && s != stepRate {
-		items = append(items, policyItem("client-budget", l.clientBudget.Limit, l.clientBudget.Window.nominal()))
-	}
-	if !l.budget.IsZero() && s != stepRate {
-		items = append(items, policyItem("budget", l.budget.Limit, l.budget.Window.nominal()))
+	for _, it := range budgetItems {
+		if b := l.budgets[it.slot]; !b.IsZero() && s != stepRate {
+			items = append(items, policyItem(it.name, b.Limit, b.Window.nominal(), b.Unit))
+		}
 	}
 	if len(items) == 0 {
 		return nil
@@ -661,8 +966,12 @@ func (l *Limiter) buildPolicyHeader(s step) []string {
 	return []string{v}[:1:1]
 }
 
-func policyItem(name string, q int64, w time.Duration) string {
-	return `"` + name + `";q=` + strconv.FormatInt(q, 10) + ";w=" + strconv.FormatInt(ceilSeconds(w), 10)
+func policyItem(name string, q int64, w time.Duration, u Unit) string {
+	item := `"` + name + `";q=` + strconv.FormatInt(q, 10)
+	if u != Requests {
+		item += `;qu="` + u.String() + `"`
+	}
+	return item + ";w=" + strconv.FormatInt(ceilSeconds(w), 10)
 }
 
 // ceilSeconds rounds d up to whole seconds, because a client told to retry
@@ -680,12 +989,13 @@ func ceilSeconds(d time.Duration) int64 {
 // denied by a limit. It writes nothing for a Result whose limits were not
 // reached because the store failed.
 //
-// Called with Spend's Result after AllowRate's of the same limiter, it
-// adds the budgets to the rate's field values, so that a response carries
-// every limit of its route in one line of each field, as a client expects;
-// otherwise it replaces them. The RateLimit-Policy value is shared between
-// responses to save an allocation; it must not be modified in place
-// (Header.Add and Set are fine).
+// Called with Reserve's (or Spend's) Result after AllowRate's of the
+// same limiter, it adds the budgets to the rate's field values, so that a
+// response carries every limit of its route in one line of each field, as
+// a client expects; otherwise it replaces them. Budgets are stated in
+// their own unit (see buildPolicyHeader). The RateLimit-Policy value is
+// shared between responses to save an allocation; it must not be modified
+// in place (Header.Add and Set are fine).
 func (res *Result) SetHeaders(h http.Header) {
 	if res.l == nil || res.checked == 0 {
 		return
@@ -718,11 +1028,10 @@ func (res *Result) SetHeaders(h http.Header) {
 	if res.checked&checkedRate != 0 {
 		item("rate", res.Rate)
 	}
-	if res.checked&checkedClientBudget != 0 {
-		item("client-budget", res.ClientBudget)
-	}
-	if res.checked&checkedBudget != 0 {
-		item("budget", res.Budget)
+	for _, it := range budgetItems {
+		if res.checked&it.checked != 0 {
+			item(it.name, res.decision(it.checked))
+		}
 	}
 	if merge {
 		old[0] = string(b)
@@ -732,6 +1041,7 @@ func (res *Result) SetHeaders(h http.Header) {
 	if res.Allowed || res.Reason == ReasonStoreError {
 		return
 	}
-	retry := max(res.Rate.RetryAfter, res.ClientBudget.RetryAfter, res.Budget.RetryAfter)
+	retry := max(res.Rate.RetryAfter, res.ClientBudget.RetryAfter, res.Budget.RetryAfter,
+		res.ClientTokens.RetryAfter, res.Tokens.RetryAfter, res.SpendCap.RetryAfter)
 	h["Retry-After"] = []string{strconv.FormatInt(max(ceilSeconds(retry), 1), 10)}
 }

@@ -39,11 +39,15 @@ func (f *faultyStore) GCRA(ctx context.Context, _ time.Time, _ []ratelimit.RateC
 	return false, f.fail(ctx)
 }
 
-func (f *faultyStore) Budget(ctx context.Context, _ time.Time, _ int64, _ []ratelimit.BudgetCell) (bool, error) {
+func (f *faultyStore) Budget(ctx context.Context, _ time.Time, _ []ratelimit.BudgetCell) (bool, error) {
 	return false, f.fail(ctx)
 }
 
-func (f *faultyStore) AdmittedOnFault(_ time.Time, _ int64, cells []ratelimit.BudgetCell) {
+func (f *faultyStore) Adjust(ctx context.Context, _, _ time.Time, _ []ratelimit.BudgetCell) error {
+	return f.fail(ctx)
+}
+
+func (f *faultyStore) AdmittedOnFault(_ time.Time, cells []ratelimit.BudgetCell) {
 	f.admitted = append(f.admitted, cells...)
 }
 
@@ -144,6 +148,14 @@ func TestNewErrors(t *testing.T) {
 			want: []string{"unknown store error policy FaultPolicy(7)"}},
 		{name: "bad wide factor", o: ratelimit.Options{Name: "r", Store: m, WideFactor: -1},
 			want: []string{"wide factor -1: want 1 to 1048576"}},
+		{name: "units", o: ratelimit.Options{Name: "r", Store: m, Price: -1,
+			Budget:   ratelimit.Budget{Limit: 5, Window: ratelimit.Day, Unit: ratelimit.Tokens},
+			Tokens:   ratelimit.Budget{Limit: 5, Window: ratelimit.Day, Unit: ratelimit.Money},
+			SpendCap: ratelimit.Budget{Limit: 5, Window: ratelimit.Day}},
+			want: []string{"price -$0.000001 is negative", "budget 5/day: counts tokens, want [requests usd-micros]",
+				"token budget $0.000005/day: counts usd-micros, want [tokens]", "spend cap 5/day: counts requests, want [usd-micros]"}},
+		{name: "limit beyond exact", o: ratelimit.Options{Name: "r", Store: m, ClientBudget: ratelimit.Budget{Limit: 1<<53 + 1, Window: ratelimit.Day}},
+			want: []string{"at most 2^53"}},
 		{name: "wide burst too large", o: ratelimit.Options{Name: "r", Store: m, Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 30, WideFactor: 1 << 20},
 			want: []string{"times wide factor 1048576"}},
 	}
@@ -194,7 +206,7 @@ func TestMemoryBounded(t *testing.T) {
 	now = now.Add(2 * time.Second)
 	full := 0
 	for i := range 2 * maxKeys {
-		_, err := m.Budget(ctx, now, 1, []ratelimit.BudgetCell{{Key: fmt.Sprint("budget-", i), Limit: 10, Window: ratelimit.Day}})
+		_, err := m.Budget(ctx, now, []ratelimit.BudgetCell{{Key: fmt.Sprint("budget-", i), Limit: 10, Window: ratelimit.Day, N: 1}})
 		if errors.Is(err, ratelimit.ErrFull) {
 			full++
 		} else if err != nil {
@@ -211,7 +223,7 @@ func TestMemoryBounded(t *testing.T) {
 	// new ones fit again.
 	now = now.Add(25 * time.Hour)
 	for i := range 64 {
-		if _, err := m.Budget(ctx, now, 1, []ratelimit.BudgetCell{{Key: fmt.Sprint("next-day-", i), Limit: 10, Window: ratelimit.Day}}); err != nil {
+		if _, err := m.Budget(ctx, now, []ratelimit.BudgetCell{{Key: fmt.Sprint("next-day-", i), Limit: 10, Window: ratelimit.Day, N: 1}}); err != nil {
 			t.Fatalf("new budget key %d after the window: %v", i, err)
 		}
 	}
@@ -287,20 +299,31 @@ func BenchmarkNoLimiter(b *testing.B) {
 
 func BenchmarkMemoryLimiter(b *testing.B) {
 	benchmarks := []struct {
-		name string
-		o    ratelimit.Options
-		ipv6 bool
+		name   string
+		o      ratelimit.Options
+		ipv6   bool
+		settle ratelimit.Amount // see BenchmarkRedisLimiter
 	}{
 		{name: "rate", o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20}},
 		{name: "rate+budget", o: ratelimit.Options{
 			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20,
-			Budget: ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
+			Budget: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day},
+		}},
+		{name: "rate+money-budget", o: ratelimit.Options{
+			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20, Price: 5000,
+			Budget: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day, Unit: ratelimit.Money},
+		}},
+		{name: "rate+reserve+settle", settle: ratelimit.Amount{Money: 40_000, Tokens: 4000}, o: ratelimit.Options{
+			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20,
+			Budget:   ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day, Unit: ratelimit.Money},
+			Tokens:   ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day, Unit: ratelimit.Tokens},
+			SpendCap: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Month, Unit: ratelimit.Money},
 		}},
 		{name: "ipv6/rate", ipv6: true, o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1000, Per: time.Second}, Burst: 1 << 20}},
 		{name: "ipv6/rate+budgets", ipv6: true, o: ratelimit.Options{
 			Rate: ratelimit.Rate{Count: 1000, Per: time.Second}, Burst: 1 << 20,
 			ClientBudget: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day},
-			Budget:       ratelimit.Budget{Limit: 1 << 60, Window: ratelimit.Day},
+			Budget:       ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day},
 		}},
 	}
 	for _, bm := range benchmarks {
@@ -310,10 +333,69 @@ func BenchmarkMemoryLimiter(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if bm.ipv6 {
+			switch {
+			case bm.settle != (ratelimit.Amount{}):
+				storetest.BenchSettle(b, l, bm.settle, ratelimit.Amount{Money: bm.settle.Money / 4, Tokens: bm.settle.Tokens / 4})
+			case bm.ipv6:
 				storetest.BenchIPv6(b, l)
-			} else {
+			default:
 				storetest.Bench(b, l)
+			}
+		})
+	}
+}
+
+// TestReserveOnFault: under fail_open a reservation the store could not
+// count is still returned, and told to the store, so that settling it
+// later keeps the ledger right; under fail_closed nothing is reserved. A
+// settle the store cannot apply is reported and returned.
+func TestReserveOnFault(t *testing.T) {
+	boom := errors.New("connection refused")
+	for _, p := range []ratelimit.FaultPolicy{ratelimit.FailOpen, ratelimit.FailClosed} {
+		t.Run(p.String(), func(t *testing.T) {
+			store := &faultyStore{err: boom}
+			var reported []error
+			l, err := ratelimit.New(ratelimit.Options{
+				Name: "r", Store: store, OnStoreError: p,
+				Budget:   ratelimit.Budget{Limit: 1_000_000, Window: ratelimit.Day, Unit: ratelimit.Money},
+				SpendCap: ratelimit.Budget{Limit: 5_000_000, Window: ratelimit.Month, Unit: ratelimit.Money},
+				OnFault:  func(err error) { reported = append(reported, err) },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, res := l.Reserve(context.Background(), ratelimit.Client{Key: "c"}, ratelimit.Amount{Money: 300_000})
+			if res.Allowed != (p == ratelimit.FailOpen) || !errors.Is(res.Err, boom) {
+				t.Fatalf("allowed %v, %v", res.Allowed, res.Err)
+			}
+			want := []string(nil)
+			if p == ratelimit.FailOpen {
+				want = []string{"budget-usd:r", ratelimit.SpendCapKey}
+			}
+			var got []string
+			for _, c := range store.admitted {
+				got = append(got, c.Key)
+				if c.N != 300_000 {
+					t.Errorf("%s: told %d admitted, want the reservation, 300000", c.Key, c.N)
+				}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("cells told admitted on the fault (-want +got):\n%s", diff)
+			}
+			calls := store.calls.Load()
+			err = r.Settle(context.Background(), ratelimit.Amount{Money: 100_000})
+			if p == ratelimit.FailClosed {
+				if err != nil || store.calls.Load() != calls {
+					t.Errorf("settling nothing reserved: %v, %d store calls; want no call", err, store.calls.Load()-calls)
+				}
+				return
+			}
+			var serr *ratelimit.StoreError
+			if !errors.As(err, &serr) || serr.Op != "settle" || !errors.Is(err, boom) {
+				t.Errorf("settle error %v, want a *StoreError for the settle wrapping the fault", err)
+			}
+			if len(reported) != 2 || reported[1] != err {
+				t.Errorf("OnFault got %v, want the reserve's and the settle's faults", reported)
 			}
 		})
 	}

@@ -33,6 +33,7 @@ type Memory struct {
 	seed     maphash.Seed
 	shardMax int
 	shards   [memoryShards]memoryShard
+	pauses   memoryPauses
 }
 
 type memoryShard struct {
@@ -146,9 +147,9 @@ func (m *Memory) GCRA(_ context.Context, now time.Time, cells []RateCell) (bool,
 }
 
 // Budget implements Store.
-func (m *Memory) Budget(_ context.Context, now time.Time, n int64, cells []BudgetCell) (bool, error) {
+func (m *Memory) Budget(_ context.Context, now time.Time, cells []BudgetCell) (bool, error) {
 	t := now.UnixMicro()
-	var idxBuf, orderBuf [4]uint8
+	var idxBuf, orderBuf [8]uint8 // room for every budget of a route
 	idx := idxBuf[:0]
 	for i := range cells {
 		idx = append(idx, m.shardOf(cells[i].Key))
@@ -167,7 +168,7 @@ func (m *Memory) Budget(_ context.Context, now time.Time, n int64, cells []Budge
 			b = budgetCount{}
 		}
 		c.Used = b.count
-		if b.count > c.Limit-n {
+		if b.count > c.Limit-c.N {
 			allowed = false
 		}
 	}
@@ -180,30 +181,54 @@ func (m *Memory) Budget(_ context.Context, now time.Time, n int64, cells []Budge
 		b, ok := s.budgets[c.Key]
 		if !ok {
 			if !s.makeRoom(t, m.shardMax) {
-				m.uncount(idx[:i], cells[:i], n)
+				m.uncount(idx[:i], cells[:i])
 				return false, ErrFull
 			}
 			b.end = c.Window.End(now).UnixMicro()
 		}
-		b.count += n
+		b.count += c.N
 		s.budgets[c.Key] = b
 		c.Used = b.count
 	}
 	return true, nil
 }
 
+// Adjust implements Store.
+func (m *Memory) Adjust(_ context.Context, at, now time.Time, cells []BudgetCell) error {
+	var idxBuf, orderBuf [8]uint8
+	idx := idxBuf[:0]
+	for i := range cells {
+		idx = append(idx, m.shardOf(cells[i].Key))
+	}
+	locked := m.lock(idx, orderBuf[:])
+	defer m.unlock(locked)
+	for i := range cells {
+		c := &cells[i]
+		s := &m.shards[idx[i]]
+		b, ok := s.budgets[c.Key]
+		// The count of at's window, if the key still holds that window:
+		// a key holds one window, and a later one replaces it.
+		if !ok || b.end != c.Window.End(at).UnixMicro() || b.end <= now.UnixMicro() {
+			continue
+		}
+		b.count = max(b.count+c.N, 0)
+		s.budgets[c.Key] = b
+	}
+	return nil
+}
+
 // AdmittedOnFault implements Store. A Memory store never fails a Budget
 // call it could have counted (ErrFull is its only fault), so there is
 // nothing to keep.
-func (m *Memory) AdmittedOnFault(time.Time, int64, []BudgetCell) {}
+func (m *Memory) AdmittedOnFault(time.Time, []BudgetCell) {}
 
 // uncount takes back what Budget counted at cells before a later cell
 // found the store full, so that the call changes nothing.
-func (m *Memory) uncount(idx []uint8, cells []BudgetCell, n int64) {
+func (m *Memory) uncount(idx []uint8, cells []BudgetCell) {
 	for i := range cells {
 		s := &m.shards[idx[i]]
 		b := s.budgets[cells[i].Key]
-		if b.count -= n; b.count <= 0 {
+		if b.count -= cells[i].N; b.count <= 0 {
 			delete(s.budgets, cells[i].Key)
 		} else {
 			s.budgets[cells[i].Key] = b

@@ -29,16 +29,16 @@ func TestMemoryFullChangesNothing(t *testing.T) {
 	m := NewMemory(memoryShards) // one key per shard
 	ctx := context.Background()
 	now := time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
-	first := []BudgetCell{{Key: "x", Limit: 10, Window: Day}}
-	if ok, err := m.Budget(ctx, now, 1, first); !ok || err != nil {
+	first := []BudgetCell{{Key: "x", Limit: 10, Window: Day, N: 1}}
+	if ok, err := m.Budget(ctx, now, first); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
 	full := m.shardOf("x")
 	cells := []BudgetCell{
-		{Key: keyIn(t, m, full, false), Limit: 10, Window: Day},
-		{Key: keyIn(t, m, full, true), Limit: 10, Window: Day},
+		{Key: keyIn(t, m, full, false), Limit: 10, Window: Day, N: 1},
+		{Key: keyIn(t, m, full, true), Limit: 10, Window: Day, N: 1},
 	}
-	if ok, err := m.Budget(ctx, now, 1, cells); ok || !errors.Is(err, ErrFull) {
+	if ok, err := m.Budget(ctx, now, cells); ok || !errors.Is(err, ErrFull) {
 		t.Fatalf("Budget into a full shard = %v, %v; want ErrFull", ok, err)
 	}
 	if n := m.Len(); n != 1 {

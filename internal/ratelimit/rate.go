@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
 // Rate is a sustained request rate: Count requests per Per. It is written
@@ -179,23 +181,61 @@ func (w Window) nominal() time.Duration {
 	return 0
 }
 
-// Budget is a hard ceiling on requests per fixed calendar window: Limit
-// requests per Window, written "10000/day", "1000/h", "50/m" or
-// "100000/month". A budget bounds what a route can spend upstream.
+// Unit is what a Budget counts.
+type Unit uint8
+
+// The units a Budget can count in. The zero Unit counts requests, so a
+// Budget written before budgets had units still means what it meant.
+const (
+	// Requests counts upstream calls, one per call.
+	Requests Unit = iota
+	// Money counts micro-dollars (config.Money): what each call costs, a
+	// route's price or a model call's tokens at the model's prices.
+	Money
+	// Tokens counts a model call's input and output tokens together.
+	Tokens
+)
+
+// String returns the unit's name, as the RateLimit-Policy "qu" parameter
+// would spell it: "requests", "usd-micros" or "tokens".
+func (u Unit) String() string {
+	switch u {
+	case Requests:
+		return "requests"
+	case Money:
+		return "usd-micros"
+	case Tokens:
+		return "tokens"
+	}
+	return "Unit(" + strconv.Itoa(int(u)) + ")"
+}
+
+// Budget is a hard ceiling per fixed calendar window on what a route's
+// upstream calls may count in Unit: Limit requests, micro-dollars or
+// tokens per Window, written "10000/day", "$20/day" or, for tokens (see
+// ParseTokens), "100000/day". A budget bounds what a route can spend
+// upstream.
 type Budget struct {
-	// Limit is the number of requests allowed per window; positive in a
-	// parsed Budget.
+	// Limit is how much the calls of one window may count, in Unit;
+	// positive in a parsed Budget.
 	Limit int64
 	// Window is the calendar window the count resets at.
 	Window Window
+	// Unit is what the budget counts; the zero Unit counts requests.
+	Unit Unit
 }
 
 // IsZero reports whether b is the zero Budget, which means "no budget".
 func (b Budget) IsZero() bool { return b == Budget{} }
 
-// String returns b in the form ParseBudget reads.
+// String returns b in the form ParseBudget (or, for tokens, ParseTokens)
+// reads.
 func (b Budget) String() string {
-	return strconv.FormatInt(b.Limit, 10) + "/" + b.Window.String()
+	limit := strconv.FormatInt(b.Limit, 10)
+	if b.Unit == Money {
+		limit = config.Money(b.Limit).String()
+	}
+	return limit + "/" + b.Window.String()
 }
 
 var budgetWindows = map[string]Window{
@@ -206,22 +246,57 @@ var budgetWindows = map[string]Window{
 }
 
 // ParseBudget parses a budget written LIMIT/WINDOW, where WINDOW is minute,
-// hour, day or month (or m, h, d, mo): "10000/day", "1000/h". Multipliers
-// such as "/2d" are rejected because windows are calendar-aligned, and the
-// error names the part that is wrong.
+// hour, day or month (or m, h, d, mo) and LIMIT a number of requests
+// ("10000/day", "1000/h") or an amount of money ("$20/day", "$0.10/day";
+// see config.ParseMoney). Multipliers such as "/2d" are rejected because
+// windows are calendar-aligned, and the error names the part that is
+// wrong.
 func ParseBudget(s string) (Budget, error) {
+	limitStr, w, err := cutBudget(s, "10000/day or $20/day")
+	if err != nil {
+		return Budget{}, err
+	}
+	if strings.HasPrefix(limitStr, "$") {
+		m, err := config.ParseMoney(limitStr)
+		if err != nil {
+			return Budget{}, fmt.Errorf("budget %q: %w", s, err)
+		}
+		if m <= 0 {
+			return Budget{}, fmt.Errorf("budget %q: limit %q is not a positive amount", s, limitStr)
+		}
+		return Budget{Limit: int64(m), Window: w, Unit: Money}, nil
+	}
+	limit, err := strconv.ParseInt(limitStr, 10, 64)
+	if err != nil || limit <= 0 {
+		return Budget{}, fmt.Errorf("budget %q: limit %q is not a positive integer or a dollar amount", s, limitStr)
+	}
+	return Budget{Limit: limit, Window: w}, nil
+}
+
+// ParseTokens parses a token budget (the `tokens:` setting) written
+// LIMIT/WINDOW: "100000/day", "2000000/month".
+func ParseTokens(s string) (Budget, error) {
+	limitStr, w, err := cutBudget(s, "100000/day")
+	if err != nil {
+		return Budget{}, err
+	}
+	limit, err := strconv.ParseInt(limitStr, 10, 64)
+	if err != nil || limit <= 0 {
+		return Budget{}, fmt.Errorf("tokens %q: limit %q is not a positive integer (tokens per window)", s, limitStr)
+	}
+	return Budget{Limit: limit, Window: w, Unit: Tokens}, nil
+}
+
+// cutBudget splits LIMIT/WINDOW and parses the window.
+func cutBudget(s, example string) (string, Window, error) {
 	limitStr, windowStr, ok := strings.Cut(strings.TrimSpace(s), "/")
 	if !ok {
-		return Budget{}, fmt.Errorf("budget %q: want LIMIT/WINDOW, for example 10000/day", s)
-	}
-	limit, err := strconv.ParseInt(strings.TrimSpace(limitStr), 10, 64)
-	if err != nil || limit <= 0 {
-		return Budget{}, fmt.Errorf("budget %q: limit %q is not a positive integer", s, limitStr)
+		return "", 0, fmt.Errorf("budget %q: want LIMIT/WINDOW, for example %s", s, example)
 	}
 	windowStr = strings.TrimSpace(windowStr)
 	w, ok := budgetWindows[strings.ToLower(windowStr)]
 	if !ok {
-		return Budget{}, fmt.Errorf("budget %q: unknown window %q: want minute, hour, day or month (calendar windows in UTC)", s, windowStr)
+		return "", 0, fmt.Errorf("budget %q: unknown window %q: want minute, hour, day or month (calendar windows in UTC)", s, windowStr)
 	}
-	return Budget{Limit: limit, Window: w}, nil
+	return strings.TrimSpace(limitStr), w, nil
 }

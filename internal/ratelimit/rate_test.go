@@ -58,12 +58,20 @@ func TestParseBudget(t *testing.T) {
 		want    Budget
 		wantErr string
 	}{
-		{in: "10000/day", want: Budget{10000, Day}},
-		{in: "1000/h", want: Budget{1000, Hour}},
-		{in: "50/m", want: Budget{50, Minute}},
-		{in: "100000/month", want: Budget{100000, Month}},
-		{in: "5/Minute", want: Budget{5, Minute}},
-		{in: "5/mo", want: Budget{5, Month}},
+		{in: "10000/day", want: Budget{10000, Day, Requests}},
+		{in: "1000/h", want: Budget{1000, Hour, Requests}},
+		{in: "50/m", want: Budget{50, Minute, Requests}},
+		{in: "100000/month", want: Budget{100000, Month, Requests}},
+		{in: "5/Minute", want: Budget{5, Minute, Requests}},
+		{in: "5/mo", want: Budget{5, Month, Requests}},
+		{in: "$20/day", want: Budget{20_000_000, Day, Money}},
+		{in: " $0.10 / day", want: Budget{100_000, Day, Money}},
+		{in: "$0.000001/m", want: Budget{1, Minute, Money}},
+		{in: "$1000000000/month", want: Budget{1_000_000_000_000_000, Month, Money}},
+		{in: "$0/day", wantErr: `limit "$0" is not a positive amount`},
+		{in: "$0.0000001/day", wantErr: "more than six decimals"},
+		{in: "$-1/day", wantErr: "want $ followed by digits"},
+		{in: "20$/day", wantErr: `limit "20$" is not a positive integer or a dollar amount`},
 		{in: "10000", wantErr: "want LIMIT/WINDOW"},
 		{in: "0/day", wantErr: `limit "0" is not a positive integer`},
 		{in: "ten/day", wantErr: `limit "ten"`},
@@ -88,6 +96,37 @@ func TestParseBudget(t *testing.T) {
 			}
 			if back, err := ParseBudget(got.String()); err != nil || back != got {
 				t.Errorf("ParseBudget(%q) = %v, %v; want it to round-trip", got.String(), back, err)
+			}
+		})
+	}
+}
+
+func TestParseTokens(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Budget
+		wantErr string
+	}{
+		{in: "100000/day", want: Budget{100_000, Day, Tokens}},
+		{in: "2000000/month", want: Budget{2_000_000, Month, Tokens}},
+		{in: "$5/day", wantErr: `limit "$5" is not a positive integer (tokens per window)`},
+		{in: "0/day", wantErr: `limit "0" is not a positive integer`},
+		{in: "5/week", wantErr: `unknown window "week"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseTokens(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("ParseTokens(%q) error = %v, want it to contain %q", tt.in, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ParseTokens(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+			if back, err := ParseTokens(got.String()); err != nil || back != got {
+				t.Errorf("ParseTokens(%q) = %v, %v; want it to round-trip", got.String(), back, err)
 			}
 		})
 	}

@@ -34,21 +34,31 @@ type Store interface {
 	// conforms, as found when it does not.
 	GCRA(ctx context.Context, now time.Time, cells []RateCell) (allowed bool, err error)
 
-	// Budget counts n (at least 1) against every cell's count for the
+	// Budget counts every cell's N against the cell's count for the
 	// window containing now if every count stays within its limit, and
-	// counts nothing otherwise. It reports whether n was counted and sets
-	// each cell's Used: the count after the call when counted, as found
-	// when not. The comparisons and the increments are one atomic step, so
-	// concurrent callers across instances are admitted exactly up to every
-	// limit.
-	Budget(ctx context.Context, now time.Time, n int64, cells []BudgetCell) (allowed bool, err error)
+	// counts nothing otherwise. It reports whether the Ns were counted and
+	// sets each cell's Used: the count after the call when counted, as
+	// found when not. The comparisons and the increments are one atomic
+	// step, so concurrent callers across instances are admitted exactly up
+	// to every limit. A cell's N may be 0 (a call that costs nothing in
+	// that unit): it is then refused only if the count is already above
+	// the limit.
+	Budget(ctx context.Context, now time.Time, cells []BudgetCell) (allowed bool, err error)
 
-	// AdmittedOnFault tells the store that a Budget call with these
-	// arguments failed and the caller admitted the request anyway (the
-	// FailOpen policy). A store that keeps a ledger of what this instance
-	// spent (ratelimit/redis) counts it there, so that the spend reaches
-	// the shared count once the store answers again instead of being lost.
-	AdmittedOnFault(now time.Time, n int64, cells []BudgetCell)
+	// Adjust adds every cell's N, which may be negative, to the cell's
+	// count for the window containing at, without comparing limits, and
+	// never takes a count below zero. It is how a reservation made at at
+	// is settled: to the window it was counted in, even if another window
+	// has started since (now), and not at all once that window has ended,
+	// when nothing depends on its count any more.
+	Adjust(ctx context.Context, at, now time.Time, cells []BudgetCell) error
+
+	// AdmittedOnFault tells the store that a Budget call with these cells
+	// failed and the caller admitted the request anyway (the FailOpen
+	// policy). A store that keeps a ledger of what this instance spent
+	// (ratelimit/redis) counts it there, so that the spend reaches the
+	// shared count once the store answers again instead of being lost.
+	AdmittedOnFault(now time.Time, cells []BudgetCell)
 }
 
 // RateCell is one key of a Store.GCRA call: a per-client rate, or the
@@ -66,8 +76,9 @@ type RateCell struct {
 	Debt time.Duration
 }
 
-// BudgetCell is one counter of a Store.Budget call: a client budget, the
-// scaled client budget of the client's wide network, or a route budget.
+// BudgetCell is one counter of a Store.Budget or Store.Adjust call: a
+// client budget, the scaled client budget of the client's wide network, a
+// route budget, or the spend cap shared by every route, in one unit.
 type BudgetCell struct {
 	// Key names the counter; the Store keeps one per Window.
 	Key string
@@ -75,7 +86,10 @@ type BudgetCell struct {
 	Limit int64
 	// Window is the calendar window the count resets at.
 	Window Window
-	// Used is set by the Store: the count in the window containing now.
+	// N is what the call counts at the cell, in the cell's unit: 1 for a
+	// request, an amount of money or tokens. Negative only in Adjust.
+	N int64
+	// Used is set by Budget: the count in the window containing now.
 	Used int64
 }
 

@@ -68,6 +68,27 @@ func redact(err error) error {
 	return uerr.Err
 }
 
+// WithContext returns err, from a call made with ctx, so that it also
+// says why ctx ended, if it did: without retries (see NewClient), a call
+// whose deadline passed fails with the connection's "i/o timeout", not
+// context.DeadlineExceeded, and callers tell a timeout or a caller's
+// cancellation by errors.Is on the context's errors.
+func WithContext(ctx context.Context, err error) error {
+	if err == nil {
+		return err
+	}
+	why := ctx.Err()
+	if deadline, ok := ctx.Deadline(); ok && why == nil && !time.Now().Before(deadline) {
+		// The socket's deadline is the context's, and fires before the
+		// context's own timer has marked it done.
+		why = context.DeadlineExceeded
+	}
+	if why == nil || errors.Is(err, why) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, why)
+}
+
 // Answered reports whether err means Redis answered: no error, or an
 // error reply from a live server. A store's circuit breaker counts only
 // the other errors (refused, reset, timed out) as an outage.

@@ -129,3 +129,37 @@ func TestPersistence(t *testing.T) {
 		t.Errorf("with redis down: %q, want a warning that it could not check", got)
 	}
 }
+
+func TestWithContext(t *testing.T) {
+	ioTimeout := errors.New("i/o timeout")
+	expired, cancel := context.WithTimeout(context.Background(), 0)
+	defer cancel()
+	cancelled, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	tests := []struct {
+		name   string
+		ctx    context.Context
+		err    error
+		wantIs []error
+	}{
+		{name: "no error", ctx: expired},
+		{name: "live context", ctx: context.Background(), err: ioTimeout, wantIs: []error{ioTimeout}},
+		{name: "deadline passed", ctx: expired, err: ioTimeout, wantIs: []error{ioTimeout, context.DeadlineExceeded}},
+		{name: "cancelled", ctx: cancelled, err: ioTimeout, wantIs: []error{ioTimeout, context.Canceled}},
+		{name: "already says so", ctx: expired, err: context.DeadlineExceeded, wantIs: []error{context.DeadlineExceeded}},
+	}
+	for _, tt := range tests {
+		got := redisstore.WithContext(tt.ctx, tt.err)
+		if (got == nil) != (tt.err == nil) {
+			t.Errorf("%s: %v", tt.name, got)
+		}
+		for _, w := range tt.wantIs {
+			if !errors.Is(got, w) {
+				t.Errorf("%s: %v is not %v", tt.name, got, w)
+			}
+		}
+		if tt.name == "already says so" && got != tt.err {
+			t.Errorf("%s: %v wrapped again", tt.name, got)
+		}
+	}
+}

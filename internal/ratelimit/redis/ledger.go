@@ -18,6 +18,14 @@ const DefaultLedgerKeys = 1 << 20
 // of a live window: what it must put back if Redis loses the key. It is
 // the per-instance memory that survives a Redis restart, so that the
 // shared count can be rebuilt as the sum of every instance's ledger.
+//
+// Each entry holds two gross amounts that only grow, what this instance
+// counted and what it gave back, each recorded once Redis has applied it
+// (or, for AdmittedOnFault, once it was spent). Redis keeps the same two
+// per instance. A reading of the ledger can be stale, but only low, and
+// restoring a low reading changes nothing: a net amount read while
+// refunds are in flight could instead be low by one refund and high by
+// another, and put back a refund Redis has already applied.
 type ledger struct {
 	seed     maphash.Seed
 	shardMax int
@@ -38,8 +46,9 @@ type ledgerShard struct {
 }
 
 type ledgerEntry struct {
-	end   int64 // window end plus the key's grace, unix µs
-	spent int64
+	end      int64 // window end plus the key's grace, unix µs
+	counted  int64 // gross: every amount counted
+	refunded int64 // gross: every amount given back
 }
 
 func newLedger(maxKeys int) *ledger {
@@ -61,31 +70,36 @@ func (l *ledger) shard(key string) *ledgerShard {
 	return &l.shards[maphash.String(l.seed, key)%ledgerShards]
 }
 
-// spent returns what this instance has spent at key.
-func (l *ledger) spent(key string) int64 {
+// get returns key's entry.
+func (l *ledger) get(key string) ledgerEntry {
 	s := l.shard(key)
 	s.mu.Lock()
-	n := s.m[key].spent
+	e := s.m[key]
 	s.mu.Unlock()
-	return n
+	return e
 }
 
-// add records n more spent at key, whose window (plus grace) ends at end,
-// unix µs; a negative n is a refund, and the entry never goes below zero.
-// now, unix µs, drives the sweep of past windows.
-func (l *ledger) add(key string, n, end, now int64) {
+// count records n (positive) more counted at key, whose window (plus
+// grace) ends at end, unix µs. now, unix µs, drives the sweep of past
+// windows.
+func (l *ledger) count(key string, n, end, now int64) { l.add(key, n, 0, end, now) }
+
+// refund records n (positive) more given back at key.
+func (l *ledger) refund(key string, n, end, now int64) { l.add(key, 0, n, end, now) }
+
+func (l *ledger) add(key string, counted, refunded, end, now int64) {
+	if counted <= 0 && refunded <= 0 {
+		return
+	}
 	s := l.shard(key)
 	s.mu.Lock()
 	e, ok := s.m[key]
 	if !ok {
-		if n <= 0 {
-			s.mu.Unlock()
-			return
-		}
 		s.makeRoom(now, l.shardMax)
 		e.end = end
 	}
-	e.spent = max(e.spent+n, 0)
+	e.counted += max(counted, 0)
+	e.refunded += max(refunded, 0)
 	s.m[key] = e
 	s.mu.Unlock()
 	for {
@@ -94,15 +108,6 @@ func (l *ledger) add(key string, n, end, now int64) {
 			return
 		}
 	}
-}
-
-// entry returns key's entry.
-func (l *ledger) entry(key string) (ledgerEntry, bool) {
-	s := l.shard(key)
-	s.mu.Lock()
-	e, ok := s.m[key]
-	s.mu.Unlock()
-	return e, ok
 }
 
 // holds reports whether the ledger may hold spend of a window that has
@@ -116,7 +121,7 @@ func (l *ledger) snapshot(now int64) map[string]ledgerEntry {
 		s := &l.shards[i]
 		s.mu.Lock()
 		for k, e := range s.m {
-			if e.end > now && e.spent > 0 {
+			if e.end > now && e.counted > 0 {
 				out[k] = e
 			}
 		}

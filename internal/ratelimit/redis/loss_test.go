@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/ratelimit/redis"
 	"github.com/keyward/keyward/internal/ratelimit/storetest"
@@ -28,11 +30,12 @@ type instances struct {
 	limiters [2]*ratelimit.Limiter
 	admin    *goredis.Client // for the test's own commands
 	prefix   string
+	money    bool // the route budget counts money
 }
 
 func newInstances(t *testing.T, srv *redistest.Server, o ratelimit.Options) *instances {
 	t.Helper()
-	in := &instances{clock: storetest.NewClock(start), admin: redistest.Client(t, srv.URL()), prefix: uniquePrefix()}
+	in := &instances{clock: storetest.NewClock(start), admin: redistest.Client(t, srv.URL()), prefix: uniquePrefix(), money: o.Budget.Unit == ratelimit.Money}
 	for i := range in.stores {
 		in.stores[i] = redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: in.prefix, Hold: lossHold, Now: in.clock.Now})
 		o := o
@@ -104,7 +107,11 @@ func (in *instances) drain(t *testing.T, active ...int) int64 {
 // total reads the route budget's count as Redis holds it.
 func (in *instances) total(t *testing.T) int64 {
 	t.Helper()
-	key := in.prefix + "budget:route:" + strconv.FormatInt(ratelimit.Day.Start(in.clock.Now()).Unix(), 10) + ":spent"
+	kind := "budget:"
+	if in.limiters[0] != nil && in.money {
+		kind = "budget-usd:"
+	}
+	key := in.prefix + kind + "route:" + strconv.FormatInt(ratelimit.Day.Start(in.clock.Now()).Unix(), 10) + ":spent"
 	n, err := in.admin.HGet(context.Background(), key, "t").Int64()
 	if err != nil {
 		t.Fatalf("reading %s: %v", key, err)
@@ -329,5 +336,86 @@ func TestFailOpenSpendIsCounted(t *testing.T) {
 				t.Errorf("%d admitted after the outage, want %d: the 50 admitted before and during it count", after, budget-50)
 			}
 		})
+	}
+}
+
+// TestSettledSpendSurvivesLoss: what is restored after a loss is what
+// each instance spent net of what it gave back, and a reservation still
+// in flight at the loss settles against the restored count.
+func TestSettledSpendSurvivesLoss(t *testing.T) {
+	const budget = 1_000_000 // $1
+	srv := redistest.Start(t)
+	in := newInstances(t, srv, ratelimit.Options{
+		OnStoreError: ratelimit.FailClosed,
+		Budget:       ratelimit.Budget{Limit: budget, Window: ratelimit.Day, Unit: ratelimit.Money},
+	})
+	ctx := context.Background()
+	reserve := func(i int, micros int64) ratelimit.Reservation {
+		t.Helper()
+		r, res := in.limiters[i].Reserve(ctx, ratelimit.Client{Key: "c"}, ratelimit.Amount{Money: config.Money(micros)})
+		if !res.Allowed || res.Err != nil {
+			t.Fatalf("instance %d: reserving %d: %v %v", i, micros, res.Reason, res.Err)
+		}
+		return r
+	}
+	settle := func(r *ratelimit.Reservation, micros int64) {
+		t.Helper()
+		if err := r.Settle(ctx, ratelimit.Amount{Money: config.Money(micros)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1 := reserve(0, 400_000)
+	settle(&a1, 100_000)
+	b1 := reserve(1, 300_000)
+	settle(&b1, 250_000)
+	inFlight := reserve(0, 200_000) // settled after the loss
+	in.probe(t)
+	flushAll(t, srv, in)
+	in.probe(t)
+	in.clock.Advance(lossHold)
+	if got, want := in.total(t), int64(100_000+250_000+200_000); got != want {
+		t.Errorf("restored count %d, want %d: what each instance spent, net of refunds", got, want)
+	}
+	settle(&inFlight, 50_000)
+	if got, want := in.total(t), int64(100_000+250_000+50_000); got != want {
+		t.Errorf("after settling the reservation in flight: count %d, want %d", got, want)
+	}
+}
+
+// TestPauseSurvivesLoss: an emergency stop must not lift itself when
+// Redis loses its data: an instance that saw the pause writes it back.
+func TestPauseSurvivesLoss(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := storetest.NewClock(start)
+	prefix := uniquePrefix()
+	var stores [2]*redis.Store
+	for i := range stores {
+		stores[i] = redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: prefix, Now: clock.Now})
+	}
+	admin := redistest.Client(t, srv.URL())
+	ctx := context.Background()
+	if err := stores[0].Pause(ctx, "chat", true); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := stores[1].Paused(ctx, "chat"); !p || err != nil {
+		t.Fatalf("paused %v, %v; want true", p, err)
+	}
+	if err := admin.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(redis.DefaultPauseRefresh)
+	if p, err := stores[1].Paused(ctx, "chat"); !p || err != nil {
+		t.Errorf("after the loss: paused %v, %v; want still paused", p, err)
+	}
+	if fields, err := admin.HKeys(ctx, prefix+"paused").Result(); err != nil || !slices.Contains(fields, "r:chat") {
+		t.Errorf("pause fields in redis after the loss: %v, %v; want r:chat written back", fields, err)
+	}
+	// A resume after the loss is obeyed.
+	if err := stores[1].Pause(ctx, "chat", false); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(redis.DefaultPauseRefresh)
+	if p, err := stores[0].Paused(ctx, "chat"); p || err != nil {
+		t.Errorf("after the resume: paused %v, %v; want not", p, err)
 	}
 }

@@ -5,7 +5,9 @@
 // Every operation is one Lua script run with EVALSHA (falling back to EVAL
 // when the server does not have it cached, after a restart for example),
 // so the checks and the updates of all its keys are one atomic step on the
-// server: a request one key refuses is counted at none. The
+// server: a request one key refuses is counted at none. Amounts are
+// integers below 2^53 (money in micro-dollars, tokens, requests), which
+// Lua's doubles hold exactly, so sums are exact on every instance. The
 // scripts do exactly the arithmetic of ratelimit.Memory, in whole
 // microseconds, on the caller's clock: see ratelimit.Store for why the
 // caller's clock and not the server's TIME, and what clock skew between
@@ -20,21 +22,29 @@
 // loses the last writes. A budget that simply started again from the
 // count Redis has would then admit what was already spent a second time
 // (a 5,000/day budget let through 7,000). So the Store keeps the shared
-// count restorable:
+// count restorable, reservations and settlements included:
 //
 //   - Each instance keeps a ledger, in its own memory, of what it spent
 //     at every budget key of a live window (DefaultLedgerKeys keys at
-//     most), and has a random id for the life of the process.
-//   - A budget key is a hash holding the total and each instance's share
-//     of it, updated together, so the total is the sum of the shares.
-//   - Every budget call passes the ledger's amount for each of its keys,
-//     and the script first restores at each key whatever the key no
-//     longer counts of this instance's spend (the ledger minus the share
-//     Redis has, when positive), then compares the limits. A key that
-//     lost part of its count (eviction, a lagging replica) thus gets this
-//     instance's share back before this instance's next admission there,
-//     and repeating a restore changes nothing: it raises a share to the
-//     ledger, never beyond.
+//     most), and has a random id for the life of the process. A ledger
+//     entry is two gross amounts that only grow: what the instance
+//     counted there (reservations, excess charges) and what it gave back
+//     (settlements below the reservation), each recorded once Redis has
+//     applied it.
+//   - A budget key is a hash holding the total and, per instance, the
+//     same two gross amounts, updated together, so the total is the sum
+//     over instances of counted minus given back.
+//   - Every budget call (and settlement) passes the ledger's amounts for
+//     each of its keys, and the script first brings this instance's two
+//     amounts at each key up to the ledger's, adjusting the total by what
+//     they lacked, then compares the limits. A key that lost part of its
+//     count (eviction, a lagging replica) thus gets this instance's share
+//     back before this instance's next admission there. Because both
+//     amounts only grow and the ledger records them only once applied, a
+//     stale reading of the ledger is low and restores nothing that Redis
+//     has: repeating a restore changes nothing, and concurrent
+//     settlements cannot put back each other's refunds (a net amount
+//     could, which TestReserveConcurrent caught).
 //   - A loss of everything is detected exactly: an epoch hash that every
 //     budget call reads holds a random id, created when missing. An
 //     instance with spend in a live window that finds an epoch other than
@@ -66,6 +76,15 @@
 // the run id (a single evicted key), the shares of instances that do not
 // call that key again. Redis should run with appendonly yes and
 // maxmemory-policy noeviction, which redisstore.Persistence checks.
+//
+// # The kill switch
+//
+// The Store is also ratelimit.Pauses: the paused routes are one hash,
+// which each instance reads at most every PauseRefresh (500 ms) on the
+// request path and on every Run tick, so a pause reaches every instance
+// within a second without a reload; the instance that writes it obeys at
+// once. A Redis that loses the hash gets it back from the first instance
+// with a recent view, so an emergency stop does not lift itself.
 package redis
 
 import (
@@ -147,6 +166,10 @@ type Options struct {
 	// ProbeInterval is how often Run probes for a loss. 0 means
 	// DefaultProbeInterval.
 	ProbeInterval time.Duration
+	// PauseRefresh is how old this instance's view of the paused routes
+	// may grow before a request refreshes it. 0 means
+	// DefaultPauseRefresh.
+	PauseRefresh time.Duration
 	// LedgerKeys bounds the ledger of this instance's own spend; 0 means
 	// DefaultLedgerKeys.
 	LedgerKeys int
@@ -180,6 +203,11 @@ type Store struct {
 	// lacks it has restarted (see run). The map itself is never written.
 	ran map[*goredis.Script]*atomic.Bool
 
+	pauseKey        string
+	pauseRefresh    time.Duration
+	pauseView       atomic.Pointer[pauseView]
+	pauseRefreshing atomic.Bool
+
 	mu    sync.Mutex
 	runID string              // the server's run id at the last probe
 	dirty map[string]struct{} // keys AdmittedOnFault added to since the last probe
@@ -203,8 +231,13 @@ func New(client goredis.Scripter, o Options) *Store {
 		s.prefix = DefaultPrefix
 	}
 	s.epochKey = s.prefix + "epoch"
+	s.pauseKey = s.prefix + "paused"
+	s.pauseRefresh = o.PauseRefresh
+	if s.pauseRefresh <= 0 {
+		s.pauseRefresh = DefaultPauseRefresh
+	}
 	s.ran = make(map[*goredis.Script]*atomic.Bool)
-	for _, script := range []*goredis.Script{gcraScript, budgetScript, restoreScript, probeScript} {
+	for _, script := range []*goredis.Script{gcraScript, budgetScript, restoreScript, adjustScript, probeScript, pauseReadScript, pauseWriteScript} {
 		s.ran[script] = new(atomic.Bool)
 	}
 	if o.Cooldown == 0 {
@@ -272,7 +305,8 @@ func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, 
 		}
 		cmd = script.Eval(ctx, s.client, keys, args...)
 	}
-	err := cmd.Err()
+	err := redisstore.WithContext(ctx, cmd.Err())
+	cmd.SetErr(err)
 	if err == nil && !ran.Load() {
 		ran.Store(true)
 	}
@@ -309,14 +343,18 @@ end
 return reply
 `)
 
-// The budget scripts share two steps. restore puts back at a budget key
-// what this instance spent there and the key no longer counts, and returns
-// the key's total and whether it existed. A budget key is a hash: field
-// "t" is the total, and each instance's field its own share of it, so
-// that t is always the sum of the shares.
+// The budget scripts share these steps. A budget key is a hash: field
+// "t" is the total; each instance has a field, its id, with the gross
+// amount it counted there, and a field, its id and "-", with the gross
+// amount it gave back, so that t is the sum over instances of the first
+// minus the second. restore brings this instance's two fields up to its
+// ledger's (see ledger: both only grow, so a stale ledger is low and
+// changes nothing), adjusting t by what they lacked, and returns the
+// key's total and whether the key exists.
 //
 // int writes a number for a command: Lua's default formatting would write
-// 14 significant digits, rounding µs timestamps and large amounts.
+// 14 significant digits, rounding µs timestamps and large amounts. Adding
+// 0.0 turns a negative zero, which Redis refuses as "-0", into 0.
 //
 // newEpoch creates the epoch hash. Its id is the server's clock in µs:
 // a later creation, after a loss, always has another id, and it stays
@@ -324,7 +362,7 @@ return reply
 // any window, so that it outlives every count it guards yet does not live
 // forever; Probe refreshes it while any instance has spend to guard.
 const scriptLib = `
-local function int(x) return string.format('%.0f', x) end
+local function int(x) return string.format('%.0f', x + 0.0) end
 local function newEpoch(key)
   local t = redis.call('TIME')
   local id = int(tonumber(t[1]) * 1000000 + tonumber(t[2]))
@@ -332,16 +370,23 @@ local function newEpoch(key)
   redis.call('PEXPIRE', key, ` + epochTTL + `)
   return id
 end
-local function restore(key, me, mine, ttl)
-  local v = redis.call('HMGET', key, 't', me)
-  local total, rec = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  if mine > rec then
-    total = redis.call('HINCRBY', key, 't', int(mine - rec))
-    redis.call('HSET', key, me, int(mine))
-    if not v[1] then redis.call('PEXPIRE', key, ttl) end
-    return total, true
+local function restore(key, me, counted, refunded, ttl)
+  local v = redis.call('HMGET', key, 't', me, me .. '-')
+  local total, c, r = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  local d = 0
+  if counted > c then
+    d = counted - c
+    redis.call('HSET', key, me, int(counted))
   end
-  return total, v[1] ~= false
+  if refunded > r then
+    d = d - (refunded - r)
+    redis.call('HSET', key, me .. '-', int(refunded))
+  end
+  if d == 0 then return total, v[1] ~= false end
+  total = math.max(total + d, 0)
+  redis.call('HSET', key, 't', int(total))
+  if not v[1] then redis.call('PEXPIRE', key, ttl) end
+  return total, true
 end
 `
 
@@ -352,8 +397,9 @@ end
 //
 // KEYS: the epoch hash, then one per cell. ARGV: now in µs, this
 // instance's id, the epoch it knows ("0" for none), the hold in µs, "1"
-// if this instance has spend to restore, then for each cell n, its limit, its TTL in ms
-// and this instance's spend at it (its ledger). The reply is {status,
+// if this instance has spend to restore, then for each cell n, its
+// limit, its TTL in ms and this instance's ledger at it (gross counted,
+// gross given back). The reply is {status,
 // epoch, hold end in µs, total of each cell}, status 1 when counted, 0
 // when a limit refused, -1 when this instance must restore its ledger
 // first (nothing done at the cells), -2 during a hold (own spend restored
@@ -373,15 +419,15 @@ end
 local reply = {1, tonumber(id), untl}
 local existed = {}
 for i = 2, #KEYS do
-  local j = 4*i - 2
-  local total, ex = restore(KEYS[i], me, tonumber(ARGV[j+3]), ARGV[j+2])
+  local j = 5*i - 4
+  local total, ex = restore(KEYS[i], me, tonumber(ARGV[j+3]), tonumber(ARGV[j+4]), ARGV[j+2])
   reply[i+2], existed[i] = total, ex
   if total + tonumber(ARGV[j]) > tonumber(ARGV[j+1]) then reply[1] = 0 end
 end
 if now < untl then reply[1] = -2 end
 if reply[1] ~= 1 then return reply end
 for i = 2, #KEYS do
-  local j = 4*i - 2
+  local j = 5*i - 4
   reply[i+2] = redis.call('HINCRBY', KEYS[i], 't', ARGV[j])
   redis.call('HINCRBY', KEYS[i], me, ARGV[j])
   if not existed[i] then redis.call('PEXPIRE', KEYS[i], ARGV[j+2]) end
@@ -394,7 +440,8 @@ return reply
 // runs (with no keys, it only reports the epoch).
 // KEYS: the epoch hash, then the ledger's keys. ARGV: now in µs, this
 // instance's id, the hold in µs (0: none), then for each key this
-// instance's spend and the key's TTL in ms. The reply is {epoch, hold end in µs}.
+// instance's ledger (gross counted, gross given back) and the key's TTL in
+// ms. The reply is {epoch, hold end in µs}.
 var restoreScript = goredis.NewScript(scriptLib + `
 local now, me, hold = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local e = redis.call('HMGET', KEYS[1], 'id', 'hold')
@@ -405,9 +452,36 @@ if #KEYS > 1 and hold > 0 and untl < now + hold then
   redis.call('HSET', KEYS[1], 'hold', int(untl))
 end
 for i = 2, #KEYS do
-  restore(KEYS[i], me, tonumber(ARGV[2*i]), ARGV[2*i+1])
+  local j = 3*i - 2
+  restore(KEYS[i], me, tonumber(ARGV[j]), tonumber(ARGV[j+1]), ARGV[j+2])
 end
 return {tonumber(id), untl}
+`)
+
+// adjustScript is ratelimit.Memory.Adjust, after restoring this
+// instance's fields at each key (see restore): a key the restore finds
+// missing with nothing to put back has expired, and is not recreated. An
+// amount given back is added to this instance's gross refunds, one
+// counted to its gross count; the total never goes below zero. KEYS: one
+// per cell. ARGV: this instance's id, then for each cell the amount, this
+// instance's ledger at it (gross counted, gross given back) and its TTL
+// in ms.
+var adjustScript = goredis.NewScript(scriptLib + `
+local me = ARGV[1]
+for i = 1, #KEYS do
+  local j = 4*i - 2
+  local n = tonumber(ARGV[j])
+  local total, existed = restore(KEYS[i], me, tonumber(ARGV[j+1]), tonumber(ARGV[j+2]), ARGV[j+3])
+  if existed then
+    if n < 0 then
+      redis.call('HINCRBY', KEYS[i], me .. '-', int(-n))
+    else
+      redis.call('HINCRBY', KEYS[i], me, int(n))
+    end
+    redis.call('HSET', KEYS[i], 't', int(math.max(total + n, 0)))
+  end
+end
+return 1
 `)
 
 // probeScript is the epoch check of budgetScript for an instance with
@@ -467,14 +541,14 @@ func (s *Store) GCRA(ctx context.Context, now time.Time, cells []ratelimit.RateC
 // Budget implements ratelimit.Store: the counts and this instance's
 // restores at all cells are one script, so a key that lost this
 // instance's spend gets it back before the limit is compared with it.
-func (s *Store) Budget(ctx context.Context, now time.Time, n int64, cells []ratelimit.BudgetCell) (bool, error) {
+func (s *Store) Budget(ctx context.Context, now time.Time, cells []ratelimit.BudgetCell) (bool, error) {
 	if len(cells) == 0 {
 		return true, nil
 	}
 	t := now.UnixMicro()
 	keys := make([]string, 1+len(cells))
 	keys[0] = s.epochKey
-	args := make([]any, 5, 5+4*len(cells))
+	args := make([]any, 5, 5+5*len(cells))
 	// The ledger is read and written under the flight lock, so that a
 	// restore's snapshot never misses a count Redis has made and the ledger
 	// not yet (see restore).
@@ -492,7 +566,8 @@ func (s *Store) Budget(ctx context.Context, now time.Time, n int64, cells []rate
 	args[0], args[1], args[2], args[3], args[4] = t, s.idArg, known, s.holdArg, restoring
 	for i, c := range cells {
 		keys[i+1] = s.budgetKey(c.Key, now, c.Window)
-		args = append(args, n, c.Limit, s.ttl(now, c.Window).Milliseconds(), s.ledger.spent(keys[i+1]))
+		e := s.ledger.get(keys[i+1])
+		args = append(args, c.N, c.Limit, s.ttl(now, c.Window).Milliseconds(), e.counted, e.refunded)
 	}
 	r, err := s.run(ctx, now, budgetScript, keys, args, 2).Int64Slice()
 	if err == nil && (len(r) < 3 || (r[0] != -1 && len(r) != 3+len(cells))) {
@@ -516,7 +591,7 @@ func (s *Store) Budget(ctx context.Context, now time.Time, n int64, cells []rate
 		return false, fmt.Errorf("redis budget %q: %w until %v", cells[0].Key, ErrRestoring, time.UnixMicro(r[2]).UTC().Format(time.RFC3339Nano))
 	case 1:
 		for i, c := range cells {
-			s.ledger.add(keys[i+1], n, c.Window.End(now).Add(budgetGrace).UnixMicro(), t)
+			s.ledger.count(keys[i+1], c.N, c.Window.End(now).Add(budgetGrace).UnixMicro(), t)
 		}
 		return true, nil
 	}
@@ -527,15 +602,63 @@ func (s *Store) Budget(ctx context.Context, now time.Time, n int64, cells []rate
 // while Redis could not count it goes into this instance's ledger, and so
 // into the shared counts at this instance's next call to each key once
 // Redis answers again.
-func (s *Store) AdmittedOnFault(now time.Time, n int64, cells []ratelimit.BudgetCell) {
+func (s *Store) AdmittedOnFault(now time.Time, cells []ratelimit.BudgetCell) {
 	t := now.UnixMicro()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range cells {
 		key := s.budgetKey(c.Key, now, c.Window)
-		s.ledger.add(key, n, c.Window.End(now).Add(budgetGrace).UnixMicro(), t)
+		s.ledger.count(key, c.N, c.Window.End(now).Add(budgetGrace).UnixMicro(), t)
 		s.dirty[key] = struct{}{}
 	}
+}
+
+// Adjust implements ratelimit.Store. What it gives back or counts joins
+// the ledger once Redis has applied it, so the ledger never holds more
+// than Redis counted for this instance. A failed refund leaves the count
+// higher than the spend, the safe side for the bill; a failed excess is
+// spend Redis has not counted, so it is kept for the next probe, as
+// AdmittedOnFault keeps its spend.
+func (s *Store) Adjust(ctx context.Context, at, now time.Time, cells []ratelimit.BudgetCell) error {
+	t := now.UnixMicro()
+	keys := make([]string, 0, len(cells))
+	ns := make([]int64, 0, len(cells))
+	args := make([]any, 1, 1+4*len(cells))
+	args[0] = s.idArg
+	s.flight.RLock()
+	defer s.flight.RUnlock()
+	end := make([]int64, 0, len(cells))
+	for _, c := range cells {
+		e := c.Window.End(at)
+		if !e.After(now) || c.N == 0 {
+			continue // the window has ended: nothing depends on its count any more
+		}
+		key := s.budgetKey(c.Key, at, c.Window)
+		l := s.ledger.get(key)
+		keys, ns, end = append(keys, key), append(ns, c.N), append(end, e.Add(budgetGrace).UnixMicro())
+		args = append(args, c.N, l.counted, l.refunded, e.Add(budgetGrace).Sub(now).Milliseconds())
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	err := s.run(ctx, now, adjustScript, keys, args, noKnown).Err()
+	if err != nil {
+		err = fmt.Errorf("redis settle %q: %w", cells[0].Key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, key := range keys {
+		switch n := ns[i]; {
+		case n > 0:
+			s.ledger.count(key, n, end[i], t)
+			if err != nil {
+				s.dirty[key] = struct{}{}
+			}
+		case err == nil:
+			s.ledger.refund(key, -n, end[i], t)
+		}
+	}
+	return err
 }
 
 // ttl is how long the key of the window containing now lives: to the
@@ -606,7 +729,7 @@ func (s *Store) push(ctx context.Context, now time.Time, entries map[string]ledg
 	t := now.UnixMicro()
 	keys := make([]string, 1, 1+min(len(entries), restoreBatch))
 	keys[0] = s.epochKey
-	args := make([]any, 3, 3+2*cap(keys))
+	args := make([]any, 3, 3+3*cap(keys))
 	args[1], args[2] = s.idArg, int64(0)
 	if hold {
 		args[2] = s.holdArg
@@ -634,7 +757,7 @@ func (s *Store) push(ctx context.Context, now time.Time, entries map[string]ledg
 	}
 	for k, e := range entries {
 		keys = append(keys, k)
-		args = append(args, e.spent, max(time.Duration(e.end-t)*time.Microsecond, time.Millisecond).Milliseconds())
+		args = append(args, e.counted, e.refunded, max(time.Duration(e.end-t)*time.Microsecond, time.Millisecond).Milliseconds())
 		if len(keys) == 1+restoreBatch {
 			if err := flush(); err != nil {
 				return 0, err
@@ -706,7 +829,7 @@ func (s *Store) pushDirty(ctx context.Context, now time.Time) error {
 	s.mu.Unlock()
 	entries := make(map[string]ledgerEntry, len(dirty))
 	for k := range dirty {
-		if e, ok := s.ledger.entry(k); ok {
+		if e := s.ledger.get(k); e.counted > 0 {
 			entries[k] = e
 		}
 	}
@@ -721,8 +844,11 @@ func (s *Store) pushDirty(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// Run probes (see Probe) every ProbeInterval until ctx is done. The
-// server runs it for the life of the store.
+// Run probes (see Probe) and refreshes this instance's view of the
+// paused routes every ProbeInterval until ctx is done, so that an idle
+// instance too restores its spend after a loss and holds a recent view
+// of the pauses to write back. The server runs it for the life of the
+// store.
 func (s *Store) Run(ctx context.Context) {
 	tick := time.NewTicker(s.probeInterval)
 	defer tick.Stop()
@@ -731,8 +857,12 @@ func (s *Store) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			// Faults are retried at the next tick; requests report them.
 			pctx, cancel := context.WithTimeout(ctx, restoreTimeout)
-			_ = s.Probe(pctx, s.now()) // a fault is retried at the next tick; requests report faults
+			_ = s.Probe(pctx, s.now())
+			cancel()
+			pctx, cancel = context.WithTimeout(ctx, pauseTimeout)
+			s.readPauses(pctx, s.now())
 			cancel()
 		}
 	}

@@ -45,9 +45,9 @@ func TestKeysExpire(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Budget(ctx, now, 1, []ratelimit.BudgetCell{
-		{Key: "budget:r", Limit: 10, Window: ratelimit.Minute},
-		{Key: "budget:s", Limit: 10, Window: ratelimit.Month},
+	if _, err := s.Budget(ctx, now, []ratelimit.BudgetCell{
+		{Key: "budget:r", Limit: 10, Window: ratelimit.Minute, N: 1},
+		{Key: "budget:s", Limit: 10, Window: ratelimit.Month, N: 1},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestStoreFaults(t *testing.T) {
 	if _, err := store.GCRA(warm, time.Now(), []ratelimit.RateCell{{Key: "warm", Emission: time.Millisecond, Limit: time.Millisecond}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Budget(warm, time.Now(), 1, []ratelimit.BudgetCell{{Key: "warm", Limit: 1, Window: ratelimit.Day}}); err != nil {
+	if _, err := store.Budget(warm, time.Now(), []ratelimit.BudgetCell{{Key: "warm", Limit: 1, Window: ratelimit.Day, N: 1}}); err != nil {
 		t.Fatal(err)
 	}
 	var took []time.Duration
@@ -365,11 +365,32 @@ func BenchmarkRedisLimiter(b *testing.B) {
 		name string
 		o    ratelimit.Options
 		ipv6 bool
+		// settle, if set, reserves this worst case and settles a quarter
+		// of it (BenchSettle) instead of Spend.
+		settle ratelimit.Amount
 	}{
 		{name: "rate", o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20}},
 		{name: "rate+budget", o: ratelimit.Options{
 			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20,
 			Budget: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day},
+		}},
+		// The same as rate+budget, in money: a price per call against a
+		// budget in dollars must cost what a count does.
+		{name: "rate+money-budget", o: ratelimit.Options{
+			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20, Price: 5000,
+			Budget: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day, Unit: ratelimit.Money},
+		}},
+		{name: "rate+money-budget+spend-cap", o: ratelimit.Options{
+			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20, Price: 5000,
+			Budget:   ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day, Unit: ratelimit.Money},
+			SpendCap: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Month, Unit: ratelimit.Money},
+		}},
+		// A model call: money and tokens reserved, then settled.
+		{name: "rate+reserve+settle", settle: ratelimit.Amount{Money: 40_000, Tokens: 4000}, o: ratelimit.Options{
+			Rate: ratelimit.Rate{Count: 1_000_000, Per: time.Second}, Burst: 1 << 20,
+			Budget:   ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day, Unit: ratelimit.Money},
+			Tokens:   ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Day, Unit: ratelimit.Tokens},
+			SpendCap: ratelimit.Budget{Limit: 1 << 50, Window: ratelimit.Month, Unit: ratelimit.Money},
 		}},
 		{name: "ipv6/rate", ipv6: true, o: ratelimit.Options{Rate: ratelimit.Rate{Count: 1000, Per: time.Second}, Burst: 1 << 20}},
 		{name: "ipv6/rate+budgets", ipv6: true, o: ratelimit.Options{
@@ -387,11 +408,40 @@ func BenchmarkRedisLimiter(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if bm.ipv6 {
+			switch {
+			case bm.settle != (ratelimit.Amount{}):
+				actual := ratelimit.Amount{Money: bm.settle.Money / 4, Tokens: bm.settle.Tokens / 4}
+				storetest.BenchSettle(b, l, bm.settle, actual)
+			case bm.ipv6:
 				storetest.BenchIPv6(b, l)
-			} else {
+			default:
 				storetest.Bench(b, l)
 			}
 		})
+	}
+}
+
+// TestSettleAfterHangUp: a client that hangs up after the call was made
+// does not cancel the settlement: the call cost what it cost.
+func TestSettleAfterHangUp(t *testing.T) {
+	srv := redistest.Start(t)
+	l, err := ratelimit.New(ratelimit.Options{
+		Name: "hangup", Store: redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: uniquePrefix()}), Timeout: 5 * time.Second,
+		Budget: ratelimit.Budget{Limit: 1_000_000, Window: ratelimit.Day, Unit: ratelimit.Money},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, hangUp := context.WithCancel(context.Background())
+	r, res := l.Reserve(ctx, ratelimit.Client{Key: "c"}, ratelimit.Amount{Money: 900_000})
+	if !res.Allowed {
+		t.Fatal(res.Reason, res.Err)
+	}
+	hangUp()
+	if err := r.Settle(ctx, ratelimit.Amount{Money: 100_000}); err != nil {
+		t.Fatalf("settling after the client hung up: %v", err)
+	}
+	if _, res := l.Reserve(context.Background(), ratelimit.Client{Key: "c"}, ratelimit.Amount{}); res.Budget.Remaining != 900_000 {
+		t.Errorf("remaining %d after settling $0.90 down to $0.10, want 900000", res.Budget.Remaining)
 	}
 }

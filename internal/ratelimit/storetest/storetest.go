@@ -49,6 +49,10 @@ func Run(t *testing.T, open Open) {
 	t.Run("Accuracy", func(t *testing.T) { TestAccuracy(t, open) })
 	t.Run("BudgetExact", func(t *testing.T) { TestBudgetExact(t, open) })
 	t.Run("WideExact", func(t *testing.T) { TestWideExact(t, open) })
+	t.Run("Adjust", func(t *testing.T) { TestAdjust(t, open) })
+	t.Run("Reserve", func(t *testing.T) { TestReserve(t, open) })
+	t.Run("ReserveConcurrent", func(t *testing.T) { TestReserveConcurrent(t, open) })
+	t.Run("Pauses", func(t *testing.T) { TestPauses(t, open) })
 }
 
 // start is a Saturday noon, far from any window edge unless a case moves it.
@@ -101,6 +105,10 @@ func allow(rate, cb, budget ratelimit.Decision) outcome {
 
 func rate(remaining int64, reset time.Duration) ratelimit.Decision {
 	return ratelimit.Decision{Allowed: true, Remaining: remaining, Reset: reset}
+}
+
+func money(remaining int64, reset time.Duration) ratelimit.Decision {
+	return ratelimit.Decision{Allowed: true, Remaining: remaining, Unit: ratelimit.Money, Reset: reset}
 }
 
 func denied(reset, retry time.Duration) ratelimit.Decision {
@@ -388,6 +396,31 @@ func TestLimiter(t *testing.T, open Open) {
 					"Ratelimit":        {`"budget";r=0;t=43200`},
 					"Retry-After":      {"43200"},
 				}},
+			},
+		},
+		{
+			// A price of $0.25 a call against $0.60 a day per client and $1
+			// a day for the route, in micro-dollars.
+			name: "money budgets count the price",
+			limiters: []ratelimit.Options{{
+				Price:        250_000,
+				ClientBudget: ratelimit.Budget{Limit: 600_000, Window: ratelimit.Day, Unit: ratelimit.Money},
+				Budget:       ratelimit.Budget{Limit: 1_000_000, Window: ratelimit.Day, Unit: ratelimit.Money},
+			}},
+			steps: []step{
+				{client: "c1", want: allow(none, money(350_000, 12*time.Hour), money(750_000, 12*time.Hour))},
+				{instance: 1, client: "c1", want: allow(none, money(100_000, 12*time.Hour), money(500_000, 12*time.Hour))},
+				// Refused, with $0.10 left: Remaining says what is left, even
+				// when it is less than a call costs.
+				{client: "c1", want: outcome{Reason: ratelimit.ReasonClientBudget,
+					ClientBudget: ratelimit.Decision{Remaining: 100_000, Unit: ratelimit.Money, Reset: 12 * time.Hour, RetryAfter: 12 * time.Hour}, Budget: money(500_000, 12*time.Hour)}},
+				{client: "c2", want: allow(none, money(350_000, 12*time.Hour), money(250_000, 12*time.Hour))},
+				{instance: 1, client: "c3", want: allow(none, money(350_000, 12*time.Hour), money(0, 12*time.Hour)), headers: http.Header{
+					"Ratelimit-Policy": {`"client-budget";q=600000;qu="usd-micros";w=86400, "budget";q=1000000;qu="usd-micros";w=86400`},
+					"Ratelimit":        {`"client-budget";r=350000;t=43200, "budget";r=0;t=43200`},
+				}},
+				{client: "c4", want: outcome{Reason: ratelimit.ReasonBudget, ClientBudget: money(600_000, 12*time.Hour),
+					Budget: ratelimit.Decision{Unit: ratelimit.Money, Reset: 12 * time.Hour, RetryAfter: 12 * time.Hour}}},
 			},
 		},
 	}
@@ -749,6 +782,39 @@ func BenchIPv6(b *testing.B, l *ratelimit.Limiter) {
 		}
 	}
 	bench(b, l, clients)
+}
+
+// BenchSettle is Bench for a metered route: each request reserves worst
+// and settles actual, as a model call does.
+func BenchSettle(b *testing.B, l *ratelimit.Limiter, worst, actual ratelimit.Amount) {
+	clients := make([]ratelimit.Client, 1024)
+	for i := range clients {
+		clients[i] = ratelimit.Client{Key: fmt.Sprintf("198.51.%d.%d", i/256, i%256)}
+	}
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		h := http.Header{}
+		i := 0
+		for pb.Next() {
+			c := clients[i%len(clients)]
+			rate := l.AllowRate(context.Background(), c)
+			r, res := l.Reserve(context.Background(), c, worst)
+			if !rate.Allowed || !res.Allowed {
+				b.Errorf("request denied: %v %v %v", rate.Reason, res.Reason, res.Err)
+				return
+			}
+			rate.SetHeaders(h)
+			res.SetHeaders(h)
+			if err := r.Settle(context.Background(), actual); err != nil {
+				b.Error(err)
+				return
+			}
+			clear(h)
+			i++
+		}
+	})
 }
 
 func bench(b *testing.B, l *ratelimit.Limiter, clients []ratelimit.Client) {
