@@ -50,6 +50,12 @@ type Config struct {
 	// Limits is the default abuse protection for every route; a route's
 	// own limits block replaces it. Default: none.
 	Limits *Limits `yaml:"limits"`
+	// SpendCap is a hard ceiling on what every route together may spend
+	// per calendar window, shared by every instance, e.g. "$200/month":
+	// past it, routes with a price or llm answer 503 spend_cap_reached
+	// (or their capped_response) without calling the upstream. Default:
+	// none.
+	SpendCap string `yaml:"spend_cap"`
 	// CacheSize bounds the memory cache ("64MiB"); with a Redis store it
 	// bounds the memory tier in front of Redis (which keeps hits working
 	// through a Redis outage; Redis's own maxmemory bounds Redis). Default
@@ -116,12 +122,21 @@ type Limits struct {
 	// applies. Default 10, so a page that loads several resources at once
 	// is not refused.
 	Burst int64 `yaml:"burst"`
-	// Budget caps the requests all clients together send upstream per
-	// calendar window (UTC), e.g. "10000/day", "500/h", "100000/month":
-	// the upstream bill's ceiling.
+	// Budget caps what all clients together send upstream per calendar
+	// window (UTC): a count of calls ("10000/day", "500/h",
+	// "100000/month") or money ("$20/day", on a route with a price or
+	// llm): the upstream bill's ceiling. Default: none.
 	Budget string `yaml:"budget"`
-	// ClientBudget caps one client's requests per window, e.g. "100/day".
+	// ClientBudget caps one client's share per window, a count or money
+	// ("100/day", "$1/day"); the client is the verified caller or the
+	// address, as Per says. Default: none.
 	ClientBudget string `yaml:"client_budget"`
+	// Tokens caps the tokens (input and output) all clients together use
+	// per window on a model-API route, e.g. "2000000/day". Default: none.
+	Tokens string `yaml:"tokens"`
+	// ClientTokens caps one client's tokens per window, e.g.
+	// "100000/day". Default: none.
+	ClientTokens string `yaml:"client_tokens"`
 	// OnStoreError is what happens when the store (Redis) fails:
 	// "fail_open" (default; the request proceeds) or "fail_closed" (503).
 	OnStoreError string `yaml:"on_store_error"`
@@ -312,6 +327,10 @@ type Route struct {
 	// budgets are charged this much per call that goes upstream (cache
 	// hits cost nothing). Default: none.
 	Price string `yaml:"price"`
+	// CappedResponse is what the route answers instead of 503
+	// spend_cap_reached while the spend cap is reached (or the route is
+	// paused): a degraded answer a front end can show. Default: none.
+	CappedResponse *StaticResponse `yaml:"capped_response"`
 	// Fallback lets requests that carry no credential at all through
 	// under these limits instead of refusing them (401): for callers who
 	// cannot prove themselves, such as devices that fail attestation. Its
@@ -341,4 +360,14 @@ type Headers struct {
 	Set map[string]string `yaml:"set"`
 	// Remove lists default-set headers not to pass on.
 	Remove []string `yaml:"remove"`
+}
+
+// StaticResponse is an answer written in the config.
+type StaticResponse struct {
+	// Status is the status code. Default 200.
+	Status int `yaml:"status"`
+	// ContentType is the Content-Type. Default "application/json".
+	ContentType string `yaml:"content_type"`
+	// Body is the body, as written. Default: empty.
+	Body string `yaml:"body"`
 }

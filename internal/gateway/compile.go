@@ -70,6 +70,7 @@ type compiler struct {
 	warns     []*config.Error
 	secrets   map[string]secret.Value
 	used      map[string]bool // secrets referenced anywhere
+	spendCap  ratelimit.Budget
 	kinds     *callerKinds
 	knockOns  int // errors not reported: decoding already reported their cause
 }
@@ -108,6 +109,17 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	c.loadSecrets(cfg)
 	g.cors = c.cors("cors", cfg.CORS, nil, nil)
 
+	if cfg.SpendCap != "" {
+		b, err := ratelimit.ParseBudget(cfg.SpendCap)
+		switch {
+		case err != nil:
+			c.errorf("spend_cap", "%v", err)
+		case b.Unit != ratelimit.Money:
+			c.errorf("spend_cap", "the spend cap is money, for example $200/month")
+		default:
+			c.spendCap = b
+		}
+	}
 	g.authGuard.now = g.opts.Now
 	c.kinds = c.callers(cfg, g)
 	g.callers = c.kinds
@@ -167,13 +179,6 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	if cfg.CORS == nil && !slices.ContainsFunc(cfg.Routes, func(r config.Route) bool { return r.CORS != nil }) {
 		c.warnf("routes", "no cors policy: requests from browsers on other origins get 403 and never reach the upstream; add cors.allow_origins for the sites that call keyward")
 	}
-	for name := range cfg.Secrets {
-		if !c.used[name] {
-			c.warnf("secrets."+name, "secret %q is never used", name)
-		}
-	}
-	if len(c.errs) > 0 {
-		errs := dedupe(c.errs)
 	for _, stName := range sortedKeys(cfg.Stages) {
 		for name := range cfg.Stages[stName].Secrets {
 			if !c.used[name] {
@@ -181,6 +186,13 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 			}
 		}
 	}
+	for name := range cfg.Secrets {
+		if !c.used[name] {
+			c.warnf("secrets."+name, "secret %q is never used", name)
+		}
+	}
+	if len(c.errs) > 0 {
+		errs := dedupe(c.errs)
 		sort.SliceStable(errs, func(i, j int) bool { return line(errs[i]) < line(errs[j]) })
 		return nil, c.warns, errors.Join(errs...)
 	}
@@ -188,6 +200,9 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 		g.secrets = append(g.secrets, v)
 	}
 	g.scrub = scrub.New(g.secrets)
+	if p, ok := c.opts.LimitStore.(ratelimit.Pauses); ok {
+		g.pauses = p
+	}
 	g.buffers = g.opts.BodyBuffers
 	if g.buffers == nil {
 		g.buffers = NewBodyBuffers(g.settings.MaxBufferedBytes)
@@ -376,7 +391,8 @@ const defaultBurst = 10
 // the way, or answered from the cache, costs none of them.
 func (c *compiler) limits(path string, lc *config.Limits, ep *endpoint) {
 	ep.limiter = c.limiter(path, lc, ep)
-	ep.spends = lc.Budget != "" || lc.ClientBudget != ""
+	ep.spends = lc.Budget != "" || lc.ClientBudget != "" || lc.Tokens != "" || lc.ClientTokens != "" ||
+		!c.spendCap.IsZero() && (ep.price > 0 || ep.llm != nil)
 	switch lc.Per {
 	case "", "caller":
 		ep.perCaller = ep.callers != nil
@@ -446,8 +462,8 @@ func (c *compiler) cache(path string, rc *config.Route, ep *endpoint) {
 
 func (c *compiler) limiter(path string, lc *config.Limits, ep *endpoint) *ratelimit.Limiter {
 	o := c.limiterOptions(path, lc, ep)
-	if o.Rate.IsZero() && o.Budget.IsZero() && o.ClientBudget.IsZero() {
-		c.errorf(path, "set rate, budget or client_budget")
+	if o.Rate.IsZero() && o.Budget.IsZero() && o.ClientBudget.IsZero() && o.Tokens.IsZero() && o.ClientTokens.IsZero() && o.SpendCap.IsZero() {
+		c.errorf(path, "set rate, budget, client_budget, tokens or client_tokens")
 		return nil
 	}
 	l, err := ratelimit.New(o)
@@ -484,6 +500,30 @@ func (c *compiler) limiterOptions(path string, lc *config.Limits, ep *endpoint) 
 			c.errorf(path+".client_budget", "%v", err)
 		}
 	}
+	if lc.Tokens != "" {
+		if o.Tokens, err = ratelimit.ParseTokens(lc.Tokens); err != nil {
+			c.errorf(path+".tokens", "%v", err)
+		}
+	}
+	if lc.ClientTokens != "" {
+		if o.ClientTokens, err = ratelimit.ParseTokens(lc.ClientTokens); err != nil {
+			c.errorf(path+".client_tokens", "%v", err)
+		}
+	}
+	for field, b := range map[string]ratelimit.Budget{"budget": o.Budget, "client_budget": o.ClientBudget} {
+		if b.Unit == ratelimit.Money && ep.price == 0 && ep.llm == nil {
+			// Without a price or a model API, a call costs nothing known:
+			// such a budget would never be reached.
+			c.errorf(path+"."+field, "a budget in money needs a price on the route (price: $0.005 per call) or llm: (priced per token); to count calls instead, write a number: 10000/day")
+		}
+	}
+	if (lc.Tokens != "" || lc.ClientTokens != "") && ep.llm == nil {
+		c.errorf(path+".tokens", "token budgets need llm: on the route (it reads the tokens each answer used)")
+	}
+	if ep.price > 0 || ep.llm != nil {
+		o.SpendCap = c.spendCap
+	}
+	o.Price = ep.price
 	if o.OnStoreError, err = ratelimit.ParseFaultPolicy(lc.OnStoreError); err != nil {
 		c.errorf(path+".on_store_error", "%v", err)
 	}
@@ -700,10 +740,17 @@ func (c *compiler) endpoint(path string, rc *config.Route, st stage, cfg *config
 		}
 	}
 	c.llmCompile(path, rc, ep)
-	if rc.Limits != nil {
+	switch {
+	case rc.Limits != nil:
 		c.limits(path+".limits", rc.Limits, ep)
-	} else if cfg.Limits != nil {
+	case cfg.Limits != nil:
 		c.limits("limits", cfg.Limits, ep)
+	case !c.spendCap.IsZero() && (ep.price > 0 || ep.llm != nil):
+		// No limits of its own, but it spends money: the spend cap holds.
+		c.limits(path, &config.Limits{}, ep)
+	}
+	if rc.CappedResponse != nil {
+		ep.capped = c.staticResponse(path+".capped_response", rc.CappedResponse)
 	}
 	if ep.callers == nil && ep.limiter == nil && slices.ContainsFunc(ep.methods, func(m string) bool { return m != "GET" && m != "HEAD" && m != "OPTIONS" }) {
 		// Anyone who finds the URL can write through the key as fast as
@@ -1052,4 +1099,19 @@ func (ep *endpoint) forMethod(method string) *endpoint {
 		}
 	}
 	return ep
+}
+
+// staticResponse compiles an answer written in the config.
+func (c *compiler) staticResponse(path string, sr *config.StaticResponse) *staticResponse {
+	r := &staticResponse{status: sr.Status, ctype: []string{sr.ContentType}, body: []byte(sr.Body)}
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	if r.status < 200 || r.status > 599 {
+		c.errorf(path+".status", "%d is not a status code to answer with (200-599)", sr.Status)
+	}
+	if sr.ContentType == "" {
+		r.ctype = jsonType
+	}
+	return r
 }

@@ -107,6 +107,7 @@ type Gateway struct {
 	clients   *clientip.Resolver
 	cache     *cache.Cache // nil when no route caches
 	buffers   *BodyBuffers
+	pauses    ratelimit.Pauses // the kill switch's state; nil: none
 	callers   *callerKinds
 	authGuard authGuard
 	faultLog  atomic.Int64 // unix ns of the last logged store fault
@@ -143,6 +144,7 @@ type endpoint struct {
 	plans             *planLimiters        // API keys' own plans
 	llm               *llm.Policy          // nil: the upstream is no model API
 	price             config.Money         // what one upstream call costs; 0: unpriced
+	capped            *staticResponse      // capped_response; nil: 503
 	cache             *cache.Policy        // nil: not cached
 	cacheRoute        string               // route identity in cache keys
 	vary              string               // request headers the cache varies on, for the response's Vary
@@ -254,6 +256,7 @@ type exchange struct {
 	caller       caller.Identity
 	limiter      *ratelimit.Limiter // what this request counts against
 	spend        spend
+	reservation  ratelimit.Reservation // what the budgets hold for this call until settled
 	client       ratelimit.Client
 	in           *http.Request // the inbound request, once forwarding started
 }
@@ -402,10 +405,15 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 // relays the answer. Budgets count what goes upstream: a request refused
 // on the way here, or answered from the cache, costs none of them.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, x *exchange) error {
-	if l := x.limiter; l != nil {
-		if err := g.limit(w, x, l.Spend(r.Context(), x.client)); err != nil {
-			return err
+	if g.pauses != nil {
+		// The kill switch: every instance reads it from the store, so a
+		// pause holds within a second without a reload.
+		if paused, _ := g.pauses.Paused(r.Context(), x.ep.name); paused {
+			return capped(x.ep, "paused", "this route is paused by its operator; try again later")
 		}
+	}
+	if err := g.reserve(w, r, x); err != nil {
+		return err
 	}
 	x.in = r
 	x.Begin(r.Context(), x.ep.timeout, x.ep.idleTimeout)

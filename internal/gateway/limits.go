@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"net/http"
+
+	"github.com/keyward/keyward/internal/config"
 	"time"
 
 	"github.com/keyward/keyward/internal/ratelimit"
@@ -25,7 +27,7 @@ func (g *Gateway) client(r *http.Request) ratelimit.Client {
 func (g *Gateway) limit(w http.ResponseWriter, x *exchange, res ratelimit.Result) error {
 	res.SetHeaders(w.Header())
 	if m := g.opts.Metrics; m != nil && res.Budget != (ratelimit.Decision{}) {
-		m.BudgetRemaining(x.ep.name, res.Budget.Remaining)
+		m.BudgetRemaining(x.ep.name, res.Budget.Unit.String(), remainingValue(res.Budget))
 	}
 	var rf *refusal
 	switch res.Reason {
@@ -34,9 +36,18 @@ func (g *Gateway) limit(w http.ResponseWriter, x *exchange, res ratelimit.Result
 	case ratelimit.ReasonRate:
 		rf = refused(http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the time in Retry-After")
 	case ratelimit.ReasonClientBudget:
-		rf = refused(http.StatusTooManyRequests, "client_budget_exhausted", "this client's request budget for the period is spent")
+		rf = refused(http.StatusTooManyRequests, "client_budget_exhausted", "this client's budget for the period is spent")
 	case ratelimit.ReasonBudget:
-		rf = refused(http.StatusTooManyRequests, "budget_exhausted", "this route's request budget for the period is spent")
+		rf = refused(http.StatusTooManyRequests, "budget_exhausted", "this route's budget for the period is spent")
+	case ratelimit.ReasonClientTokens:
+		rf = refused(http.StatusTooManyRequests, "client_tokens_exhausted", "this client's tokens for the period are spent")
+	case ratelimit.ReasonTokens:
+		rf = refused(http.StatusTooManyRequests, "tokens_exhausted", "this route's tokens for the period are spent")
+	case ratelimit.ReasonSpendCap:
+		if m := g.opts.Metrics; m != nil {
+			m.Limited(x.ep.name, res.Reason.String())
+		}
+		return capped(x.ep, "spend_cap_reached", "the gateway's spend cap for the period is reached")
 	default:
 		rf = refused(http.StatusServiceUnavailable, "store_unavailable", "limits cannot be checked right now; try again shortly")
 	}
@@ -62,4 +73,37 @@ func (g *Gateway) StoreFault(kind string, err error) {
 		return
 	}
 	g.opts.Logger.Warn("store error", slogString("kind", kind), slogString("error", g.scrub.String(err.Error())))
+}
+
+// remainingValue is a budget's remainder in its unit for the gauge:
+// dollars for money, else the count.
+func remainingValue(d ratelimit.Decision) float64 {
+	if d.Unit == ratelimit.Money {
+		return float64(d.Remaining) / config.MicrosPerDollar
+	}
+	return float64(d.Remaining)
+}
+
+// staticResponse is an answer written in the config (capped_response).
+type staticResponse struct {
+	status int
+	ctype  []string
+	body   []byte
+}
+
+// cappedAnswer is a refusal answered with a route's capped_response.
+type cappedAnswer struct {
+	code string
+	r    *staticResponse
+}
+
+func (c *cappedAnswer) Error() string { return c.code }
+
+// capped refuses a call the spend cap or a pause stops: 503 with code, or
+// the route's capped_response, a degraded answer a page can show.
+func capped(ep *endpoint, code, msg string) error {
+	if ep.capped != nil {
+		return &cappedAnswer{code: code, r: ep.capped}
+	}
+	return refused(http.StatusServiceUnavailable, code, msg)
 }

@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"net/http"
 
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/llm"
 	"github.com/keyward/keyward/internal/proxy"
+	"github.com/keyward/keyward/internal/ratelimit"
 )
 
 // spend is what one upstream call of a request costs: reserved before the
@@ -67,6 +69,31 @@ func (g *Gateway) prepareLLM(r *http.Request, x *exchange, body []byte) ([]byte,
 	return req.Body, nil
 }
 
+// reserve counts the call against the budgets before the upstream is
+// dialled: its worst case in money and tokens on routes with a price or
+// llm (settled after the call), one call otherwise. A refusal means no
+// upstream call: so concurrent requests can never overshoot a budget
+// that only some of them fit.
+func (g *Gateway) reserve(w http.ResponseWriter, r *http.Request, x *exchange) error {
+	l := x.limiter
+	if l == nil {
+		return nil
+	}
+	if x.ep.llm == nil && x.ep.price == 0 {
+		return g.limit(w, x, l.Spend(r.Context(), x.client))
+	}
+	a := ratelimit.Amount{Money: x.ep.price}
+	if x.spend.req != nil {
+		a = ratelimit.Amount(x.spend.reserved)
+	}
+	res, result := l.Reserve(r.Context(), x.client, a)
+	if err := g.limit(w, x, result); err != nil {
+		return err
+	}
+	x.reservation = res
+	return nil
+}
+
 // settle records what the upstream call cost: the usage the meter read,
 // or the reservation when it could not (a cut stream, no usage chunk). A
 // call that never left (the outbound policy, a failed dial) costs nothing.
@@ -78,6 +105,7 @@ func (g *Gateway) settle(x *exchange, err error) {
 	var pe *proxy.Error
 	if errors.As(err, &pe) && !pe.Sent {
 		s.charged, s.settled = llm.Amount{}, true
+		g.settleReservation(x)
 		return
 	}
 	switch {
@@ -94,6 +122,7 @@ func (g *Gateway) settle(x *exchange, err error) {
 		s.charged = llm.Amount{Money: x.ep.price}
 	}
 	s.settled = true
+	g.settleReservation(x)
 	if m := g.opts.Metrics; m != nil && s.charged.Money > 0 {
 		model := ""
 		if s.req != nil {
@@ -123,4 +152,17 @@ func (s *spend) tokensOut() int64 {
 		return 0
 	}
 	return s.meter.Usage().Output
+}
+
+// settleReservation replaces the call's reservation with what it cost.
+// It runs after the client may have gone: the bill does not care.
+func (g *Gateway) settleReservation(x *exchange) {
+	r := &x.reservation
+	if ratelimit.Amount(x.spend.charged) == r.Reserved() {
+		return // what was reserved is what it cost: nothing to change
+	}
+	ctx := context.WithoutCancel(x.in.Context())
+	if err := r.Settle(ctx, ratelimit.Amount(x.spend.charged)); err != nil {
+		g.StoreFault("ratelimit", err)
+	}
 }

@@ -51,6 +51,18 @@ func (g *Gateway) refuse(w http.ResponseWriter, x *exchange, err error) {
 		g.refuseUpstream(w, x, pe)
 		return
 	}
+	var ca *cappedAnswer
+	if errors.As(err, &ca) {
+		x.errCode = ca.code
+		h := w.Header()
+		h["Content-Type"] = ca.r.ctype
+		h["Cache-Control"] = noStore
+		h["Content-Length"] = []string{strconv.Itoa(len(ca.r.body))}
+		x.status = ca.r.status
+		w.WriteHeader(ca.r.status)
+		_, _ = w.Write(ca.r.body)
+		return
+	}
 	var rf *refusal
 	if !errors.As(err, &rf) {
 		rf = &refusal{status: http.StatusInternalServerError, code: "internal_error", msg: "internal error",

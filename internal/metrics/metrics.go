@@ -64,8 +64,8 @@ func New() *Metrics {
 		Name: "keyward_limited_total", Help: "Requests refused by limits, by route and reason (rate, client_budget, budget, store_error).",
 	}, []string{"route", "reason"})
 	m.budget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "keyward_budget_remaining", Help: "Requests left in the route's current budget window.",
-	}, []string{"route"})
+		Name: "keyward_budget_remaining", Help: "What is left in the route's current budget window, by unit: requests, dollars or tokens.",
+	}, []string{"route", "unit"})
 	m.storeErrs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "keyward_store_errors_total", Help: "Failed store (Redis) calls, by user (ratelimit, cache).",
 	}, []string{"kind"})
@@ -159,11 +159,11 @@ func (m *Metrics) Limited(route, reason string) {
 }
 
 // BudgetRemaining records what is left of a route's budget.
-func (m *Metrics) BudgetRemaining(route string, n int64) {
+func (m *Metrics) BudgetRemaining(route, unit string, n float64) {
 	if m == nil {
 		return
 	}
-	m.budget.WithLabelValues(route).Set(float64(n))
+	m.budget.WithLabelValues(route, unit).Set(n)
 }
 
 // StoreError records a failed store call.
