@@ -30,6 +30,8 @@ Usage:
                                                    show the upstream request a call would make
   keyward routes [-c keyward.yaml] [--no-secrets]  list the public routes
   keyward keys   create|list|revoke|import         manage API keys (keyward keys help)
+  keyward pause  [-c keyward.yaml] [ROUTE]         stop calling the upstream (every route without ROUTE), on every instance
+  keyward resume [-c keyward.yaml] [ROUTE]         undo pause
   keyward demo   [-listen ADDR] [-page ADDR]       run a stand-in API with keyward in front of it
   keyward version                                  print the version
   keyward help                                     print this help
@@ -58,6 +60,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = routes(rest, stdout, stderr)
 	case "keys":
 		err = keys(ctx, rest, stdout, stderr)
+	case "pause", "resume":
+		err = pause(ctx, verb, rest, stdout, stderr)
 	case "demo":
 		err = runDemo(ctx, rest, stdout, stderr)
 	case "version", "-version", "--version":
