@@ -144,6 +144,17 @@ func test(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			p("limits:   counted against %s\n", ci.LimitKey)
 		}
 	}
+	if c := g.Cost(req, []byte(*body)); c.Priced {
+		switch {
+		case c.Refused != "":
+			p("cost:     refused before the upstream: %s\n", c.Refused)
+		case c.Model != "":
+			p("cost:     reserves %s before the call: model %s, ~%d input tokens (estimated) at %s/M + at most %d output tokens at %s/M; settled to the usage the answer reports\n",
+				c.Reserve, c.Model, c.InputTokens, c.PerMillionIn, c.OutputTokens, c.PerMillionOut)
+		default:
+			p("cost:     %s per upstream call (price)\n", c.PerCall)
+		}
+	}
 
 	w := httptest.NewRecorder()
 	g.ServeHTTP(w, req)

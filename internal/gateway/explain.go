@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/keyward/keyward/internal/caller"
+	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/llm"
 	"github.com/keyward/keyward/internal/route"
 )
 
@@ -140,4 +142,63 @@ func (g *Gateway) Caller(r *http.Request) CallerInfo {
 		ci.LimitKey = c.Key
 	}
 	return ci
+}
+
+// CostInfo is what a call would reserve against money and token budgets,
+// for `keyward test`.
+type CostInfo struct {
+	// Priced is false for a route without llm or price.
+	Priced bool
+	// Model is the model the request names (llm routes).
+	Model string
+	// InputTokens (estimated) and OutputTokens (the clamped bound) are
+	// the worst case of an llm call.
+	InputTokens, OutputTokens int64
+	// PerMillionIn and PerMillionOut are the model's prices, and
+	// PerCall a plain route's price, in micro-dollars.
+	PerMillionIn, PerMillionOut, PerCall config.Money
+	// Reserve is what is reserved before the call, in micro-dollars.
+	Reserve config.Money
+	// Refused is why the body would be refused (model_not_allowed ...).
+	Refused string
+}
+
+// Cost says what a request with body would reserve on the route it
+// matches, without serving it.
+func (g *Gateway) Cost(r *http.Request, body []byte) CostInfo {
+	escaped := r.URL.EscapedPath()
+	if route.CheckPath(escaped) != nil {
+		return CostInfo{}
+	}
+	router := g.root
+	if hr, ok := g.hosts[strings.ToLower(hostOnly(r.Host))]; ok {
+		router = hr
+	}
+	var ps route.Params
+	ep, ok := router.Match(escaped, &ps)
+	if !ok {
+		return CostInfo{}
+	}
+	ep = ep.forMethod(r.Method)
+	switch {
+	case ep.llm != nil:
+		path, _, err := ep.upstream.Path(&ps)
+		if err != nil {
+			return CostInfo{Priced: true, Refused: "bad_path"}
+		}
+		req, err := ep.llm.Prepare(body, path)
+		if err != nil {
+			var re *llm.RequestError
+			if errors.As(err, &re) {
+				return CostInfo{Priced: true, Refused: re.Code + ": " + re.Msg}
+			}
+			return CostInfo{Priced: true, Refused: err.Error()}
+		}
+		p := req.Price()
+		return CostInfo{Priced: true, Model: req.Model, InputTokens: req.InputTokens, OutputTokens: req.OutputTokens,
+			PerMillionIn: config.Money(p.Input), PerMillionOut: config.Money(p.Output), Reserve: req.Reserve().Money}
+	case ep.price > 0:
+		return CostInfo{Priced: true, PerCall: ep.price, Reserve: ep.price}
+	}
+	return CostInfo{}
 }
