@@ -5,8 +5,8 @@
 package gatewaytest
 
 import (
-	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +22,8 @@ import (
 	"testing"
 
 	"github.com/keyward/keyward/internal/accesslog"
+	"github.com/keyward/keyward/internal/certs"
+	"github.com/keyward/keyward/internal/certs/certtest"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/metrics"
@@ -144,6 +146,7 @@ func New(t testing.TB, yaml string, upstream http.HandlerFunc, opts ...func(*gat
 	yaml = strings.ReplaceAll(yaml, "{{UP}}", h.Up.Server.URL)
 	h.yaml = strings.ReplaceAll(yaml, "{{DOWN}}", ClosedAddr(t))
 	h.Gateway, h.GW = h.Another(opts...)
+	t.Logf("served by the %s engine", h.GW.Engine)
 	return h
 }
 
@@ -171,45 +174,63 @@ func (h *Harness) Another(opts ...func(*gateway.Options)) (*gateway.Gateway, *Se
 }
 
 // Server is a gateway served on 127.0.0.1 the way keyward serves its
-// public listener (server.Public: the framing guard and internal/http1).
+// public listener (server.Front), with the harness's engine (see
+// SetEngine).
 type Server struct {
-	URL  string // http://127.0.0.1:port
-	Addr string // 127.0.0.1:port
+	URL    string // http://127.0.0.1:port, or https:// under a TLS engine
+	Addr   string // 127.0.0.1:port
+	Engine Engine
+	// Front is the listener, for tests that change its settings.
+	Front  *server.Front
+	client *http.Client
+	ca     *certtest.CA
 }
 
-// Serve serves h with st's limits until the test ends; the server's own
-// log lines (handler panics) go to log.
+// Serve serves h with st's limits until the test ends, with the
+// harness's engine; the server's own log lines (handler panics) go to
+// log.
 func Serve(t testing.TB, h http.Handler, st gateway.Settings, log *slog.Logger) *Server {
 	t.Helper()
-	return serve(t, h, st, log, true)
+	return ServeWith(t, CurrentEngine(), h, st, log, false)
 }
 
-// ServeUnguarded is Serve without the framing guard in front of
-// internal/http1, for tests that show which defences depend on the guard.
+// ServeUnguarded is Serve without the framing guard in front of the
+// HTTP/1.1 server, for tests that show which defences depend on the
+// guard. Under a TLS engine the guard stays (it cannot be taken out of
+// the TLS listener).
 func ServeUnguarded(t testing.TB, h http.Handler, st gateway.Settings, log *slog.Logger) *Server {
 	t.Helper()
-	return serve(t, h, st, log, false)
+	return ServeWith(t, CurrentEngine(), h, st, log, true)
 }
 
-func serve(t testing.TB, h http.Handler, st gateway.Settings, log *slog.Logger, guard bool) *Server {
+// ServeWith is Serve with engine e.
+func ServeWith(t testing.TB, e Engine, h http.Handler, st gateway.Settings, log *slog.Logger, unguarded bool) *Server {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, guarded := server.Public(ln, h, st, log)
-	if guard {
-		ln = guarded
+	ca, leaf := pki(t)
+	st.Engine = e.settingsEngine()
+	opts := server.FrontOptions{Logger: log, Unguarded: unguarded}
+	scheme := "http://"
+	if e.TLSServed() {
+		cert := leaf.TLS
+		opts.TLS = certs.ServerConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil })
+		scheme = "https://"
 	}
+	f := server.NewFront(ln, h, st, opts)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = srv.Serve(ln)
+		_ = f.Serve()
 	}()
 	t.Cleanup(func() {
-		srv.Close()
+		f.Close()
 		<-done
 	})
-	return &Server{URL: "http://" + ln.Addr().String(), Addr: ln.Addr().String()}
+	return &Server{URL: scheme + ln.Addr().String(), Addr: ln.Addr().String(), Engine: e, Front: f,
+		client: newClient(e, ca), ca: ca}
 }
 
 // ClosedAddr returns a loopback address nothing listens on.
@@ -231,42 +252,54 @@ type Response struct {
 }
 
 // Raw sends a request exactly as written (no client-side path cleaning)
-// on a new connection and records the whole response.
+// on a new connection and records the whole response: HTTP/1.1 bytes, or
+// HTTP/2 frames under H2 (see Server.Exchange). Under H2 a request the
+// server refuses at the protocol level (a stream reset) gets Status 0.
 func (h *Harness) Raw(method, target string, header http.Header, body string) Response {
 	h.T.Helper()
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n", method, target)
-	for k, vs := range header {
-		for _, v := range vs {
-			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
-		}
-	}
-	if body != "" {
-		fmt.Fprintf(&b, "Content-Length: %d\r\n", len(body))
-	}
-	b.WriteString("\r\n" + body)
-	return h.RawBytes(method, b.String())
+	return h.exchange(RawRequest{Method: method, Target: target, Header: header, Body: body})
 }
 
-// RawBytes writes request bytes as they are and records the response.
+func (h *Harness) exchange(r RawRequest) Response {
+	h.T.Helper()
+	res, err := h.GW.Exchange(r)
+	if err != nil {
+		if h.GW.Engine != H2 || res.Status != 0 || strings.HasPrefix(err.Error(), "reading frames") {
+			h.T.Fatalf("%s %q: %v", r.Method, r.Target, err)
+		}
+		h.T.Logf("%s %q: refused by HTTP/2: %v", r.Method, r.Target, err)
+	}
+	h.record(res)
+	return res
+}
+
+// RawBytes writes HTTP/1.1 request bytes as they are and records the
+// response. Under H2 the request is sent as the HTTP/2 request it means
+// (ParseRawRequest); framing cases have no HTTP/2 meaning and skip there.
 func (h *Harness) RawBytes(method, request string) Response {
 	h.T.Helper()
-	conn, err := net.Dial("tcp", h.GW.Addr)
+	if h.GW.Engine == H2 {
+		r, err := ParseRawRequest(request)
+		if err != nil {
+			h.T.Fatalf("%q: %v", request, err)
+		}
+		return h.exchange(r)
+	}
+	res, err := h.GW.exchangeBytes(method, request)
 	if err != nil {
 		h.T.Fatal(err)
 	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, request); err != nil {
-		h.T.Fatal(err)
-	}
-	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
-	if err != nil {
-		h.T.Fatalf("%q: %v", request, err)
-	}
-	defer res.Body.Close()
-	rb, _ := io.ReadAll(res.Body)
-	h.Record(res, rb)
-	return Response{Status: res.StatusCode, Header: res.Header, Body: string(rb)}
+	h.record(res)
+	return res
+}
+
+// record adds a response to what the scan searches.
+func (h *Harness) record(res Response) {
+	var dump bytes.Buffer
+	fmt.Fprintf(&dump, "%d\n", res.Status)
+	_ = res.Header.Write(&dump)
+	dump.WriteString(res.Body)
+	_, _ = h.Emitted.Write(dump.Bytes())
 }
 
 // Record adds a response the test read itself to what the scan searches.

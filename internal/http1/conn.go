@@ -99,7 +99,7 @@ type conn struct {
 	remote  string
 	tls     *tls.ConnectionState // nil in plaintext; shared by its requests, as net/http does
 	state   atomic.Int32
-	idleSeq atomic.Int64 // the server's idleSeq when it last went idle
+	idleSeq atomic.Int64 // the server's idleSeq when its last response ended
 	cr      connReader
 	br      *bufio.Reader // nil while idle
 	res     response      // reused by each request; handlers must not keep it
@@ -203,7 +203,6 @@ func (c *conn) serve() {
 		if !c.serveRequest(req) || s.shutdown.Load() || c.crowded() {
 			return
 		}
-		c.idleSeq.Store(s.idleSeq.Add(1))
 		c.state.Store(stateIdle)
 		timeout = s.idleTimeout()
 	}
@@ -319,6 +318,10 @@ func (c *conn) serveRequest(req *http.Request) bool {
 	if !keep {
 		w.closeAfter = true
 	}
+	// The connection's place in the idle order is taken before the
+	// response's end goes out: once the client has it, it may use its
+	// other connections, which must count as idle for less time.
+	c.idleSeq.Store(c.s.idleSeq.Add(1))
 	w.finish()
 	if keep {
 		keep = c.body.close() // drains only if the head went out earlier

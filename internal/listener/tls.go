@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -184,3 +186,29 @@ func (h *h2Listener) Close() error {
 
 // Addr is the listener's address.
 func (h *h2Listener) Addr() net.Addr { return h.s.l.Addr() }
+
+// CheckHTTP2 applies to a request that came over HTTP/2 the guard's rules
+// that still mean something there: the request target (:path) must be
+// what an HTTP/1.1 request line may carry (RFC 9112 section 3.2: no
+// fragment, no raw space or control character, valid percent escapes in
+// the path), and no header name may contain an underscore (some servers
+// read X_Forwarded_For as X-Forwarded-For), and at most maxHeaders header
+// lines. HTTP/2's binary framing makes the rest of the guard's rules moot,
+// and net/http's HTTP/2 server checks header syntax itself. It returns the
+// refusal's status, JSON error code and message, or status 0.
+func CheckHTTP2(r *http.Request, maxHeaders int) (status int, code, msg string) {
+	if v := checkTarget([]byte(r.Method), []byte(r.RequestURI)); v != nil {
+		return v.status, v.code, v.msg
+	}
+	lines := 0
+	for name, vs := range r.Header {
+		if strings.IndexByte(name, '_') >= 0 {
+			return errUnderscore.status, errUnderscore.code, errUnderscore.msg
+		}
+		lines += len(vs)
+	}
+	if maxHeaders > 0 && lines > maxHeaders {
+		return errTooManyHeaders.status, errTooManyHeaders.code, errTooManyHeaders.msg
+	}
+	return 0, "", ""
+}

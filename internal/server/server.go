@@ -1,5 +1,7 @@
-// Package server runs a gateway: the public and admin listeners, reloads
-// that swap a new compiled config in atomically, and graceful shutdown.
+// Package server runs a gateway: the public listener (plain HTTP, or
+// HTTPS with certificate files or ACME, see Front), the http_redirect and
+// admin listeners, reloads that swap a new compiled config in atomically,
+// and graceful shutdown.
 package server
 
 import (
@@ -17,10 +19,11 @@ import (
 	"github.com/keyward/keyward/internal/cache"
 	cacheredis "github.com/keyward/keyward/internal/cache/redis"
 	akredis "github.com/keyward/keyward/internal/caller/apikey/redis"
+	"github.com/keyward/keyward/internal/certs"
+	"github.com/keyward/keyward/internal/certs/acme"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/http1"
-	"github.com/keyward/keyward/internal/listener"
 	"github.com/keyward/keyward/internal/metrics"
 	"github.com/keyward/keyward/internal/ratelimit"
 	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
@@ -35,17 +38,14 @@ type Server struct {
 	handler  *gateway.Handler
 	ready    atomic.Bool
 	draining atomic.Bool
-	public   atomic.Pointer[publicServer] // set while Serve runs
-	storeURL string                       // as opened at start; a change needs a restart
-	closers  []io.Closer                  // the store's connections
-	keys     *akredis.Store               // API keys in Redis; nil without Redis
-}
-
-// publicServer is the public listener's server and guard, which a reload
-// gives new settings.
-type publicServer struct {
-	srv   *http1.Server
-	guard *listener.Listener
+	public   atomic.Pointer[Front] // set while Serve runs
+	storeURL string                // as opened at start; a change needs a restart
+	closers  []io.Closer           // the store's connections
+	keys     *akredis.Store        // API keys in Redis; nil without Redis
+	files    *certs.Files          // tls.cert and tls.key; nil without them
+	redirect net.Listener          // http_redirect's, opened by Listen
+	// acmeOptions adjusts the ACME manager (tests: renewal timing).
+	acmeOptions func(*acme.Options)
 }
 
 // New loads and compiles the config at path. A config that fails here is
@@ -73,6 +73,13 @@ func New(path string, opts gateway.Options) (*Server, error) {
 		return nil, err
 	}
 	s.handler = gateway.NewHandler(g)
+	if t := g.Settings().TLS; t != nil && t.ACME == nil {
+		s.files, err = certs.LoadFiles(t.CertFile, t.KeyFile, certs.FilesOptions{Logger: s.log})
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	opts.Metrics.Reload(true, time.Now())
 	return s, nil
 }
@@ -181,14 +188,22 @@ func (s *Server) Reload() error {
 	old := s.handler.Swap(g)
 	old.Replaced(g)
 	o, n := old.Settings(), g.Settings()
-	if o.Listen != n.Listen || o.AdminListen != n.AdminListen {
+	if o.Listen != n.Listen || o.AdminListen != n.AdminListen || o.HTTPRedirect != n.HTTPRedirect {
 		s.log.Warn("listen addresses changed; they take effect on restart")
+	}
+	if o.Engine != n.Engine || !o.TLS.Same(n.TLS) {
+		s.log.Warn("server.engine or tls changed; it takes effect on restart")
 	}
 	if changed := serverChanges(o, n); len(changed) > 0 {
 		if p := s.public.Load(); p != nil {
-			p.apply(n)
+			p.Apply(n)
 		}
 		s.log.Info("server settings changed", "settings", changed)
+	}
+	if s.files != nil {
+		// A reload (SIGHUP) reads the certificate files too; they are
+		// also watched.
+		_ = s.files.Reload()
 	}
 	s.opts.Metrics.Reload(true, time.Now())
 	s.log.Info("config reloaded", "routes", len(g.Routes()))
@@ -208,7 +223,8 @@ func (s *Server) Handler() *gateway.Handler { return s.handler }
 // Settings returns the serving config's process-level settings.
 func (s *Server) Settings() gateway.Settings { return s.handler.Current().Settings() }
 
-// Listen opens the public listener and, if configured, the admin one.
+// Listen opens the public listener and, if configured, the admin one and
+// the http_redirect one (which Serve serves too).
 func (s *Server) Listen() (public, admin net.Listener, err error) {
 	st := s.Settings()
 	if public, err = net.Listen("tcp", st.Listen); err != nil {
@@ -220,7 +236,25 @@ func (s *Server) Listen() (public, admin net.Listener, err error) {
 			return nil, nil, fmt.Errorf("listening on admin %s: %w", st.AdminListen, err)
 		}
 	}
+	if st.HTTPRedirect != "" {
+		if s.redirect, err = net.Listen("tcp", st.HTTPRedirect); err != nil {
+			public.Close()
+			if admin != nil {
+				admin.Close()
+			}
+			return nil, nil, fmt.Errorf("listening on http_redirect %s: %w", st.HTTPRedirect, err)
+		}
+	}
 	return public, admin, nil
+}
+
+// RedirectAddr is the http_redirect listener's address once Listen has
+// opened it; nil without one.
+func (s *Server) RedirectAddr() net.Addr {
+	if s.redirect == nil {
+		return nil
+	}
+	return s.redirect.Addr()
 }
 
 // Serve serves on the listeners until ctx ends, then stops accepting and
@@ -231,25 +265,44 @@ func (s *Server) Listen() (public, admin net.Listener, err error) {
 func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	st := s.Settings()
 	errLog := log.New(errorLogWriter{s.log}, "", 0)
-	srv, guard := Public(public, s.handler, st, s.log)
-	p := &publicServer{srv: srv, guard: guard}
+	tctx, stopTLS := context.WithCancel(context.Background())
+	defer stopTLS()
+	tlsConfig, manager, redirectHandler, err := s.tlsSetup(tctx, public)
+	if err != nil {
+		return errors.Join(err, s.Close())
+	}
+	p := NewFront(public, s.handler, st, FrontOptions{TLS: tlsConfig, Logger: s.log})
 	s.public.Store(p)
 	defer s.public.Store(nil)
 	if n := s.Settings(); n != st {
-		p.apply(n) // a reload came between the two reads
+		p.Apply(n) // a reload came between the two reads
 	}
+	guard := p.Guard()
 	s.opts.Metrics.ObserveConnections(guard)
-	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(guard) }()
+	errc := make(chan error, 3)
+	go func() { errc <- p.Serve() }()
+	var redirect *Front
+	if s.redirect != nil {
+		rst := st
+		rst.Engine, rst.TLS = "keyward", nil
+		redirect = NewFront(s.redirect, redirectHandler, rst, FrontOptions{Logger: s.log})
+		go func() { errc <- redirect.Serve() }()
+	}
 	var asrv *http.Server
 	if admin != nil {
 		asrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog}
 		go func() { errc <- asrv.Serve(admin) }()
 	}
+	if manager != nil {
+		// The listeners that answer the challenges are serving now.
+		if err := manager.Start(tctx); err != nil {
+			s.log.Error("automatic certificates", "error", err.Error())
+		}
+		defer manager.Stop()
+	}
 	s.ready.Store(true)
-	s.log.Info("serving", "listen", guard.Addr().String(), "routes", len(s.handler.Current().Routes()))
+	s.log.Info("serving", "listen", guard.Addr().String(), "tls", tlsConfig != nil, "routes", len(s.handler.Current().Routes()))
 
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
@@ -262,8 +315,12 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	defer cancel()
 	// The admin listener serves on through the drain: /readyz says 503
 	// to the load balancer meanwhile.
+	if redirect != nil {
+		// Redirects and challenges are not worth waiting for.
+		_ = redirect.Close()
+	}
 	var drain *http1.DrainError
-	switch e := srv.Shutdown(sctx); {
+	switch e := p.Shutdown(sctx); {
 	case errors.As(e, &drain):
 		s.log.Warn("shutdown timeout reached; requests still running were ended",
 			"requests", drain.Requests, "timeout", timeout.String())
@@ -316,55 +373,10 @@ func (s *Server) notReady() string {
 	case !s.ready.Load():
 		return "starting"
 	}
-	if p := s.public.Load(); p != nil && p.guard.Waiting() > 0 {
+	if p := s.public.Load(); p != nil && p.Guard().Waiting() > 0 {
 		return "connections_waiting"
 	}
 	return ""
-}
-
-// Public returns the server for keyward's public listener and the listener
-// it serves: the framing guard in front (it refuses ambiguous request
-// framing, smuggling, before anything parses it, and bounds connections and
-// header lines; at the connection limit it has the server close its
-// longest-idle keep-alive connection), keyward's HTTP/1.1 server behind it
-// (internal/http1, faster and leaner than net/http's; the guard's checks
-// and http.ReadRequest keep its parsing strict), with st's limits. Tests
-// serve the gateway the same way.
-func Public(ln net.Listener, h http.Handler, st gateway.Settings, log *slog.Logger) (*http1.Server, *listener.Listener) {
-	srv := &http1.Server{
-		Handler:           h,
-		ReadHeaderTimeout: st.ReadHeaderTimeout,
-		IdleTimeout:       st.IdleTimeout,
-		ReadBodyTimeout:   st.ReadBodyTimeout,
-		WriteTimeout:      st.WriteTimeout,
-		MaxHeaderBytes:    st.MaxHeaderBytes,
-		Logger:            log,
-	}
-	return srv, listener.Guard(ln, guardOptions(st, srv))
-}
-
-func guardOptions(st gateway.Settings, srv *http1.Server) listener.Options {
-	return listener.Options{
-		MaxConns:       st.MaxConnections,
-		MaxHeaderBytes: st.MaxHeaderBytes,
-		MaxHeaders:     st.MaxHeaders,
-		Idle:           srv,
-	}
-}
-
-// apply gives the public listener a reloaded config's settings: the
-// server's timeouts and sizes for new connections and requests, the
-// guard's limits (a lowered max_connections closes idle connections and
-// admits no one until under it; busy ones finish).
-func (p *publicServer) apply(st gateway.Settings) {
-	p.srv.SetLimits(http1.Limits{
-		ReadHeaderTimeout: st.ReadHeaderTimeout,
-		IdleTimeout:       st.IdleTimeout,
-		WriteTimeout:      st.WriteTimeout,
-		ReadBodyTimeout:   st.ReadBodyTimeout,
-		MaxHeaderBytes:    st.MaxHeaderBytes,
-	})
-	p.guard.SetOptions(guardOptions(st, p.srv))
 }
 
 // serverChanges names the server.* settings that differ between o and n,

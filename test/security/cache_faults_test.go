@@ -106,7 +106,9 @@ func short(body string) string {
 // concurrentGets sends n concurrent GET /cached from a page's origin.
 func concurrentGets(h *gatewaytest.Harness, n int) []cachedResult {
 	results := make([]cachedResult, n)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n, DisableKeepAlives: true}}
+	tr := h.GW.NewTransport()
+	tr.MaxIdleConnsPerHost, tr.DisableKeepAlives = n, true
+	client := &http.Client{Transport: tr}
 	defer client.CloseIdleConnections()
 	var wg sync.WaitGroup
 	for i := range n {

@@ -62,7 +62,7 @@ func TestCacheTrailersPreventStoring(t *testing.T) {
 				}
 			})
 			for i := range 2 {
-				res, err := http.Get(h.GW.URL + "/plain")
+				res, err := h.GW.Client().Get(h.GW.URL + "/plain")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -94,7 +94,7 @@ func TestCacheTrailersReachTheClient(t *testing.T) {
 		w.Header().Set("X-Checksum", "abc")
 		w.Header().Set(http.TrailerPrefix+"X-Late", "def")
 	})
-	res, err := http.Get(h.GW.URL + "/plain")
+	res, err := h.GW.Client().Get(h.GW.URL + "/plain")
 	if err != nil {
 		t.Fatal(err)
 	}

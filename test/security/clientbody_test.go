@@ -3,7 +3,6 @@ package security_test
 import (
 	"bufio"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -47,10 +46,7 @@ func TestClientBodyFaultsAreClientErrors(t *testing.T) {
 			h := newHarness(t, uploadConfig, func(w http.ResponseWriter, r *http.Request) {
 				_, _ = io.Copy(io.Discard, r.Body)
 			})
-			conn, err := net.Dial("tcp", h.GW.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn := h.GW.DialH1(t)
 			defer conn.Close()
 			if _, err := io.WriteString(conn, c.request); err != nil {
 				t.Fatal(err)

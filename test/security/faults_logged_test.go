@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -70,7 +69,7 @@ func TestFaultsAfterTheHeadAreLoggedAsFaults(t *testing.T) {
 	defer close(release)
 
 	t.Run("stall after the head", func(t *testing.T) {
-		res, err := http.Get(h.GW.URL + "/events")
+		res, err := h.GW.Client().Get(h.GW.URL + "/events")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,10 +90,7 @@ func TestFaultsAfterTheHeadAreLoggedAsFaults(t *testing.T) {
 	})
 
 	t.Run("client closes the stream", func(t *testing.T) {
-		conn, err := net.Dial("tcp", h.GW.Addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := h.GW.DialH1(t)
 		io.WriteString(conn, "GET /events?keep=1 HTTP/1.1\r\nHost: gw.test\r\n\r\n")
 		br := bufio.NewReader(conn)
 		res, err := http.ReadResponse(br, nil)

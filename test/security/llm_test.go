@@ -47,7 +47,7 @@ func TestLLMRouteMetered(t *testing.T) {
 				t.Fatalf("the upstream got %d requests for a model not allowed", n)
 			}
 
-			res, err := http.Post(h.GW.URL+"/chat", "application/json", strings.NewReader(
+			res, err := h.GW.Client().Post(h.GW.URL+"/chat", "application/json", strings.NewReader(
 				`{"model":"gpt-4o-mini","stream":true,"max_tokens":100000,"messages":[{"role":"user","content":"hi"}]}`))
 			if err != nil {
 				t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -30,10 +29,7 @@ routes:
 	h := newHarness(t, yaml, nil)
 	// A client declares 900 KiB and sends a little: the gateway holds the
 	// reservation while it waits for the rest.
-	conn, err := net.Dial("tcp", h.GW.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := h.GW.DialH1(t)
 	defer conn.Close()
 	const declared = 900 << 10
 	fmt.Fprintf(conn, "POST /submit HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"a\":\"", declared)
@@ -93,10 +89,7 @@ routes:
 	})
 	chunked := func(target string, size int) (int, string) {
 		t.Helper()
-		conn, err := net.Dial("tcp", h.GW.Addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := h.GW.DialH1(t)
 		defer conn.Close()
 		go func() {
 			fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n", target)

@@ -14,7 +14,7 @@ func TestFullConnectionTableAdmitsNewClients(t *testing.T) {
 	in := startInstance(t, loadConfig(up.srv.URL, "max_connections: 3, idle_timeout: 1h"))
 	var idle []*loadClient
 	for range 3 {
-		c := dialLoad(t, in.addr)
+		c := dialLoad(t, in)
 		if res, body := c.get("/fast"); res.StatusCode != 200 || body != "from /fast" {
 			t.Fatalf("status %d, body %q", res.StatusCode, body)
 		}
@@ -22,7 +22,7 @@ func TestFullConnectionTableAdmitsNewClients(t *testing.T) {
 	}
 	waitUntil(t, "three connections open", func() bool { return in.metric(t, "keyward_connections_open") == "keyward_connections_open 3" })
 
-	fresh := dialLoad(t, in.addr)
+	fresh := dialLoad(t, in)
 	if res, body := fresh.get("/fast"); res.StatusCode != 200 || body != "from /fast" {
 		t.Fatalf("new client: status %d, body %q", res.StatusCode, body)
 	}
@@ -48,12 +48,12 @@ func TestWaitingConnectionsShow(t *testing.T) {
 	in := startInstance(t, loadConfig(up.srv.URL, "max_connections: 2"))
 	var busy []*loadClient
 	for range 2 {
-		c := dialLoad(t, in.addr)
+		c := dialLoad(t, in)
 		c.send("/slow")
 		<-up.arrived
 		busy = append(busy, c)
 	}
-	waiting := dialLoad(t, in.addr)
+	waiting := dialLoad(t, in)
 	waiting.send("/fast")
 	waitUntil(t, "the gauge to show a waiting connection", func() bool {
 		return in.metric(t, "keyward_connections_waiting") == "keyward_connections_waiting 1"

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/gateway"
+	"github.com/keyward/keyward/internal/gatewaytest"
 	"github.com/keyward/keyward/internal/server"
 )
 
@@ -100,16 +101,24 @@ type instance struct {
 	srv    *server.Server
 	path   string
 	addr   string // public host:port
+	gw     *gatewaytest.Server
+	field  string // server.engine for the suite's engine, or ""
+	top    string // the tls block for the suite's engine, or ""
 	admin  string // http://admin host:port
 	logs   *syncLog
 	cancel context.CancelFunc
 	done   chan error
 }
 
-// startInstance writes yaml and serves it until the test ends.
+// startInstance writes yaml and serves it until the test ends, as the
+// suite's engine serves (server.engine, tls with certificate files).
 func startInstance(t *testing.T, yaml string) *instance {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyward.yaml")
+	e := gatewaytest.CurrentEngine()
+	field, top := gatewaytest.EngineConfig(t, e, dir)
+	yaml = withEngine(yaml, field, top)
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +137,8 @@ func startInstance(t *testing.T, yaml string) *instance {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{srv: srv, path: path, addr: pub.Addr().String(), admin: "http://" + adm.Addr().String(),
-		logs: logs, cancel: cancel, done: make(chan error, 1)}
+		logs: logs, cancel: cancel, done: make(chan error, 1), field: field, top: top,
+		gw: gatewaytest.Remote(t, e, pub.Addr().String())}
 	go func() { in.done <- srv.Serve(ctx, pub, adm) }()
 	t.Cleanup(func() {
 		cancel()
@@ -146,6 +156,7 @@ func startInstance(t *testing.T, yaml string) *instance {
 // watcher's call does.
 func (in *instance) reload(t *testing.T, yaml string) {
 	t.Helper()
+	yaml = withEngine(yaml, in.field, in.top)
 	if err := os.WriteFile(in.path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -193,29 +204,65 @@ func (in *instance) metric(t *testing.T, name string) string {
 	return ""
 }
 
+// withEngine adds to a loadConfig yaml the server.engine field and tls
+// block of the suite's engine (see gatewaytest.EngineConfig).
+func withEngine(yaml, field, top string) string {
+	if field != "" {
+		if strings.Contains(yaml, "server: { ") {
+			yaml = strings.Replace(yaml, "server: { ", "server: { "+field+", ", 1)
+		} else {
+			yaml = "server: { " + field + " }\n" + yaml
+		}
+	}
+	return top + yaml
+}
+
 // loadClient is a raw keep-alive client connection.
 type loadClient struct {
 	t    *testing.T
 	conn net.Conn
 	br   *bufio.Reader
+	sent chan error // the last send's write, once done
 }
 
-func dialLoad(t *testing.T, addr string) *loadClient {
+// dialLoad opens a keep-alive HTTP/1.1 connection to the instance (over
+// TLS under a TLS engine). Under H2 the test skips: these tests manage
+// HTTP/1.1 connections one request at a time.
+func dialLoad(t *testing.T, in *instance) *loadClient {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := in.gw.DialH1(t)
 	t.Cleanup(func() { c.Close() })
 	return &loadClient{t: t, conn: c, br: bufio.NewReader(c)}
 }
 
-// send writes a GET of path.
+// send writes a GET of path. The write runs in the background: over TLS
+// it completes the handshake first, which a connection waiting for a slot
+// cannot do until it is admitted.
 func (c *loadClient) send(path string) {
 	c.t.Helper()
-	if _, err := io.WriteString(c.conn, "GET "+path+" HTTP/1.1\r\nHost: gw.test\r\n\r\n"); err != nil {
-		c.t.Fatal(err)
+	c.wait()
+	c.sent = make(chan error, 1)
+	go func() {
+		_, err := io.WriteString(c.conn, "GET "+path+" HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+		c.sent <- err
+	}()
+}
+
+// wait waits for the last send's write and fails the test if it failed.
+func (c *loadClient) wait() {
+	c.t.Helper()
+	if c.sent == nil {
+		return
 	}
+	select {
+	case err := <-c.sent:
+		if err != nil {
+			c.t.Fatalf("sending a request: %v", err)
+		}
+	case <-time.After(loadSafety):
+		c.t.Fatal("sending a request never finished")
+	}
+	c.sent = nil
 }
 
 // head reads the next response's head; the body is left to the caller.
@@ -226,6 +273,7 @@ func (c *loadClient) head() *http.Response {
 	if err != nil {
 		c.t.Fatalf("reading a response: %v", err)
 	}
+	c.wait()
 	return res
 }
 

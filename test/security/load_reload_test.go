@@ -18,11 +18,11 @@ import (
 func TestReloadAppliesServerSettings(t *testing.T) {
 	up := newLoadUpstream(t)
 	in := startInstance(t, loadConfig(up.srv.URL, "max_connections: 100, idle_timeout: 1h, write_timeout: 30s"))
-	idle := dialLoad(t, in.addr)
+	idle := dialLoad(t, in)
 	if res, _ := idle.get("/fast"); res.StatusCode != 200 {
 		t.Fatalf("status %d", res.StatusCode)
 	}
-	busy := dialLoad(t, in.addr)
+	busy := dialLoad(t, in)
 	busy.send("/slow")
 	<-up.arrived
 
@@ -33,7 +33,7 @@ func TestReloadAppliesServerSettings(t *testing.T) {
 	if !idle.closed() {
 		t.Fatal("the idle connection over the lowered limit is still open")
 	}
-	waiting := dialLoad(t, in.addr)
+	waiting := dialLoad(t, in)
 	waiting.send("/fast")
 	waitUntil(t, "the new client to wait for the busy connection", func() bool {
 		code, _ := in.readyz(t)
@@ -54,7 +54,7 @@ func TestReloadAppliesServerSettings(t *testing.T) {
 	}
 
 	// The new header limit, for a new connection.
-	c := dialLoad(t, in.addr)
+	c := dialLoad(t, in)
 	var hdrs strings.Builder
 	for i := range 12 {
 		fmt.Fprintf(&hdrs, "X-H%d: v\r\n", i)
@@ -73,7 +73,7 @@ func TestReloadAppliesServerSettings(t *testing.T) {
 
 	// The new write timeout: a client that never reads a download is cut,
 	// and its upstream request stopped, within a second, not 30.
-	stalled := dialLoad(t, in.addr)
+	stalled := dialLoad(t, in)
 	start := time.Now()
 	stalled.send("/download")
 	if got := <-up.arrived; got != "/download" {

@@ -102,7 +102,7 @@ func TestStackedContentEncodingsAreRefusedNotPassedOn(t *testing.T) {
 
 func TestUnannouncedUpstreamTrailerIsScrubbed(t *testing.T) {
 	h := newHarness(t, reviewConfig, reviewUpstream)
-	res, err := http.Get(h.GW.URL + "/trailer")
+	res, err := h.GW.Client().Get(h.GW.URL + "/trailer")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -199,7 +199,7 @@ func TestResponsesSecretHeaderName(t *testing.T) {
 // one in a header.
 func TestResponsesTrailers(t *testing.T) {
 	h := newHarness(t, responsesConfig, responsesUpstream)
-	res, err := http.Get(h.GW.URL + "/resp/trailer")
+	res, err := h.GW.Client().Get(h.GW.URL + "/resp/trailer")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestResponsesEarlyHints(t *testing.T) {
 	})
 	req, _ := http.NewRequestWithContext(ctx, "GET", h.GW.URL+"/resp/early-hints", nil)
 	req.Header.Set("Origin", "https://app.example.com")
-	res, err := http.DefaultClient.Do(req)
+	res, err := h.GW.Client().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

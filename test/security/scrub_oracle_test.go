@@ -75,10 +75,7 @@ func (rf *reflector) serve(w http.ResponseWriter, r *http.Request) {
 // upstream went on, or the stream stalled instead.
 func framing(t *testing.T, h *gatewaytest.Harness, rf *reflector, kind, guess string, want int) []string {
 	t.Helper()
-	conn, err := net.Dial("tcp", h.GW.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := h.GW.DialH1(t)
 	defer conn.Close()
 	fmt.Fprintf(conn, "GET /reflect/%s?q=%s HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n", kind, guess)
 	br := bufio.NewReader(conn)

@@ -1,17 +1,15 @@
 package security_test
 
 import (
-	"bufio"
 	"bytes"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/keyward/keyward/internal/gateway"
-	"github.com/keyward/keyward/internal/server"
+	"github.com/keyward/keyward/internal/gatewaytest"
 )
 
 const downloadConfig = `
@@ -29,29 +27,31 @@ routes:
     upstream: "{{UP}}/small"
 `
 
-// serveWithLimits serves h's gateway as internal/server does (server.Public:
-// the framing guard in front of internal/http1), with at most maxConns
-// client connections and the given write timeout, and returns its
-// address.
-func serveWithLimits(t *testing.T, h http.Handler, st gateway.Settings, maxConns int, writeTimeout time.Duration) string {
+// serveWithLimits serves h's gateway as internal/server does (a
+// server.Front with the suite's engine), with at most maxConns client
+// connections and the given write timeout.
+func serveWithLimits(t *testing.T, h http.Handler, st gateway.Settings, maxConns int, writeTimeout time.Duration) *gatewaytest.Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	st.MaxConnections, st.WriteTimeout = maxConns, writeTimeout
+	return gatewaytest.Serve(t, h, st, slog.New(slog.DiscardHandler))
+}
+
+// stallingClient asks gw for path and never reads the response: over
+// HTTP/2 it never gives the server flow-control credit.
+func stallingClient(t *testing.T, gw *gatewaytest.Server, path string) {
+	t.Helper()
+	if gw.Engine == gatewaytest.H2 {
+		c := gatewaytest.DialH2(t, gw)
+		if err := c.WriteHeaders(1, true, gatewaytest.H2Request("GET", path)...); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	c := gw.DialH1(t)
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: gw.test\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	st.MaxConnections = maxConns
-	srv, guarded := server.Public(ln, h, st, slog.New(slog.DiscardHandler))
-	srv.WriteTimeout = writeTimeout
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(guarded)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
-	return ln.Addr().String()
 }
 
 // TestServerStalledReadersReleaseSlots: clients that ask for a large
@@ -83,34 +83,19 @@ func TestServerStalledReadersReleaseSlots(t *testing.T) {
 		}
 	}
 	h := newHarness(t, downloadConfig, up)
-	addr := serveWithLimits(t, gateway.NewHandler(h.Gateway), h.Gateway.Settings(), stallers, writeTimeout)
+	gw := serveWithLimits(t, gateway.NewHandler(h.Gateway), h.Gateway.Settings(), stallers, writeTimeout)
 
 	for range stallers {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		if _, err := io.WriteString(c, "GET /download HTTP/1.1\r\nHost: gw.test\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		// It never reads.
+		stallingClient(t, gw, "/download") // it never reads
 	}
 	for range stallers {
 		wait(t, started, "every stalled client's upstream request to start")
 	}
 
 	// Every slot is taken: this client is accepted only once one is free.
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := io.WriteString(c, "GET /small HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second)) // bounds a failure; no state is awaited by it
-	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	client := gw.Client()
+	client.Timeout = 10 * time.Second // bounds a failure; no state is awaited by it
+	res, err := client.Get(gw.URL + "/small")
 	if err != nil {
 		t.Fatalf("a new client was not served while stalled clients held every slot: %v", err)
 	}
