@@ -284,8 +284,12 @@ func (s *Store) open() error { return s.breaker.Allow(s.now()) }
 
 func (s *Store) ok() { s.breaker.Done(context.Background(), s.now(), nil, true) }
 
-// account keeps the breaker's books for a call's outcome and returns err.
+// account keeps the breaker's books for a call's outcome and returns err,
+// saying why ctx ended if it did: without retries a call past its
+// deadline fails with the socket's "i/o timeout", and the breaker must
+// tell a caller that went away from a Redis that did not answer.
 func (s *Store) account(ctx context.Context, err error) error {
+	err = redisstore.WithContext(ctx, err)
 	s.breaker.Done(ctx, s.now(), err, redisstore.Answered(err))
 	return err
 }
