@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/cache"
+	"github.com/keyward/keyward/internal/certs"
 	"github.com/keyward/keyward/internal/clientip"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/cors"
@@ -57,6 +58,12 @@ type Settings struct {
 	MaxHeaders          int
 	MaxConnections      int
 	AccessLog           bool
+	// Engine is server.engine: "keyward" or "stdlib".
+	Engine string
+	// HTTPRedirect is the http_redirect address; "" without one.
+	HTTPRedirect string
+	// TLS is the compiled tls block; nil serves plain HTTP.
+	TLS *certs.Spec
 }
 
 // compiler collects every problem of one config.
@@ -278,6 +285,24 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 		MaxHeaders:        cfg.Server.MaxHeaders,
 		MaxConnections:    cfg.Server.MaxConnections,
 		AccessLog:         *cfg.Log.Access,
+		Engine:            cfg.Server.Engine,
+		HTTPRedirect:      cfg.HTTPRedirect,
+	}
+	if !slices.Contains(config.Engines, s.Engine) {
+		c.errorf("server.engine", "unknown engine %q: want keyward (keyward's own HTTP/1.1 server) or stdlib (Go's net/http)", s.Engine)
+	}
+	now := time.Now
+	if c.opts.Now != nil {
+		now = c.opts.Now
+	}
+	var problems []certs.Problem
+	s.TLS, problems = certs.Compile(cfg, c.relative, now())
+	for _, p := range problems {
+		if p.Warning {
+			c.warnf(p.Path, "%s", p.Msg)
+		} else {
+			c.errorf(p.Path, "%s", p.Msg)
+		}
 	}
 	if _, _, err := net.SplitHostPort(s.Listen); err != nil {
 		c.errorf("listen", "bad address %q: want host:port or :port", s.Listen)
