@@ -135,7 +135,7 @@ func TestCompose(t *testing.T) {
 
 			// Certificates are inside the mounted config directory.
 			for _, k := range []string{"cert", "key"} {
-				if p := str(cfg, "tls", k); p != "" && !strings.HasPrefix(p, path.Dir(args[2])+"/") {
+				if p := configRelative(str(cfg, "tls", k)); p != "" && !strings.HasPrefix(p, path.Dir(args[2])+"/") {
 					t.Errorf("tls.%s %s is not under the mounted %s", k, p, path.Dir(args[2]))
 				}
 			}

@@ -27,6 +27,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -131,6 +132,15 @@ func strs(v any, keys ...string) []string {
 		out = append(out, str(e))
 	}
 	return out
+}
+
+// configRelative resolves a path in a recipe's keyward.yaml as keyward
+// does: relative to the config file's directory, configPath's.
+func configRelative(p string) string {
+	if p == "" || path.IsAbs(p) {
+		return p
+	}
+	return path.Join(path.Dir(configPath), p)
 }
 
 // port returns the port of a listen address such as ":8443" or

@@ -149,7 +149,7 @@ func TestKubernetes(t *testing.T) {
 	cfgPath := k8sDir + "/keyward.yaml"
 	cfg := yamlFile(t, cfgPath)
 	for _, k := range []string{"cert", "key"} {
-		p := str(cfg, "tls", k)
+		p := configRelative(str(cfg, "tls", k))
 		if p == "" {
 			t.Errorf("%s has no tls.%s: keyward terminates TLS behind the pass-through Service", cfgPath, k)
 		} else if !strings.HasPrefix(files[p], "secret ") {
