@@ -2,6 +2,7 @@ package reload
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -137,5 +138,59 @@ func TestChangeWithoutEventIsWaitedFor(t *testing.T) {
 	got, reloaded := w.step(t)
 	if !reloaded || got != "listen: :2\nroutes: []\n" {
 		t.Fatalf("after a quiet debounce: reloaded %v, read %q", reloaded, got)
+	}
+}
+
+// TestConfigMapVolumeNestedFile: a file in a subdirectory of a Kubernetes
+// ConfigMap volume (tls/keyward.yaml, reached through the "tls" link into
+// the "..data" the kubelet swaps) is reloaded on every update, not only
+// the first: the watch on its directory dies with the old data and is set
+// up again on the new.
+func TestConfigMapVolumeNestedFile(t *testing.T) {
+	vol := t.TempDir()
+	version := func(name, content string) {
+		t.Helper()
+		d := filepath.Join(vol, name, "tls")
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "keyward.yaml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What the kubelet does: a new timestamped directory, a temporary link
+	// renamed over ..data, the old directory removed.
+	swap := func(name, old string) {
+		t.Helper()
+		tmp := filepath.Join(vol, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(vol, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		if old != "" {
+			if err := os.RemoveAll(filepath.Join(vol, old)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	version("..v1", "one\n")
+	swap("..v1", "")
+	if err := os.Symlink("..data/tls", filepath.Join(vol, "tls")); err != nil {
+		t.Fatal(err)
+	}
+	w := watch(t, filepath.Join(vol, "tls", "keyward.yaml"))
+	for i, next := range []string{"two\n", "three\n", "four\n"} {
+		name := fmt.Sprintf("..v%d", i+2)
+		version(name, next)
+		swap(name, fmt.Sprintf("..v%d", i+1))
+		var got string
+		for reloaded := false; !reloaded; {
+			got, reloaded = w.step(t)
+		}
+		if got != next {
+			t.Fatalf("update %d: reloaded %q, want %q", i+1, got, next)
+		}
 	}
 }

@@ -74,6 +74,17 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err := fw.Add(dir); err != nil {
 		return fmt.Errorf("watching %s: %w", dir, err)
 	}
+	// In a Kubernetes ConfigMap or Secret volume, a file in a subdirectory
+	// (tls/cert.pem) sits in a directory that is a link into the data the
+	// kubelet swaps: the watch on it dies with the old data. The volume's
+	// root, where "..data" is swapped, is watched too, and on a swap the
+	// directory's watch is set up again on the new data.
+	root := volumeRoot(dir)
+	if root != "" && root != dir {
+		if err := fw.Add(root); err != nil {
+			return fmt.Errorf("watching %s: %w", root, err)
+		}
+	}
 	writes := newWriters(dir, filepath.Base(abs))
 	defer writes.close()
 	after := w.After
@@ -99,6 +110,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 				return nil
 			}
 			if filepath.Clean(ev.Name) == abs || isConfigMapSwap(ev.Name) {
+				if isConfigMapSwap(ev.Name) && root != "" && root != dir {
+					_ = fw.Remove(dir)
+					if err := fw.Add(dir); err != nil {
+						log.Warn("watching the config's directory again after a volume update failed; reload with SIGHUP", "error", err.Error())
+					}
+				}
 				seen, timer = stat(abs), after(Debounce)
 			}
 		case <-fw.Errors:
@@ -154,3 +171,18 @@ func (a fileState) same(b fileState) bool {
 // isConfigMapSwap recognises the "..data" symlink Kubernetes swaps when a
 // mounted ConfigMap changes.
 func isConfigMapSwap(name string) bool { return filepath.Base(name) == "..data" }
+
+// volumeRoot returns the nearest directory at or above dir that holds a
+// "..data" link (a Kubernetes ConfigMap or Secret volume), or "".
+func volumeRoot(dir string) string {
+	for d := dir; ; {
+		if _, err := os.Lstat(filepath.Join(d, "..data")); err == nil {
+			return d
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return ""
+		}
+		d = parent
+	}
+}
