@@ -5,6 +5,9 @@
 # wrk and reads keyward's CPU ticks from /proc before and after.
 #   bench/cpu.sh                                  # bench/keyward.yaml
 #   CONFIGS="keyward keyward-limits" bench/cpu.sh # several (9106 ones too)
+#   CONFIGS="keyward base" BASE_BIN=/tmp/kw-old bench/cpu.sh
+#                                                 # "base": another keyward binary
+#                                                 # (an earlier commit) on keyward.yaml
 #   DURATION=6 CONNS_LIST="50 256" ROUNDS=2
 # Installs wrk when missing (as root). Prints one line per measurement.
 set -euo pipefail
@@ -22,8 +25,12 @@ build
 start_upstream
 for round in $(seq "$ROUNDS"); do
 	for cfg in $CONFIGS; do
-		port=$(awk -F'[:"]' '/^listen:/ {print $(NF-1)}' "$BENCH/$cfg.yaml")
-		start "$cfg" "$port" "$ROOT/bin/keyward" serve -c "$BENCH/$cfg.yaml"
+		bin=$ROOT/bin/keyward file=$BENCH/$cfg.yaml
+		if [[ $cfg == base ]]; then
+			bin=${BASE_BIN:?CONFIGS has base: set BASE_BIN to a keyward binary} file=$BENCH/keyward.yaml
+		fi
+		port=$(awk -F'[:"]' '/^listen:/ {print $(NF-1)}' "$file")
+		start "$cfg" "$port" "$bin" serve -c "$file"
 		kw=${PID[$cfg]}
 		wait_ready "$cfg" "$port"
 		for c in $CONNS_LIST; do
