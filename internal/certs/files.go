@@ -154,12 +154,23 @@ func (f *Files) Watch(ctx context.Context) error {
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
 	for _, path := range []string{f.certFile, f.keyFile} {
-		wg.Add(1)
+		wg.Add(2)
+		// The watcher serves its signal once its watch is in place: that
+		// first reload catches a change made since LoadFiles, which no
+		// event will announce.
+		placed := make(chan struct{})
 		go func() {
 			defer wg.Done()
-			w := &reload.Watcher{Path: path, Reload: reloaded, Logger: f.opts.Logger}
+			w := &reload.Watcher{Path: path, Signal: placed, Reload: reloaded, Logger: f.opts.Logger}
 			if err := w.Run(ctx); err != nil {
 				errc <- fmt.Errorf("watching %s: %w", path, err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			select {
+			case placed <- struct{}{}:
+			case <-ctx.Done():
 			}
 		}()
 	}

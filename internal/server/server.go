@@ -20,7 +20,6 @@ import (
 	cacheredis "github.com/keyward/keyward/internal/cache/redis"
 	akredis "github.com/keyward/keyward/internal/caller/apikey/redis"
 	"github.com/keyward/keyward/internal/certs"
-	"github.com/keyward/keyward/internal/certs/acme"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/http1"
@@ -44,8 +43,6 @@ type Server struct {
 	keys     *akredis.Store        // API keys in Redis; nil without Redis
 	files    *certs.Files          // tls.cert and tls.key; nil without them
 	redirect net.Listener          // http_redirect's, opened by Listen
-	// acmeOptions adjusts the ACME manager (tests: renewal timing).
-	acmeOptions func(*acme.Options)
 }
 
 // New loads and compiles the config at path. A config that fails here is

@@ -31,11 +31,7 @@ func (s *Server) tlsSetup(ctx context.Context, ln net.Listener) (*tls.Config, *a
 		}()
 		return certs.ServerConfig(s.files.GetCertificate), nil, redirect, nil
 	}
-	opts := acme.Options{Spec: st.TLS.ACME, TLSAddr: ln.Addr(), HTTPAddr: s.RedirectAddr(), Logger: s.log}
-	if s.acmeOptions != nil {
-		s.acmeOptions(&opts)
-	}
-	m, err := acme.New(opts)
+	m, err := acme.New(acme.Options{Spec: st.TLS.ACME, TLSAddr: ln.Addr(), HTTPAddr: s.RedirectAddr(), Logger: s.log})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("automatic certificates: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -37,7 +38,8 @@ type Options struct {
 	Spec *certs.ACME
 	// TLSAddr is the public listener's address as bound: TLS-ALPN-01 is
 	// answered there. The CA checks port 443; another port works only
-	// behind a forward from 443 (or with a test CA told the port).
+	// behind a forward from 443 (or with a test CA told the port). Nil:
+	// TLS-ALPN-01 is off.
 	TLSAddr net.Addr
 	// HTTPAddr is the http_redirect listener's address as bound, where
 	// HTTP-01 is answered (the CA checks port 80). Nil: HTTP-01 is off,
@@ -61,6 +63,7 @@ type Manager struct {
 	cfg     *certmagic.Config
 	issuer  *certmagic.ACMEIssuer
 	log     *slog.Logger
+	stop    sync.Once
 }
 
 // New prepares certificate management. It opens no connection: Start
@@ -115,6 +118,9 @@ func New(opts Options) (*Manager, error) {
 		tmpl.DisableHTTPChallenge = true
 	} else {
 		_, tmpl.AltHTTPPort = hostPort(opts.HTTPAddr)
+	}
+	if opts.TLSAddr == nil {
+		tmpl.DisableTLSALPNChallenge = true
 	}
 	if opts.Spec.CA != certmagic.LetsEncryptProductionCA {
 		// certmagic retries a failed order at Let's Encrypt's staging CA
@@ -183,8 +189,9 @@ func (m *Manager) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop ends renewal and OCSP maintenance.
-func (m *Manager) Stop() { m.cache.Stop() }
+// Stop ends renewal and OCSP maintenance. It may be called more than
+// once.
+func (m *Manager) Stop() { m.stop.Do(m.cache.Stop) }
 
 // slogCore writes certmagic's zap log to slog.
 type slogCore struct {

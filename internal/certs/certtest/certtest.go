@@ -67,11 +67,12 @@ type Leaf struct {
 }
 
 // Options shape a leaf. The zero value is a certificate for "localhost"
-// and 127.0.0.1, valid from an hour ago for a day.
+// and 127.0.0.1, valid from an hour ago for 90 days (as Let's Encrypt
+// issues).
 type Options struct {
 	// Names are DNS names or IP addresses. Default: localhost, 127.0.0.1.
 	Names []string
-	// NotBefore and NotAfter default to an hour ago and a day from now.
+	// NotBefore and NotAfter default to an hour ago and 90 days from now.
 	NotBefore, NotAfter time.Time
 	// OCSPServer is written into the certificate's authority information
 	// access extension. Default: none.
@@ -88,7 +89,7 @@ func (ca *CA) Leaf(t testing.TB, opts Options) *Leaf {
 		opts.NotBefore = time.Now().Add(-time.Hour)
 	}
 	if opts.NotAfter.IsZero() {
-		opts.NotAfter = time.Now().Add(24 * time.Hour)
+		opts.NotAfter = time.Now().Add(90 * 24 * time.Hour)
 	}
 	key := newKey(t)
 	tmpl := &x509.Certificate{
