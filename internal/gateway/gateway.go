@@ -256,7 +256,7 @@ type exchange struct {
 	caller       caller.Identity
 	limiter      *ratelimit.Limiter // what this request counts against
 	spend        spend
-	reservation  ratelimit.Reservation // what the budgets hold for this call until settled
+	reservation  *ratelimit.Reservation // what the budgets hold for this call until settled; nil: none
 	client       ratelimit.Client
 	in           *http.Request // the inbound request, once forwarding started
 }

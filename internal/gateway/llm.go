@@ -90,7 +90,7 @@ func (g *Gateway) reserve(w http.ResponseWriter, r *http.Request, x *exchange) e
 	if err := g.limit(w, x, result); err != nil {
 		return err
 	}
-	x.reservation = res
+	x.reservation = &res // a pointer: most requests reserve nothing, and the exchange stays small
 	return nil
 }
 
@@ -157,8 +157,8 @@ func (s *spend) tokensOut() int64 {
 // settleReservation replaces the call's reservation with what it cost.
 // It runs after the client may have gone: the bill does not care.
 func (g *Gateway) settleReservation(x *exchange) {
-	r := &x.reservation
-	if ratelimit.Amount(x.spend.charged) == r.Reserved() {
+	r := x.reservation
+	if r == nil || ratelimit.Amount(x.spend.charged) == r.Reserved() {
 		return // what was reserved is what it cost: nothing to change
 	}
 	ctx := context.WithoutCancel(x.in.Context())
