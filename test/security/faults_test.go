@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/gatewaytest"
+	"golang.org/x/net/http2"
 )
 
 const faultsConfig = `
@@ -324,12 +325,25 @@ func TestFaultsClientDisconnect(t *testing.T) {
 	f := newFaults()
 	h := newHarness(t, faultsConfig, f.serve)
 	l := serveLive(t, h)
-	conn := l.gw.DialH1(t)
-	if _, err := io.WriteString(conn, "GET /stream/gone HTTP/1.1\r\nHost: gw.test\r\n\r\n"); err != nil {
-		t.Fatal(err)
+	if l.gw.Engine == gatewaytest.H2 {
+		// Over HTTP/2 the client resets its stream (the connection
+		// stays).
+		c := gatewaytest.DialH2(t, l.gw)
+		if err := c.WriteHeaders(1, true, gatewaytest.H2Request("GET", "/stream/gone")...); err != nil {
+			t.Fatal(err)
+		}
+		wait(t, f.started, "the upstream to receive the request")
+		if err := c.Framer.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		conn := l.gw.DialH1(t)
+		if _, err := io.WriteString(conn, "GET /stream/gone HTTP/1.1\r\nHost: gw.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		wait(t, f.started, "the upstream to receive the request")
+		conn.Close()
 	}
-	wait(t, f.started, "the upstream to receive the request")
-	conn.Close()
 	wait(t, f.ctxDone, "the upstream request to be cancelled")
 	l.waitDone(t)
 	only(t, h)

@@ -169,7 +169,7 @@ func TestFramingUnguarded(t *testing.T) {
 func TestFramingOptionsAsterisk(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
 	l := serveLive(t, h)
-	res := l.raw(t, "OPTIONS", "OPTIONS * HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+	res := l.send(t, "OPTIONS", "OPTIONS * HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
 	if res.Status != 400 && res.Status != 200 || res.Body != "" && errCode(res.Body) != "bad_request" {
 		t.Errorf("status %d body %q", res.Status, res.Body)
 	}
@@ -235,7 +235,7 @@ func TestFramingServedByKeyward(t *testing.T) {
 func TestOptionsAsteriskRefusedByKeyward(t *testing.T) {
 	h := newHarness(t, baseConfig, nil)
 	gw := serveKeyward(t, h)
-	res := rawAt(t, h, gw, "OPTIONS", "OPTIONS * HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+	res := sendTo(t, h, gw, "OPTIONS", "OPTIONS * HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
 	refused(t, h, res.Response, http.StatusBadRequest, "bad_request")
 	ok(t, h, h.Get("/my-repos", nil)) // a metric for the scan
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -236,6 +237,32 @@ type rawResult struct {
 func (l *live) raw(t *testing.T, method, request string) rawResult {
 	t.Helper()
 	return rawAt(t, l.h, l.gw, method, request)
+}
+
+// send is live.raw for a request whose HTTP/1.1 framing is not the
+// point: under H2 it is sent as the HTTP/2 request it means (Closed and
+// Next, HTTP/1.1 notions, stay unset).
+func (l *live) send(t *testing.T, method, request string) rawResult {
+	t.Helper()
+	return sendTo(t, l.h, l.gw, method, request)
+}
+
+// sendTo is live.send against any gateway, recording into h.
+func sendTo(t *testing.T, h *gatewaytest.Harness, gw *gatewaytest.Server, method, request string) rawResult {
+	t.Helper()
+	if gw.Engine != gatewaytest.H2 {
+		return rawAt(t, h, gw, method, request)
+	}
+	r, err := gatewaytest.ParseRawRequest(request)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := gw.Exchange(r)
+	if err != nil && res.Status == 0 && !strings.HasPrefix(err.Error(), "stream reset") && !strings.HasPrefix(err.Error(), "GOAWAY") {
+		t.Fatalf("%s: %v", method, err)
+	}
+	h.Record(&http.Response{Status: strconv.Itoa(res.Status), Header: res.Header}, []byte(res.Body))
+	return rawResult{Response: res}
 }
 
 // rawAt is live.raw against any gateway, recording into h. It writes

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/net/http2"
+
 	"github.com/keyward/keyward/internal/gatewaytest"
 )
 
@@ -75,6 +77,9 @@ func (rf *reflector) serve(w http.ResponseWriter, r *http.Request) {
 // upstream went on, or the stream stalled instead.
 func framing(t *testing.T, h *gatewaytest.Harness, rf *reflector, kind, guess string, want int) []string {
 	t.Helper()
+	if h.GW.Engine == gatewaytest.H2 {
+		return framingH2(t, h, rf, kind, guess, want)
+	}
 	conn := h.GW.DialH1(t)
 	defer conn.Close()
 	fmt.Fprintf(conn, "GET /reflect/%s?q=%s HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n", kind, guess)
@@ -140,6 +145,61 @@ func framing(t *testing.T, h *gatewaytest.Harness, rf *reflector, kind, guess st
 	}
 	h.Record(&http.Response{Status: status, Header: header}, body)
 	return seen
+}
+
+// framingH2 is framing over HTTP/2, where what the client observes of
+// the stream is the size of each DATA frame.
+func framingH2(t *testing.T, h *gatewaytest.Harness, rf *reflector, kind, guess string, want int) []string {
+	t.Helper()
+	c := gatewaytest.DialH2(t, h.GW)
+	if err := c.WriteHeaders(1, true, gatewaytest.H2Request("GET", "/reflect/"+kind+"?q="+guess)...); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	var body []byte
+	released := false
+	goOn := func(event string) {
+		if !released {
+			seen = append(seen, event)
+			close(rf.gate(guess))
+			released = true
+		}
+	}
+	res := &http.Response{Header: http.Header{}}
+	for {
+		if len(body) >= want {
+			goOn("upstream goes on")
+		}
+		_ = c.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		f, err := c.Framer.ReadFrame()
+		if ne, ok := err.(net.Error); ok && ne.Timeout() && !released {
+			goOn(fmt.Sprintf("stalled with %d of %d bytes", len(body), want))
+			continue
+		}
+		if err != nil {
+			t.Fatalf("reading the response: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			res.Status = f.PseudoValue("status")
+			for _, hf := range f.RegularFields() {
+				res.Header.Add(hf.Name, hf.Value)
+			}
+		case *http2.DataFrame:
+			if n := len(f.Data()); n > 0 {
+				body = append(body, f.Data()...)
+				seen = append(seen, fmt.Sprintf("chunk of %d", n))
+				_ = c.Framer.WriteWindowUpdate(0, uint32(n))
+				_ = c.Framer.WriteWindowUpdate(1, uint32(n))
+			}
+			if f.StreamEnded() {
+				h.Record(res, body)
+				return seen
+			}
+		case *http2.RSTStreamFrame:
+			t.Fatalf("stream reset: %v", f.ErrCode)
+		}
+	}
 }
 
 // TestScrubStreamNotAnOracle: the attack that recovered any configured

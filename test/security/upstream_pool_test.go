@@ -132,7 +132,7 @@ routes:
 `, nil)
 			l := serveLiveOn(t, h, true)
 
-			first := l.raw(t, tc.firstMethod, tc.firstMethod+" /r/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+			first := l.send(t, tc.firstMethod, tc.firstMethod+" /r/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
 			want := answer("/r/1")
 			if tc.firstMethod == http.MethodHead {
 				want = ""
@@ -144,7 +144,7 @@ routes:
 			up.proceed()
 			<-up.written
 
-			second := l.raw(t, http.MethodGet, "GET /r/2 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+			second := l.send(t, http.MethodGet, "GET /r/2 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
 			l.waitDone(t)
 			if second.Status != http.StatusOK || second.Body != answer("/r/2") {
 				t.Errorf("second client: status %d body %q, want 200 %q", second.Status, second.Body, answer("/r/2"))
