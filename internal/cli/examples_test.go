@@ -8,7 +8,7 @@ import (
 // TestExamplesPassCheck keeps every file in examples/ valid and free of
 // warnings.
 func TestExamplesPassCheck(t *testing.T) {
-	for _, env := range []string{"GITHUB_TOKEN", "MAPS_KEY", "OPENAI_API_KEY", "STRIPE_KEY", "MAILER_KEY", "TURNSTILE_SECRET"} {
+	for _, env := range []string{"GITHUB_TOKEN", "MAPS_KEY", "OPENAI_API_KEY", "STRIPE_KEY", "MAILER_KEY", "TURNSTILE_SECRET", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"} {
 		t.Setenv(env, "example-secret-value")
 	}
 	t.Setenv("VISITOR_KEY", "example-visitor-signing-key-0123456789abcdef")
