@@ -111,7 +111,21 @@ func (s *Server) openStore(url, cacheSize string) error {
 		return fmt.Errorf("opening store: %w", err)
 	}
 	s.closers = append(s.closers, client)
-	s.opts.LimitStore = rlredis.New(client, rlredis.Options{})
+	// A Redis that keeps no data across a restart, or may evict keys,
+	// can lose budget counts: said once at start, where an operator looks.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if w := redisstore.Persistence(ctx, client); w != "" {
+		s.log.Warn("store: " + w)
+	}
+	cancel()
+	rl := rlredis.New(client, rlredis.Options{})
+	// Run notices a Redis that lost its counts even on an instance that
+	// serves no request, and keeps this instance's view of the pauses
+	// fresh; it stops with the store.
+	ctx, cancel = context.WithCancel(context.Background())
+	go rl.Run(ctx)
+	s.closers = append([]io.Closer{closerFunc(func() error { cancel(); return nil })}, s.closers...)
+	s.opts.LimitStore = rl
 	keys := akredis.New(client, akredis.Options{OnError: func(err error) {
 		s.log.Warn("API key last use", "error", err.Error())
 	}})
@@ -122,6 +136,11 @@ func (s *Server) openStore(url, cacheSize string) error {
 		cache.Options{OnFault: onFault, MemoryTier: size, Unavailable: gateway.UpstreamUnavailable})
 	return nil
 }
+
+// closerFunc is a func as an io.Closer.
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // Close releases the store's connections.
 func (s *Server) Close() error {
