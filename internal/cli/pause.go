@@ -39,7 +39,7 @@ func pause(ctx context.Context, verb string, args []string, stdout, stderr io.Wr
 	}
 	if !redisStore(f.Config.Store) {
 		// The memory store lives inside the serving process.
-		return fmt.Errorf("%s: the store is in the serving process's memory: use its admin API (POST /admin/%s) or a Redis store", *path, verb)
+		return fmt.Errorf("%s: the store is in the serving process's memory: use its admin API on the host (curl -X POST localhost:9090/admin/%s, with admin.listen set) or a Redis store", *path, verb)
 	}
 	client, err := redisstore.NewClient(f.Config.Store)
 	if err != nil {

@@ -357,27 +357,6 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 	return errors.Join(err, s.Close())
 }
 
-func (s *Server) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		reason := s.notReady()
-		if reason != "" {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "{\"ready\":false,\"reason\":%q}\n", reason)
-			return
-		}
-		_, _ = w.Write([]byte("{\"ready\":true}\n"))
-	})
-	mux.Handle("GET /metrics", s.opts.Metrics.Handler())
-	return mux
-}
-
 // notReady says why the instance should get no new traffic (the reason
 // /readyz gives with its 503), or "" if it should. A full connection table
 // counts: a load balancer that sends more clients to this instance makes
