@@ -68,21 +68,13 @@ func placeholderSecrets(f *config.File) func(string) string {
 	return func(k string) string { return values[k] }
 }
 
-// summary counts what a gateway serves the same way everywhere (check,
-// serve): routes as written, stages, and the routes mounted (one per
-// route and stage).
+// summary says what a gateway serves, counted as serve's log counts it
+// (gateway.Count).
 func summary(g *gateway.Gateway) string {
-	names, stages := map[string]bool{}, map[string]bool{}
-	mounted := g.Routes()
-	for _, r := range mounted {
-		names[r.Name] = true
-		if r.Stage != "" {
-			stages[r.Stage] = true
-		}
-	}
-	s := plural(len(names), "route")
-	if len(stages) > 0 {
-		s += fmt.Sprintf(" in %s (%d mounted)", plural(len(stages), "stage"), len(mounted))
+	c := g.Count()
+	s := plural(c.Routes, "route")
+	if c.Stages > 0 {
+		s += fmt.Sprintf(" in %s (%d mounted)", plural(c.Stages, "stage"), c.Mounted)
 	}
 	return s
 }

@@ -34,6 +34,25 @@ func (g *Gateway) Routes() []RouteInfo {
 	return out
 }
 
+// RouteCount is what a gateway serves, counted the same way everywhere
+// (check, serve, the reload log): routes as the config writes them, the
+// stages, and the routes mounted (one per route, stage and method group).
+type RouteCount struct {
+	Routes, Stages, Mounted int
+}
+
+// Count counts g's routes.
+func (g *Gateway) Count() RouteCount {
+	names, stages := map[string]bool{}, map[string]bool{}
+	for _, ep := range g.endpoints {
+		names[ep.name] = true
+		if ep.stage != "" {
+			stages[ep.stage] = true
+		}
+	}
+	return RouteCount{Routes: len(names), Stages: len(stages), Mounted: len(g.endpoints)}
+}
+
 func (ep *endpoint) info() RouteInfo {
 	return RouteInfo{Name: ep.name, Stage: ep.stage, Host: ep.host, Path: ep.pattern.String(),
 		Methods: ep.methods, Upstream: ep.upstream.String(), ep: ep}

@@ -43,6 +43,7 @@ type Server struct {
 	keys     *akredis.Store        // API keys in Redis; nil without Redis
 	files    *certs.Files          // tls.cert and tls.key; nil without them
 	redirect net.Listener          // http_redirect's, opened by Listen
+	warned   map[string]bool       // the serving config's warnings, logged once
 }
 
 // New loads and compiles the config at path. A config that fails here is
@@ -177,10 +178,18 @@ func (s *Server) compileFile(f *config.File) (*gateway.Gateway, error) {
 		s.opts.BodyBuffers = gateway.NewBodyBuffers(0)
 	}
 	g, warns, err := gateway.Compile(f, s.opts)
+	// A warning is logged once: a reload repeats only the warnings the
+	// previous config did not have.
+	seen := make(map[string]bool, len(warns))
 	for _, w := range warns {
-		s.log.Warn("config", "warning", w.Error())
+		msg := w.Error()
+		if !s.warned[msg] {
+			s.log.Warn("config", "warning", msg)
+		}
+		seen[msg] = true
 	}
 	if err == nil {
+		s.warned = seen
 		// Compiling is pure; the bound changes only with a config that
 		// will serve (a failed reload keeps the last good one).
 		s.opts.BodyBuffers.SetMax(g.Settings().MaxBufferedBytes)
@@ -222,7 +231,8 @@ func (s *Server) Reload() error {
 		_ = s.files.Reload()
 	}
 	s.opts.Metrics.Reload(true, time.Now())
-	s.log.Info("config reloaded", "routes", len(g.Routes()))
+	c := g.Count()
+	s.log.Info("config reloaded", "routes", c.Routes, "stages", c.Stages, "mounted", c.Mounted)
 	return nil
 }
 
@@ -317,7 +327,9 @@ func (s *Server) Serve(ctx context.Context, public, admin net.Listener) error {
 		defer manager.Stop()
 	}
 	s.ready.Store(true)
-	s.log.Info("serving", "listen", guard.Addr().String(), "tls", tlsConfig != nil, "routes", len(s.handler.Current().Routes()))
+	c := s.handler.Current().Count()
+	s.log.Info("serving", "listen", guard.Addr().String(), "tls", tlsConfig != nil,
+		"routes", c.Routes, "stages", c.Stages, "mounted", c.Mounted)
 
 	select {
 	case <-ctx.Done():

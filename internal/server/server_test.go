@@ -311,3 +311,42 @@ func TestReloadTightenedOutboundDenyClosesPools(t *testing.T) {
 		t.Errorf("after the in-flight request: %d, want 502", code)
 	}
 }
+
+// TestReloadLogsWarningsOnce: a config's warnings are logged at start and
+// then only when a reload brings a new one; the start and reload lines
+// count routes, stages and mounted routes as keyward check does.
+func TestReloadLogsWarningsOnce(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer up.Close()
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	write := func(routes ...string) {
+		cfg := "listen: \"127.0.0.1:0\"\nstages:\n  dev: { prefix: /dev }\n  prod: { prefix: /prod }\nroutes:\n"
+		for _, r := range routes {
+			cfg += "  - { name: " + r + ", path: /" + r + ", methods: [POST], upstream: \"" + up.URL + "/" + r + "\" }\n"
+		}
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(logs, warning string) int { return strings.Count(logs, warning) }
+	write("a")
+	logs := &logBuffer{}
+	srv, _, _, _ := start(t, path, logs)
+	if err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	write("a", "b")
+	if err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if n := count(out, `routes[0].methods: write methods`); n != 1 {
+		t.Errorf("route a's warning logged %d times, want 1:\n%s", n, out)
+	}
+	if n := count(out, `routes[1].methods: write methods`); n != 1 {
+		t.Errorf("route b's warning (new in the second reload) logged %d times, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, `"msg":"config reloaded","routes":2,"stages":2,"mounted":4`) {
+		t.Errorf("the reload line does not count routes, stages and mounted routes:\n%s", out)
+	}
+}
