@@ -162,7 +162,11 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 			key := st.host + " " + ep.pattern.String()
 			if first, ok := paths[key]; ok {
 				if err := first.addMethods(ep); err != nil {
-					c.errorf(path+".methods", "%v (routes[%d] has the same path)", err, pathRoute[key])
+					// The same route in two stages that cannot be told
+					// apart is the stages' error, reported there.
+					if pathRoute[key] != i {
+						c.errorf(path+".methods", "%v (routes[%d] has the same path)", err, pathRoute[key])
+					}
 					continue
 				}
 				g.endpoints = append(g.endpoints, ep)
@@ -609,7 +613,7 @@ func (c *compiler) stages(cfg *config.Config) []stage {
 			c.errorf(path+".prefix", "prefix %q must start with /", s.Prefix)
 		}
 		key := st.host + st.prefix
-		if other, dup := seen[key]; dup {
+		if other, dup := seen[key]; dup && key != "" { // "" is reported above
 			c.errorf(path, "same prefix and host as stage %q", other)
 		}
 		seen[key] = n

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"github.com/google/go-cmp/cmp"
 	"strings"
 	"testing"
 
@@ -293,5 +294,25 @@ routes:
 	}
 	if strings.Join(errs, "\n") != strings.Join(want, "\n") {
 		t.Errorf("errors:\n%s\nwant:\n%s", strings.Join(errs, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestStagesWithoutPrefixOneErrorEach: stages that cannot be told apart
+// are reported once per stage, without knock-on errors (another stage
+// "with the same prefix", a route conflicting with itself).
+func TestStagesWithoutPrefixOneErrorEach(t *testing.T) {
+	errs, _ := compileErrs(t, `
+stages:
+  dev: { vars: {} }
+  prod: { vars: {} }
+routes:
+  - { name: a, path: /a, upstream: "https://api.example.com/a" }
+`, nil)
+	want := []string{
+		"k.yaml:3: stages.dev: set prefix or host (or both): stages need a way to be told apart",
+		"k.yaml:4: stages.prod: set prefix or host (or both): stages need a way to be told apart",
+	}
+	if diff := cmp.Diff(want, errs); diff != "" {
+		t.Errorf("errors (-want +got):\n%s", diff)
 	}
 }
