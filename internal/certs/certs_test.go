@@ -40,7 +40,7 @@ func parse(t *testing.T, yaml string) *config.Config {
 // problems as "path: message" lines, warnings marked.
 func problems(t *testing.T, dir, yaml string) []string {
 	t.Helper()
-	_, ps := certs.Compile(parse(t, yaml), func(p string) string { return filepath.Join(dir, p) }, time.Now())
+	_, ps := certs.Compile(parse(t, yaml), certs.CompileOptions{Resolve: func(p string) string { return filepath.Join(dir, p) }, Now: time.Now()})
 	var out []string
 	for _, p := range ps {
 		line := p.Path + ": " + p.Msg
@@ -139,7 +139,7 @@ func TestCompileACME(t *testing.T) {
 			}
 		})
 	}
-	spec, _ := certs.Compile(parse(t, "tls: { acme: { domains: [GW.example.com.], storage: acme } }"), func(p string) string { return filepath.Join(dir, p) }, time.Now())
+	spec, _ := certs.Compile(parse(t, "tls: { acme: { domains: [GW.example.com.], storage: acme } }"), certs.CompileOptions{Resolve: func(p string) string { return filepath.Join(dir, p) }, Now: time.Now()})
 	if diff := cmp.Diff([]string{"gw.example.com"}, spec.ACME.Domains); diff != "" {
 		t.Errorf("domains (-want +got):\n%s", diff)
 	}

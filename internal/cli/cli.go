@@ -37,7 +37,8 @@ Usage:
   keyward help                                     print this help
 
 --no-secrets treats every secret as present with a placeholder value, so
-that check, routes and test run in CI without the real credentials.
+that check, routes and test run in CI without the real credentials (the
+tls.cert and tls.key files are not read either).
 `
 
 // Run runs the command line args (without the program name) and returns

@@ -165,3 +165,20 @@ routes:
 		t.Errorf("the secret's value was printed:\n%s%s", stdout, stderr)
 	}
 }
+
+// TestCheckNoSecretsSkipsTLSFiles: in CI, where the TLS key (a secret)
+// is not there, check --no-secrets checks everything else; without the
+// flag a missing file is an error on its field.
+func TestCheckNoSecretsSkipsTLSFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	cfg := "listen: \":8443\"\ntls: { cert: missing.pem, key: missing-key.pem }\nroutes:\n  - { name: a, path: /a, upstream: \"https://api.example.com/a\" }\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := run(t, "check", "-c", path); code != exitError || !strings.Contains(stderr, "tls.cert") {
+		t.Errorf("check: exit %d, stderr %q; want an error on tls.cert", code, stderr)
+	}
+	if code, stdout, stderr := run(t, "check", "-c", path, "--no-secrets"); code != 0 || !strings.Contains(stdout, "ok: 1 route") {
+		t.Errorf("check --no-secrets: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}

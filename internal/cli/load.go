@@ -21,6 +21,7 @@ func compile(path string, noSecrets bool, opts gateway.Options, stderr io.Writer
 	}
 	if noSecrets {
 		opts.Getenv = placeholderSecrets(f)
+		opts.SkipTLSFiles = true // the key is a secret too
 	}
 	g, warns, err := gateway.Compile(f, opts)
 	printWarnings(stderr, warns)

@@ -300,7 +300,7 @@ func (c *compiler) settings(cfg *config.Config) Settings {
 		now = c.opts.Now
 	}
 	var problems []certs.Problem
-	s.TLS, problems = certs.Compile(cfg, c.relative, now())
+	s.TLS, problems = certs.Compile(cfg, certs.CompileOptions{Resolve: c.relative, Now: now(), SkipFiles: c.opts.SkipTLSFiles})
 	for _, p := range problems {
 		if p.Warning {
 			c.warnf(p.Path, "%s", p.Msg)

@@ -78,6 +78,10 @@ type Options struct {
 	// a new config continues the old one's counts. If nil, Compile uses a
 	// private memory store.
 	LimitStore ratelimit.Store
+	// SkipTLSFiles leaves tls.cert and tls.key unread when compiling:
+	// keyward check --no-secrets, in CI, where the key is a secret that
+	// is not there.
+	SkipTLSFiles bool
 }
 
 func (o Options) withDefaults() Options {
