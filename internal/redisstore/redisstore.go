@@ -1,16 +1,25 @@
 // Package redisstore opens the Redis connection named by the `store:`
-// setting. The rate limiter's and the response cache's Redis backends
-// (ratelimit/redis and cache/redis) share one client, and both classify its
+// setting: one server, a master found through Sentinel, or a Redis
+// Cluster, each plain or over TLS (see Open). The rate limiter's, the
+// response cache's and the API keys' Redis backends (ratelimit/redis,
+// cache/redis, caller/apikey/redis) share one client, and classify its
 // errors the same way, so the client and the classification live here,
-// below both, and neither backend imports the other.
+// below them, and no backend imports another.
+//
+// On a Redis Cluster a script, or any command on several keys, may only
+// touch keys of one hash slot. Each backend names the keys one operation
+// touches with one hash tag (see HashTag), and says in its package doc
+// which keys share a slot, and so what a cluster spreads.
 package redisstore
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,39 +27,195 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// NewClient opens a client for a redis:// or rediss:// URL (the `store:`
-// configuration value) with settings that keep a Redis outage from
-// stalling requests: context deadlines are honoured (the limiter and the
-// cache bound every call with one), a refused dial is not retried (those
-// deadlines are shorter than go-redis's dial backoff anyway), and dialling
-// and waiting for a pooled connection give up after a second even without
-// a deadline. Settings given in the URL's query win over these defaults.
+// Open opens a client for the store URL (the `store:` configuration
+// value), one of
+//
+//	redis://[[USER]:PASSWORD@]HOST[:6379][/DB][?OPTIONS]
+//	redis-sentinel://[[USER]:PASSWORD@]HOST[:26379][,HOST[:26379]...]/MASTER[/DB][?OPTIONS]
+//	redis-cluster://[[USER]:PASSWORD@]HOST[:6379][,HOST[:6379]...][?OPTIONS]
+//
+// or the same over TLS, with the scheme rediss, rediss-sentinel or
+// rediss-cluster. The user info is the Redis servers' credentials; a
+// Sentinel that has its own takes them from the options
+// sentinel_username and sentinel_password. TLS takes the options ca (a
+// PEM file of the CAs to trust instead of the system's), server_name
+// (the name the servers' certificates must carry, by default the host
+// each connection dials) and cert and key (PEM files of a client
+// certificate); a relative path is taken from dir, the config file's
+// directory. The other options are go-redis's (dial_timeout,
+// read_timeout, pool_size, ...).
+//
+// Every client gets settings that keep a Redis outage from stalling
+// requests: context deadlines are honoured (the limiter and the cache
+// bound every call with one), nothing is sent twice (no retries, unless
+// the URL sets max_retries; a Cluster client follows MOVED and ASK
+// redirects, and tries another node after a refused dial, but never
+// sends again a command that may have run: see sentOnce), and dialling
+// and waiting for a pooled connection give up after a second even
+// without a deadline. Options given in the URL win over these defaults.
 // The caller closes the client.
+func Open(rawURL, dir string) (goredis.UniversalClient, error) {
+	quietOnce.Do(func() { goredis.SetLogger(quiet{}) })
+	u, err := parseURL(rawURL, dir)
+	if err != nil {
+		return nil, fmt.Errorf("parsing redis URL: %w", err)
+	}
+	switch u.topology {
+	case sentinel:
+		o, err := u.failoverOptions()
+		if err != nil {
+			return nil, fmt.Errorf("parsing redis URL: %w", err)
+		}
+		return goredis.NewFailoverClient(o), nil
+	case cluster:
+		o, err := u.clusterOptions()
+		if err != nil {
+			return nil, fmt.Errorf("parsing redis URL: %w", err)
+		}
+		// Through NewClient, so that no node client, not even the first
+		// one made, runs without the hook.
+		o.NewClient = func(opt *goredis.Options) *goredis.Client {
+			node := goredis.NewClient(opt)
+			node.AddHook(sentOnce{})
+			return node
+		}
+		return goredis.NewClusterClient(o), nil
+	}
+	o, err := u.singleOptions()
+	if err != nil {
+		return nil, fmt.Errorf("parsing redis URL: %w", err)
+	}
+	return goredis.NewClient(o), nil
+}
+
+// Check reports what Open would refuse in rawURL, reading the TLS files
+// it names (relative to dir), without connecting to anything: `keyward
+// check` runs it. Its error never quotes the URL's password.
+func Check(rawURL, dir string) error {
+	u, err := parseURL(rawURL, dir)
+	if err == nil {
+		switch u.topology {
+		case single:
+			_, err = u.singleOptions()
+		case sentinel:
+			_, err = u.failoverOptions()
+		case cluster:
+			_, err = u.clusterOptions()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("parsing redis URL: %w", err)
+	}
+	return nil
+}
+
+// NewClient is Open for the one-server forms, redis:// and rediss://,
+// returning the concrete client; relative TLS file paths are taken from
+// the working directory.
 func NewClient(rawURL string) (*goredis.Client, error) {
 	quietOnce.Do(func() { goredis.SetLogger(quiet{}) })
-	opts, err := goredis.ParseURL(rawURL)
+	u, err := parseURL(rawURL, "")
+	if err == nil && u.topology != single {
+		err = errors.New("NewClient opens one server; Open opens Sentinel and Cluster URLs")
+	}
 	if err != nil {
-		return nil, fmt.Errorf("parsing redis URL: %w", redact(err))
+		return nil, fmt.Errorf("parsing redis URL: %w", err)
 	}
-	opts.ContextTimeoutEnabled = true
-	if opts.DialTimeout == 0 {
-		opts.DialTimeout = time.Second
+	o, err := u.singleOptions()
+	if err != nil {
+		return nil, fmt.Errorf("parsing redis URL: %w", err)
 	}
-	if opts.PoolTimeout == 0 {
-		opts.PoolTimeout = time.Second
-	}
-	if opts.DialerRetries == 0 {
-		opts.DialerRetries = 1
-	}
-	if !strings.Contains(rawURL, "max_retries=") {
-		// No retries: a command that failed on the network may still have
-		// run, and a budget script run twice counts twice; and a refused
-		// connection fails at once instead of after three tries, so a dead
-		// Redis costs a request well under its store_timeout.
-		opts.MaxRetries = -1
-	}
-	return goredis.NewClient(opts), nil
+	return goredis.NewClient(o), nil
 }
+
+// Describe names the servers of a store URL for messages: "Redis at
+// HOST:PORT/DB", "Redis master MASTER (database DB) through the Sentinels
+// at HOSTS" or "Redis Cluster at HOSTS", with "over TLS" when it is so;
+// never its credentials. A URL Open would refuse is just "Redis".
+func Describe(rawURL string) string {
+	u, _ := parseURL(rawURL, "") // a TLS file's fault leaves the rest known
+	if u == nil {
+		return "Redis"
+	}
+	var s string
+	switch u.topology {
+	case sentinel:
+		s = "Redis master " + u.master + " (database " + strconv.Itoa(u.db) + ") through the Sentinels at " + strings.Join(u.hosts, ",")
+	case cluster:
+		s = "Redis Cluster at " + strings.Join(u.hosts, ",")
+	default:
+		s = "Redis at " + u.hosts[0] + "/" + strconv.Itoa(u.db)
+	}
+	if u.tls {
+		s += " over TLS"
+	}
+	return s
+}
+
+// Cluster reports whether c is a Redis Cluster client, on which a
+// script or a command on several keys may only touch keys of one hash
+// slot: the backends then name such keys with one hash tag (HashTag).
+func Cluster(c any) bool {
+	_, ok := c.(*goredis.ClusterClient)
+	return ok
+}
+
+// HashTag returns prefix made the hash tag of every key that begins with
+// it: "{PREFIX}", or prefix itself if it already holds a tag. Redis
+// Cluster hashes only a key's tag, the text between its first '{' and
+// the first '}' after it, so all those keys share one slot. The stores
+// default their prefixes, which are never empty.
+func HashTag(prefix string) string {
+	if i := strings.IndexByte(prefix, '{'); i >= 0 {
+		if j := strings.IndexByte(prefix[i+1:], '}'); j > 0 {
+			return prefix
+		}
+	}
+	return "{" + prefix + "}"
+}
+
+// sentOnce keeps go-redis's Cluster client from sending a command again
+// after a failure that came once the command was sent (a reset, an EOF, a
+// read timeout): the command may have run, and a budget script run twice
+// counts twice. The Cluster client's redirect loop resends on those
+// whatever MaxRetries says (it retries the node, then another). sentOnce
+// wraps every node's client and hides the cause from that loop by
+// returning it as a sentError; a refused dial, a pool timeout, a
+// context's end and Redis's error replies (MOVED, ASK, TRYAGAIN, ...:
+// nothing ran) pass through, and are retried or followed as go-redis
+// does. Pipelines pass through too: the backends pipeline only reads.
+type sentOnce struct{}
+
+func (sentOnce) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (sentOnce) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
+}
+
+func (sentOnce) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		err := next(ctx, cmd)
+		if err == nil || Answered(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "dial" {
+			return err
+		}
+		if errors.Is(err, goredis.ErrPoolTimeout) {
+			return err
+		}
+		err = sentError{err.Error()}
+		cmd.SetErr(err)
+		return err
+	}
+}
+
+// sentError is a failure after a command was sent (see sentOnce). It
+// keeps the message but not the cause, on purpose: go-redis decides to
+// resend by the cause's type.
+type sentError struct{ msg string }
+
+func (e sentError) Error() string { return e.msg }
 
 // redact drops the parts of a URL parsing error that can quote the URL's
 // password: net/url's errors repeat the whole URL ("parse
@@ -117,8 +282,37 @@ var quietOnce sync.Once
 // with a moment during which budgets refuse or admit by the routes'
 // on_store_error policy; a Redis that keeps its data avoids all of that.
 // Managed servers often disable CONFIG: Persistence then reads INFO, and
-// says so when it cannot tell.
+// says so when it cannot tell. On a Redis Cluster it checks every master
+// and names the nodes each warning is about.
 func Persistence(ctx context.Context, c goredis.Cmdable) string {
+	cc, ok := c.(*goredis.ClusterClient)
+	if !ok {
+		return persistence(ctx, c)
+	}
+	var mu sync.Mutex
+	nodes := map[string][]string{} // warning -> the masters it is about
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *goredis.Client) error {
+		if w := persistence(ctx, node); w != "" {
+			mu.Lock()
+			nodes[w] = append(nodes[w], node.Options().Addr)
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Sprintf("could not check whether redis keeps budget counts across a restart: %v", err)
+	}
+	var warns []string
+	for w, addrs := range nodes {
+		slices.Sort(addrs)
+		warns = append(warns, fmt.Sprintf("%s (cluster nodes %s)", w, strings.Join(addrs, ", ")))
+	}
+	slices.Sort(warns)
+	return strings.Join(warns, "; ")
+}
+
+// persistence is Persistence on one server.
+func persistence(ctx context.Context, c goredis.Cmdable) string {
 	settings, cfgErr := configGet(ctx, c, "appendonly", "save", "maxmemory", "maxmemory-policy")
 	if cfgErr != nil {
 		// INFO reports AOF and the eviction policy, but not whether
