@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -74,12 +75,20 @@ func Open(rawURL, dir string) (goredis.UniversalClient, error) {
 		}
 		// Through NewClient, so that no node client, not even the first
 		// one made, runs without the hook.
+		var cc atomic.Pointer[goredis.ClusterClient]
+		hook := sentOnce{reload: func() {
+			if c := cc.Load(); c != nil {
+				c.ReloadState(context.Background())
+			}
+		}}
 		o.NewClient = func(opt *goredis.Options) *goredis.Client {
 			node := goredis.NewClient(opt)
-			node.AddHook(sentOnce{})
+			node.AddHook(hook)
 			return node
 		}
-		return goredis.NewClusterClient(o), nil
+		c := goredis.NewClusterClient(o)
+		cc.Store(c)
+		return c, nil
 	}
 	o, err := u.singleOptions()
 	if err != nil {
@@ -174,17 +183,24 @@ func HashTag(prefix string) string {
 	return "{" + prefix + "}"
 }
 
-// sentOnce keeps go-redis's Cluster client from sending a command again
-// after a failure that came once the command was sent (a reset, an EOF, a
-// read timeout): the command may have run, and a budget script run twice
-// counts twice. The Cluster client's redirect loop resends on those
-// whatever MaxRetries says (it retries the node, then another). sentOnce
-// wraps every node's client and hides the cause from that loop by
-// returning it as a sentError; a refused dial, a pool timeout, a
-// context's end and Redis's error replies (MOVED, ASK, TRYAGAIN, ...:
-// nothing ran) pass through, and are retried or followed as go-redis
-// does. Pipelines pass through too: the backends pipeline only reads.
-type sentOnce struct{}
+// sentOnce wraps the client of every node of a cluster. It keeps
+// go-redis's Cluster client from sending a command again after a failure
+// that came once the command was sent (a reset, an EOF, a read timeout):
+// the command may have run, and a budget script run twice counts twice.
+// The Cluster client's redirect loop resends on those whatever MaxRetries
+// says (it retries the node, then another). sentOnce hides the cause
+// from that loop by returning it as a sentError; a refused dial, a pool
+// timeout, a context's end and Redis's error replies (MOVED, ASK,
+// TRYAGAIN, ...: nothing ran) pass through, and are retried or followed
+// as go-redis does. Pipelines pass through too: the backends pipeline
+// only reads.
+//
+// A node that did not answer may have died and had its slots taken over
+// by a replica: sentOnce then asks for the cluster's map of slots again
+// (reload; go-redis runs one reload at a time, at most one per 200 ms).
+// go-redis would otherwise learn of the failover only from a MOVED reply,
+// which a dead node never sends, or after a minute.
+type sentOnce struct{ reload func() }
 
 func (sentOnce) DialHook(next goredis.DialHook) goredis.DialHook { return next }
 
@@ -192,16 +208,17 @@ func (sentOnce) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.Pr
 	return next
 }
 
-func (sentOnce) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+func (h sentOnce) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
 	return func(ctx context.Context, cmd goredis.Cmder) error {
 		err := next(ctx, cmd)
-		if err == nil || Answered(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		if err == nil || Answered(err) || errors.Is(err, context.Canceled) {
+			return err
+		}
+		h.reload()
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, goredis.ErrPoolTimeout) {
 			return err
 		}
 		if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "dial" {
-			return err
-		}
-		if errors.Is(err, goredis.ErrPoolTimeout) {
 			return err
 		}
 		err = sentError{err.Error()}

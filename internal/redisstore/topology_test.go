@@ -96,6 +96,38 @@ func TestSentinelFailover(t *testing.T) {
 	}
 }
 
+// TestClusterFailover: when a master dies and its replica takes over
+// its slots, the client finds the replica at once, though the dead node
+// never answers MOVED.
+func TestClusterFailover(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	master := cl.MasterOf("{k}")
+	replica := cl.AddReplica(master)
+	c := redistest.Open(t, cl.URL())
+	ctx := context.Background()
+	if err := c.Set(ctx, "{k}a", "before", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	master.Do("WAIT", 1, 5000)
+	master.Kill()
+	cl.Failover(replica, true)
+	began := time.Now()
+	var err error
+	for time.Since(began) < 5*time.Second {
+		if err = c.Set(ctx, "{k}b", "after", 0).Err(); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // pacing, not waiting for a state
+	}
+	if err != nil {
+		t.Fatalf("no write 5s after the failover: %v", err)
+	}
+	t.Logf("writing again %v after the failover", time.Since(began))
+	if v, err := c.Get(ctx, "{k}a").Result(); v != "before" || err != nil {
+		t.Errorf("after the failover: %q, %v; want what was written before", v, err)
+	}
+}
+
 // TestTLS: rediss:// with the CA of the server's certificate (a
 // relative path is taken from the directory Open is given), and the
 // refusals an operator must be able to read: another CA, a server name
