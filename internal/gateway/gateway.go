@@ -262,7 +262,8 @@ type exchange struct {
 	spend        spend
 	reservation  *ratelimit.Reservation // what the budgets hold for this call until settled; nil: none
 	client       ratelimit.Client
-	in           *http.Request // the inbound request, once forwarding started
+	wait         ratelimit.Wait // store time this request's limit calls spent (client.Wait)
+	in           *http.Request  // the inbound request, once forwarding started
 }
 
 // ServeHTTP is the request path. Every refusal on the way is returned as
@@ -355,6 +356,7 @@ func (g *Gateway) serve(w *recorder, r *http.Request, x *exchange) error {
 		}
 	}
 	if x.limiter, x.client = g.limiterFor(r, x); x.limiter != nil {
+		x.client.Wait = &x.wait // store_timeout bounds the request's store calls together
 		if err := g.limit(w, x, x.limiter.AllowRate(r.Context(), x.client)); err != nil {
 			return err
 		}
@@ -450,6 +452,7 @@ func (g *Gateway) serveCached(w http.ResponseWriter, r *http.Request, x *exchang
 			// gets an exchange of its own.
 			bx := &exchange{g: g, ep: ep, params: x.params, start: g.opts.Now(),
 				path: x.path, rawPath: x.rawPath, query: x.query, client: x.client, limiter: x.limiter, caller: x.caller}
+			bx.client.Wait = &bx.wait // its own store time, not the ended request's
 			if err := g.forward(cw, cr, bx); err != nil {
 				g.refuse(cw, bx, err)
 			}

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
 	"net/http"
@@ -259,5 +260,58 @@ routes:
 	}
 	if got := len(h.Up.Take()); got != 8*25 || other.Load() != 0 {
 		t.Errorf("upstream received %d, want %d; unexpected statuses: %d", got, 8*25, other.Load())
+	}
+}
+
+// frozenStore is a limit store that never answers (a frozen Redis): each
+// call blocks until its context ends, and records whether that context
+// had already ended when the call began.
+type frozenStore struct {
+	mu      sync.Mutex
+	expired []bool
+}
+
+func (f *frozenStore) wait(ctx context.Context) error {
+	f.mu.Lock()
+	f.expired = append(f.expired, ctx.Err() != nil)
+	f.mu.Unlock()
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (f *frozenStore) GCRA(ctx context.Context, _ time.Time, _ []ratelimit.RateCell) (bool, error) {
+	return false, f.wait(ctx)
+}
+
+func (f *frozenStore) Budget(ctx context.Context, _ time.Time, _ []ratelimit.BudgetCell) (bool, error) {
+	return false, f.wait(ctx)
+}
+
+func (f *frozenStore) Adjust(ctx context.Context, _, _ time.Time, _ []ratelimit.BudgetCell) error {
+	return f.wait(ctx)
+}
+
+func (f *frozenStore) AdmittedOnFault(time.Time, []ratelimit.BudgetCell) {}
+
+// TestStoreTimeoutPerRequest: on a frozen store, a request that checks a
+// rate and then a budget waits store_timeout once in all, not once per
+// check: the budget check finds the time used up and the fault policy
+// answers at once (issue 15's "no request slower than the store timeout").
+func TestStoreTimeoutPerRequest(t *testing.T) {
+	store := &frozenStore{}
+	h := gatewaytest.New(t, `
+routes:
+  - name: paid
+    path: /paid
+    upstream: "{{UP}}/paid"
+    limits: { rate: 100/s, budget: 1000/day, on_store_error: fail_open, store_timeout: 20ms }
+`, nil, func(o *gateway.Options) { o.LimitStore = store })
+	if res := h.Get("/paid", nil); res.Status != 200 {
+		t.Fatalf("fail_open on a frozen store: %d %s", res.Status, res.Body)
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if want := []bool{false, true}; fmt.Sprint(store.expired) != fmt.Sprint(want) {
+		t.Errorf("store calls' context already ended at the call: %v, want %v (the budget check must not wait a second store_timeout)", store.expired, want)
 	}
 }

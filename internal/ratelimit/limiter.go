@@ -201,7 +201,18 @@ type Client struct {
 	// none. The per-client rate and client budget are checked at Wide too,
 	// scaled by Options.WideFactor.
 	Wide string
+	// Wait, when set, is what this request's store calls have waited so
+	// far: the gateway gives every call of one request the same Wait, so
+	// that store_timeout bounds the request's store round trips together
+	// (a rate check and then a budget check on a frozen Redis would
+	// otherwise wait twice). Nil: each call gets the whole timeout.
+	Wait *Wait
 }
+
+// Wait is the store time one request has spent, across its limiter calls
+// (Client.Wait). The calls of one request are made one after another, so
+// it needs no lock. The zero Wait has spent nothing.
+type Wait struct{ spent time.Duration }
 
 // Limiter decides whether one route's request may proceed. It is immutable
 // after New and safe for concurrent use; a config reload builds a new one,
@@ -559,8 +570,8 @@ func (l *Limiter) AllowRate(ctx context.Context, c Client) Result {
 		return res
 	}
 	now := l.now()
-	ctx, cancel := l.deadline(ctx)
-	defer cancel()
+	ctx, cancel, began := l.deadline(ctx, c.Wait)
+	defer l.waited(c.Wait, began, cancel)
 	cells := [2]RateCell{{Key: l.rateKey + c.Key, Emission: l.emission, Limit: l.limit}}
 	n := 1
 	if c.Wide != "" {
@@ -693,8 +704,8 @@ func (l *Limiter) Reserve(ctx context.Context, c Client, a Amount) (Reservation,
 		return r, res
 	}
 	r.l, r.at, r.amount, r.n = l, now, a, uint8(n)
-	ctx, cancel := l.deadline(ctx)
-	defer cancel()
+	ctx, cancel, began := l.deadline(ctx, c.Wait)
+	defer l.waited(c.Wait, began, cancel)
 	cells, ok, err := l.spend(ctx, now, r.cells, n)
 	if err != nil {
 		if l.policy == FailOpen {
@@ -797,7 +808,8 @@ func (r *Reservation) Settle(ctx context.Context, actual Amount) error {
 	if l.local != nil {
 		err = l.local.Adjust(ctx, r.at, l.now(), cells[:n]) // waits on nothing but locks
 	} else {
-		ctx, cancel := l.deadline(context.WithoutCancel(ctx))
+		// After the response: not part of the request's store wait.
+		ctx, cancel, _ := l.deadline(context.WithoutCancel(ctx), nil)
 		defer cancel()
 		remote := cells
 		err = l.store.Adjust(ctx, r.at, l.now(), remote[:n])
@@ -876,13 +888,32 @@ func (l *Limiter) Allow(ctx context.Context, client string) Result {
 	return spend
 }
 
-// deadline bounds ctx by the store timeout, if the store needs one.
-func (l *Limiter) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+// deadline bounds ctx by the store timeout, if the store needs one: by
+// what is left of it after w's earlier calls, when w is set (none left:
+// the call fails at once, as a timeout, and the fault policy decides).
+// It returns when the call began, for waited.
+func (l *Limiter) deadline(ctx context.Context, w *Wait) (context.Context, context.CancelFunc, time.Time) {
 	if l.timeout == 0 {
-		return ctx, func() {}
+		return ctx, noCancel, time.Time{}
 	}
-	return context.WithTimeout(ctx, l.timeout)
+	if w == nil {
+		ctx, cancel := context.WithTimeout(ctx, l.timeout)
+		return ctx, cancel, time.Time{}
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(l.timeout-w.spent, 0))
+	return ctx, cancel, time.Now() // real time, as the deadline is
 }
+
+// waited adds to w what the call that began at began waited, and
+// releases its deadline.
+func (l *Limiter) waited(w *Wait, began time.Time, cancel context.CancelFunc) {
+	if w != nil && !began.IsZero() {
+		w.spent += time.Since(began)
+	}
+	cancel()
+}
+
+func noCancel() {}
 
 func (res Result) deny(why Reason) Result {
 	res.Allowed, res.Reason = false, why

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -398,5 +399,51 @@ func TestReserveOnFault(t *testing.T) {
 				t.Errorf("OnFault got %v, want the reserve's and the settle's faults", reported)
 			}
 		})
+	}
+}
+
+// expiredAtCall records, for each store call, whether its context had
+// already ended when the call began; every call blocks until it ends.
+type expiredAtCall struct {
+	faultyStore
+	expired []bool
+}
+
+func (e *expiredAtCall) GCRA(ctx context.Context, _ time.Time, _ []ratelimit.RateCell) (bool, error) {
+	e.expired = append(e.expired, ctx.Err() != nil)
+	return false, e.fail(ctx)
+}
+
+func (e *expiredAtCall) Budget(ctx context.Context, _ time.Time, _ []ratelimit.BudgetCell) (bool, error) {
+	e.expired = append(e.expired, ctx.Err() != nil)
+	return false, e.fail(ctx)
+}
+
+// TestStoreTimeoutBoundsTheRequest: store_timeout bounds all the store
+// calls of one request together. On a store that never answers, the rate
+// check uses up the timeout and the budget check that follows in the same
+// request fails at once instead of waiting as long again; a request of
+// its own gets the whole timeout.
+func TestStoreTimeoutBoundsTheRequest(t *testing.T) {
+	store := &expiredAtCall{}
+	l, err := ratelimit.New(ratelimit.Options{
+		Name: "r", Store: store, OnStoreError: ratelimit.FailOpen, Timeout: 5 * time.Millisecond,
+		Rate:   ratelimit.Rate{Count: 1, Per: time.Second},
+		Budget: ratelimit.Budget{Limit: 10, Window: ratelimit.Day},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ratelimit.Client{Key: "1.2.3.4", Wait: &ratelimit.Wait{}}
+	if res := l.AllowRate(context.Background(), c); !res.Allowed || !errors.Is(res.Err, context.DeadlineExceeded) {
+		t.Fatalf("rate: %+v", res)
+	}
+	if res := l.Spend(context.Background(), c); !res.Allowed || !errors.Is(res.Err, context.DeadlineExceeded) {
+		t.Fatalf("budget: %+v", res)
+	}
+	other := ratelimit.Client{Key: "1.2.3.5", Wait: &ratelimit.Wait{}}
+	l.Spend(context.Background(), other)
+	if want := []bool{false, true, false}; !slices.Equal(store.expired, want) {
+		t.Errorf("context already ended at each call: %v, want %v", store.expired, want)
 	}
 }
