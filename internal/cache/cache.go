@@ -628,6 +628,12 @@ func (c *Cache) lead(f *flight, w http.ResponseWriter, r *http.Request, key Key,
 	}
 	f.publish(served, e, nil, fwd, t.status)
 	defer c.land(key, f)
+	if c.timeout > 0 && !gone() {
+		// The client has its whole answer: send it before the write to
+		// the shared store, so that a slow or frozen Redis does not hold
+		// it back (store_timeout bounds what a request waits on it).
+		_ = http.NewResponseController(w).Flush()
+	}
 	// The response is complete: store it even if the client has gone.
 	c.set(context.WithoutCancel(ctx), key, e, e.Expires.Sub(c.now())+p.staleWindow(), lk)
 }

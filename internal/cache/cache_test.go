@@ -1001,6 +1001,9 @@ func TestStoreFaults(t *testing.T) {
 				}
 			}
 			h.wantCalls(3)
+			// The last store write comes after its response was sent:
+			// wait for the handler to end.
+			h.front.Close()
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			if len(h.faults) != 6 {

@@ -470,3 +470,52 @@ func TestMemoryTier(t *testing.T) {
 		t.Errorf("after the outage: %q %q, want the shared store's newer entry", got.body, got.header.Get("Cache-Status"))
 	}
 }
+
+// frozenSets is a shared store whose writes hang until release is closed
+// (a Redis that froze after the miss was read).
+type frozenSets struct {
+	release chan struct{}
+	called  chan struct{} // a write began
+	sets    atomic.Int64
+}
+
+func (s *frozenSets) Get(context.Context, Key) (*Entry, error) { return nil, nil }
+
+func (s *frozenSets) Set(ctx context.Context, _ Key, _ *Entry, _ time.Duration) error {
+	s.sets.Add(1)
+	s.called <- struct{}{}
+	select {
+	case <-s.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestSlowStoreWriteDoesNotHoldTheResponse (issue 15): a miss's answer
+// reaches its client before the entry is written to the shared store, so
+// a store that hangs costs the client nothing on a miss.
+func TestSlowStoreWriteDoesNotHoldTheResponse(t *testing.T) {
+	store := &frozenSets{release: make(chan struct{}), called: make(chan struct{}, 8)}
+	h := newHarness(t, PolicyOptions{TTL: time.Minute}, reply(200, "fresh"), withStore(store),
+		func(_ *harness, o *Options, _ *Store) { o.Timeout = time.Minute })
+	t.Cleanup(func() { close(store.release) }) // before the harness waits for the cache
+	got := make(chan response, 1)
+	go func() { got <- h.get("/a") }()
+	select {
+	case res := <-got:
+		if res.status != 200 || res.body != "fresh" {
+			t.Errorf("%d %q", res.status, res.body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client still waits for the store's write")
+	}
+	select {
+	case <-store.called:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the entry was never written to the store")
+	}
+	if store.sets.Load() != 1 {
+		t.Errorf("%d writes to the store, want 1", store.sets.Load())
+	}
+}
