@@ -101,6 +101,22 @@ func closedWith(t *testing.T, c *gatewaytest.H2Conn) (http2.ErrCode, []uint32) {
 	}
 }
 
+// goAway reads until the server's GOAWAY and returns its code and the
+// last stream it says it processed.
+func goAway(t *testing.T, c *gatewaytest.H2Conn) (http2.ErrCode, uint32) {
+	t.Helper()
+	_ = c.Conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		f, err := c.Framer.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY before the connection ended: %v", err)
+		}
+		if g, ok := f.(*http2.GoAwayFrame); ok {
+			return g.ErrCode, g.LastStreamID
+		}
+	}
+}
+
 // TestH2RapidReset (CVE-2023-44487): a client that opens streams and
 // resets them at once cannot make the server run more handlers than it
 // allows streams; a client that keeps doing it while the handlers run is
@@ -128,19 +144,22 @@ func TestH2RapidReset(t *testing.T) {
 		}
 		sent <- n
 	}()
-	code, _ := closedWith(t, c)
+	code, last := goAway(t, c)
 	c.Conn.Close()
 	n := <-sent
 	if code != http2.ErrCodeEnhanceYourCalm {
 		t.Errorf("connection ended with %v, want GOAWAY ENHANCE_YOUR_CALM", code)
 	}
-	if n >= attempts {
-		t.Errorf("all %d streams were opened and reset without the connection being cut", n)
+	// On a busy machine the client's writes may all sit in the socket
+	// buffers before the server reads them: what counts is how far the
+	// server went, the last stream its GOAWAY says it processed.
+	if last >= 2*attempts-1 {
+		t.Errorf("the server processed all %d streams (last %d) before cutting the connection", attempts, last)
 	}
 	if p := b.peak.Load(); p > limit {
 		t.Errorf("%d handlers ran at once, over the %d streams allowed", p, limit)
 	}
-	t.Logf("sent %d HEADERS+RST_STREAM pairs; %d handlers started, at most %d at once (limit %d)", n, b.started.Load(), b.peak.Load(), limit)
+	t.Logf("sent %d HEADERS+RST_STREAM pairs, the server went to stream %d; %d handlers started, at most %d at once (limit %d)", n, last, b.started.Load(), b.peak.Load(), limit)
 }
 
 // TestH2ConcurrentStreamLimit: the server advertises a stream limit and
