@@ -9,49 +9,12 @@ import (
 	"github.com/keyward/keyward/internal/config"
 )
 
-// Error is one problem found while compiling a config.LLM. Path is
-// relative to the llm block ("prices.gpt-4o.input"), so the config loader
-// can prefix it with "FILE:LINE: routes[3].llm.".
-type Error struct {
-	// Path is the field's path inside the llm block.
-	Path string
-	// Msg says what is wrong with it.
-	Msg string
-}
+// Error is one problem found while compiling a config.LLM block, its
+// Path relative to the block (config.BlockError).
+type Error = config.BlockError
 
-// Error formats the problem as "path: message".
-func (e *Error) Error() string {
-	if e.Path == "" {
-		return e.Msg
-	}
-	return e.Path + ": " + e.Msg
-}
-
-// Errors is every problem found in one config.LLM, reported together.
-type Errors []*Error
-
-// Error joins the problems, one per line.
-func (es Errors) Error() string {
-	msgs := make([]string, len(es))
-	for i, e := range es {
-		msgs[i] = e.Error()
-	}
-	return strings.Join(msgs, "\n")
-}
-
-// Unwrap lists the problems, so errors.As and callers that walk joined
-// errors see each one.
-func (es Errors) Unwrap() []error {
-	out := make([]error, len(es))
-	for i, e := range es {
-		out[i] = e
-	}
-	return out
-}
-
-func (es *Errors) add(path, format string, args ...any) {
-	*es = append(*es, &Error{Path: path, Msg: fmt.Sprintf(format, args...)})
-}
+// Errors is every problem found in one block, reported together.
+type Errors = config.BlockErrors
 
 // MaxTokensLimit is the largest max_tokens a config may set: far above
 // any model's output window, low enough that a worst case in tokens
@@ -100,42 +63,42 @@ func Compile(c config.LLM) (*Policy, error) {
 	p := &Policy{maxTokens: c.MaxTokens, prices: make(map[string]Price, len(c.Models))}
 	switch api, err := ParseAPI(c.API); {
 	case c.API == "":
-		errs.add("api", "required: openai-chat, openai-responses, anthropic-messages or gemini")
+		errs.Add("api", "required: openai-chat, openai-responses, anthropic-messages or gemini")
 	case err != nil:
-		errs.add("api", "%v", err)
+		errs.Add("api", "%v", err)
 	default:
 		p.api = api
 	}
 	switch {
 	case c.MaxTokens <= 0:
-		errs.add("max_tokens", "required: a positive number of tokens, the longest answer a request may get")
+		errs.Add("max_tokens", "required: a positive number of tokens, the longest answer a request may get")
 	case c.MaxTokens > MaxTokensLimit:
-		errs.add("max_tokens", "%d is more than %d", c.MaxTokens, MaxTokensLimit)
+		errs.Add("max_tokens", "%d is more than %d", c.MaxTokens, MaxTokensLimit)
 	case p.api == OpenAIResponses && c.MaxTokens < minResponsesOutput:
-		errs.add("max_tokens", "%d is below %d, the smallest max_output_tokens the Responses API accepts", c.MaxTokens, minResponsesOutput)
+		errs.Add("max_tokens", "%d is below %d, the smallest max_output_tokens the Responses API accepts", c.MaxTokens, minResponsesOutput)
 	}
 	if len(c.Models) == 0 {
-		errs.add("models", "required: list the models a request may use (each with a price)")
+		errs.Add("models", "required: list the models a request may use (each with a price)")
 	}
 	for i, m := range c.Models {
 		path := fmt.Sprintf("models[%d]", i)
 		switch {
 		case m == "":
-			errs.add(path, "empty model name")
+			errs.Add(path, "empty model name")
 			continue
 		case strings.IndexFunc(m, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
-			errs.add(path, "model %q contains white space or a control character", m)
+			errs.Add(path, "model %q contains white space or a control character", m)
 			continue
 		case p.api == Gemini && strings.ContainsAny(m, "/:"):
-			errs.add(path, "model %q: a Gemini model is one path segment, without \"models/\" or a method", m)
+			errs.Add(path, "model %q: a Gemini model is one path segment, without \"models/\" or a method", m)
 			continue
 		case slices.Contains(c.Models[:i], m):
-			errs.add(path, "model %q is listed twice", m)
+			errs.Add(path, "model %q is listed twice", m)
 			continue
 		}
 		mp, ok := c.Prices[m]
 		if !ok {
-			errs.add("prices", "model %q has no price: every allowed model needs { input: $X, output: $Y } per million tokens", m)
+			errs.Add("prices", "model %q has no price: every allowed model needs { input: $X, output: $Y } per million tokens", m)
 			continue
 		}
 		if pr, ok := compilePrice(&errs, "prices."+m, mp, p.api); ok {
@@ -149,7 +112,7 @@ func Compile(c config.LLM) (*Policy, error) {
 	slices.Sort(priced)
 	for _, m := range priced {
 		if !slices.Contains(c.Models, m) {
-			errs.add("prices."+m, "price for %q, which is not in models", m)
+			errs.Add("prices."+m, "price for %q, which is not in models", m)
 		}
 	}
 	if len(errs) > 0 {
@@ -163,13 +126,13 @@ func compilePrice(errs *Errors, path string, mp config.ModelPrice, api API) (Pri
 	money := func(field, s string, required bool) int64 {
 		if s == "" {
 			if required {
-				errs.add(path+"."+field, "required: a price per million tokens, such as $0.15 ($0 for a free model)")
+				errs.Add(path+"."+field, "required: a price per million tokens, such as $0.15 ($0 for a free model)")
 			}
 			return -1
 		}
 		m, err := config.ParseMoney(s)
 		if err != nil {
-			errs.add(path+"."+field, "%v", err)
+			errs.Add(path+"."+field, "%v", err)
 			return -1
 		}
 		return int64(m)

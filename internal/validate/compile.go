@@ -32,7 +32,7 @@ func Compile(cfg config.Validate, baseDir string) (*Validator, error) {
 	case cfg.MaxBodyBytes == 0:
 		v.maxBody = DefaultMaxBodyBytes
 	case cfg.MaxBodyBytes < 0:
-		errs.add("max_body_bytes", "must not be negative, got %d", cfg.MaxBodyBytes)
+		errs.Add("max_body_bytes", "must not be negative, got %d", cfg.MaxBodyBytes)
 	}
 	v.query = compileParams(&errs, "query", cfg.Query, func(s string) string { return s })
 	v.headers = compileParams(&errs, "headers", cfg.Headers, canonicalHeader)
@@ -40,11 +40,11 @@ func Compile(cfg config.Validate, baseDir string) (*Validator, error) {
 		mt, params, err := mime.ParseMediaType(ct)
 		switch {
 		case !strings.Contains(ct, "/"):
-			errs.add(fmt.Sprintf("content_types[%d]", i), "invalid media type %q: want type/subtype", ct)
+			errs.Add(fmt.Sprintf("content_types[%d]", i), "invalid media type %q: want type/subtype", ct)
 		case err != nil && !strings.HasSuffix(ct, "/*"):
-			errs.add(fmt.Sprintf("content_types[%d]", i), "invalid media type %q: %v", ct, err)
+			errs.Add(fmt.Sprintf("content_types[%d]", i), "invalid media type %q: %v", ct, err)
 		case len(params) > 0:
-			errs.add(fmt.Sprintf("content_types[%d]", i), "media type %q: parameters are not compared; write %q", ct, mt)
+			errs.Add(fmt.Sprintf("content_types[%d]", i), "media type %q: parameters are not compared; write %q", ct, mt)
 		default:
 			v.contentTypes = append(v.contentTypes, strings.ToLower(strings.TrimSpace(ct)))
 		}
@@ -73,7 +73,7 @@ func compileParams(errs *Errors, section string, ps map[string]config.ParamRule,
 	for _, name := range names {
 		path := section + "." + name
 		if name == "" {
-			errs.add(section, "empty parameter name")
+			errs.Add(section, "empty parameter name")
 			continue
 		}
 		if p, ok := compileParam(errs, path, ps[name]); ok {
@@ -92,12 +92,12 @@ func compileParam(errs *Errors, path string, c config.ParamRule) (param, bool) {
 		p.kind = "string"
 	case "string", "integer", "number", "boolean":
 	default:
-		errs.add(path+".type", "unknown type %q: want string, integer, number or boolean", c.Type)
+		errs.Add(path+".type", "unknown type %q: want string, integer, number or boolean", c.Type)
 	}
 	if c.Pattern != "" {
 		re, err := regexp.Compile(c.Pattern)
 		if err != nil {
-			errs.add(path+".pattern", "%v", err)
+			errs.Add(path+".pattern", "%v", err)
 		}
 		p.pattern = re
 	}
@@ -108,13 +108,13 @@ func compileParam(errs *Errors, path string, c config.ParamRule) (param, bool) {
 		p.max = *c.Max
 	}
 	if p.kind == "boolean" && (c.Min != nil || c.Max != nil) {
-		errs.add(path, "min and max do not apply to a boolean")
+		errs.Add(path, "min and max do not apply to a boolean")
 	}
 	if p.min > p.max {
-		errs.add(path+".min", "%s is greater than max %s", fmtNum(p.min), fmtNum(p.max))
+		errs.Add(path+".min", "%s is greater than max %s", fmtNum(p.min), fmtNum(p.max))
 	}
 	if p.kind == "string" && c.Min != nil && *c.Min < 0 {
-		errs.add(path+".min", "a length cannot be negative")
+		errs.Add(path+".min", "a length cannot be negative")
 	}
 	for i, e := range c.Enum {
 		epath := fmt.Sprintf("%s.enum[%d]", path, i)
@@ -122,7 +122,7 @@ func compileParam(errs *Errors, path string, c config.ParamRule) (param, bool) {
 		case "integer", "number":
 			f, ok := enumNumber(e)
 			if !ok || (p.kind == "integer" && f != math.Trunc(f)) {
-				errs.add(epath, "%v is not %s", e, article(p.kind))
+				errs.Add(epath, "%v is not %s", e, article(p.kind))
 				continue
 			}
 			p.enumNum = append(p.enumNum, f)
@@ -132,7 +132,7 @@ func compileParam(errs *Errors, path string, c config.ParamRule) (param, bool) {
 				b, ok = s == "true", s == "true" || s == "false"
 			}
 			if !ok {
-				errs.add(epath, "%v is not a boolean", e)
+				errs.Add(epath, "%v is not a boolean", e)
 				continue
 			}
 			p.enum = append(p.enum, strconv.FormatBool(b))
@@ -141,7 +141,7 @@ func compileParam(errs *Errors, path string, c config.ParamRule) (param, bool) {
 			if !ok {
 				// YAML reads `enum: [1, yes]` as numbers and booleans; a
 				// string parameter compares text, so say which text.
-				errs.add(epath, "%v is not a string; quote it", e)
+				errs.Add(epath, "%v is not a string; quote it", e)
 				continue
 			}
 			p.enum = append(p.enum, s)
