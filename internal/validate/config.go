@@ -13,4 +13,3 @@ type Error = config.BlockError
 
 // Errors is every problem found in one block, reported together.
 type Errors = config.BlockErrors
-
