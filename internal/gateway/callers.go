@@ -139,14 +139,15 @@ func redisStore(store string) bool { return store != "" && store != "memory" }
 // visitorFailures limits failed visitor exchanges per client address, so
 // the exchange cannot be used to test stolen or forged proofs at speed:
 // 10 failures a minute, a burst of 5.
-func (g *Gateway) visitorFailures(kind string) func(ctx context.Context, key string) bool {
+func (g *Gateway) visitorFailures(kind string) func(ctx context.Context, key string) (bool, time.Duration) {
 	l, err := ratelimit.New(ratelimit.Options{Name: "visitor-exchange/" + kind, Rate: ratelimit.Rate{Count: 10, Per: time.Minute},
 		Burst: 5, Store: g.opts.LimitStore, Now: g.opts.Now, OnFault: func(err error) { g.StoreFault("ratelimit", err) }})
 	if err != nil {
 		return nil
 	}
-	return func(ctx context.Context, key string) bool {
-		return l.AllowRate(ctx, ratelimit.Client{Key: key}).Allowed
+	return func(ctx context.Context, key string) (bool, time.Duration) {
+		res := l.AllowRate(ctx, ratelimit.Client{Key: key})
+		return res.Allowed, res.Rate.RetryAfter
 	}
 }
 

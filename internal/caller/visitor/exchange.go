@@ -103,8 +103,10 @@ type Options struct {
 	ClientKey func(r *http.Request) string
 	// FailureLimit counts one failed exchange for key and reports whether
 	// key is still within its allowance; a false answer turns the refusal
-	// into 429. Nil means failures are not limited.
-	FailureLimit func(ctx context.Context, key string) bool
+	// into 429, and the exchange then refuses key's next attempts for
+	// retryAfter without checking their proofs (no siteverify call, no
+	// JWKS work). Nil means failures are not limited.
+	FailureLimit func(ctx context.Context, key string) (ok bool, retryAfter time.Duration)
 	// OnResult, when set, is told of every exchange: how it was proven
 	// ("turnstile", "app_check", or "" when no proof was found) and the
 	// error (nil on success). Its errors never quote a token.
@@ -120,6 +122,7 @@ type Exchange struct {
 	appCheck  *jwt.Verifier
 	appIDs    []string
 	used      usedSet
+	blocked   blockedSet // addresses over FailureLimit, refused before any check
 }
 
 // New builds the Verifier of visitor tokens and the Exchange that mints
@@ -416,6 +419,16 @@ func (x *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
 		return
 	}
+	var key string
+	if x.o.FailureLimit != nil {
+		key = x.o.ClientKey(r)
+		if wait := x.blocked.left(key, x.o.Now()); wait > 0 {
+			// Over the limit: not even one more siteverify call.
+			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+			writeError(w, http.StatusTooManyRequests, "rate_limited", "too many failed visitor checks")
+			return
+		}
+	}
 	g, via, err := x.Mint(r)
 	if x.o.OnResult != nil {
 		x.o.OnResult(r, via, err)
@@ -433,9 +446,13 @@ func (x *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "attestation_unavailable", "the visitor check is unavailable; try again")
 		return
 	}
-	if x.o.FailureLimit != nil && !x.o.FailureLimit(r.Context(), x.o.ClientKey(r)) {
-		writeError(w, http.StatusTooManyRequests, "rate_limited", "too many failed visitor checks")
-		return
+	if x.o.FailureLimit != nil {
+		if ok, retry := x.o.FailureLimit(r.Context(), key); !ok {
+			x.blocked.add(key, x.o.Now().Add(retry))
+			w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
+			writeError(w, http.StatusTooManyRequests, "rate_limited", "too many failed visitor checks")
+			return
+		}
 	}
 	var ce *caller.Error
 	if errors.As(err, &ce) && ce.Status() == http.StatusForbidden {
@@ -454,6 +471,53 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// blockedSet remembers, on this instance, the client keys that went over
+// FailureLimit and until when, so that their next attempts cost no
+// verification. It holds at most maxBlocked keys: past that, a new key is
+// not remembered and its attempts are checked (and counted) as before.
+type blockedSet struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+// maxBlocked bounds blockedSet.
+const maxBlocked = 10_000
+
+// left is how long key stays refused, or 0.
+func (b *blockedSet) left(key string, now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	until, ok := b.m[key]
+	if !ok {
+		return 0
+	}
+	if !now.Before(until) {
+		delete(b.m, key)
+		return 0
+	}
+	return until.Sub(now)
+}
+
+// add refuses key until until.
+func (b *blockedSet) add(key string, until time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = make(map[string]time.Time)
+	}
+	if len(b.m) >= maxBlocked {
+		for k, u := range b.m {
+			if !until.After(u) { // those ending first go first
+				delete(b.m, k)
+			}
+		}
+		if len(b.m) >= maxBlocked {
+			return
+		}
+	}
+	b.m[key] = until
 }
 
 // usedSet remembers Turnstile tokens (by hash) until they could no

@@ -167,11 +167,11 @@ func newFixture(t *testing.T, mod func(*Options)) *fixture {
 	if len(probs) > 0 {
 		t.Fatal(probs)
 	}
-	o.FailureLimit = func(_ context.Context, key string) bool {
+	o.FailureLimit = func(_ context.Context, key string) (bool, time.Duration) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.failures[key]++
-		return f.failures[key] <= 3
+		return f.failures[key] <= 3, time.Minute
 	}
 	o.OnResult = func(_ *http.Request, _ string, err error) {
 		f.mu.Lock()
@@ -326,12 +326,23 @@ func TestTurnstile(t *testing.T) {
 	}
 }
 
+// TestFailureLimitAndOutage: an address over the failure limit is
+// refused, and its next attempts are refused without a siteverify call
+// until the limit's Retry-After has passed; an outage of siteverify is not
+// the visitor's failure.
 func TestFailureLimitAndOutage(t *testing.T) {
 	f := newFixture(t, nil)
-	for i, want := range []int{401, 401, 401, 429, 429} {
+	for i, want := range []int{401, 401, 401, 429, 429, 429} {
 		if a := f.exchange(t, `{"turnstile":"bad-`+string(rune('a'+i))+`"}`, nil); a.status != want {
 			t.Errorf("failure %d: %d, want %d", i+1, a.status, want)
 		}
+	}
+	if n := f.sv.calls.Load(); n != 4 {
+		t.Errorf("siteverify called %d times, want 4: an address over the limit must cost no more calls", n)
+	}
+	f.clk.Advance(time.Minute)
+	if a := f.exchange(t, `{"turnstile":"bad-z"}`, nil); a.status != 429 || f.sv.calls.Load() != 5 {
+		t.Errorf("after Retry-After: %d with %d siteverify calls, want 429 after a fifth call (the limit still counts it)", a.status, f.sv.calls.Load())
 	}
 	// Cloudflare down: 503, not the visitor's fault, not counted.
 	g := newFixture(t, nil)
@@ -489,7 +500,8 @@ func BenchmarkVerify(b *testing.B) {
 // TestNoSecretInErrors: whatever goes wrong, neither the answer nor the
 // error handed to logs quotes a proof, a visitor token or a secret.
 func TestNoSecretInErrors(t *testing.T) {
-	f := newFixture(t, nil)
+	// Every failure must be checked and reported: no failure limit here.
+	f := newFixture(t, func(o *Options) { o.FailureLimit = nil })
 	const canary = "CANARYTOK-5e1f"
 	good := f.exchange(t, `{"turnstile":"good-`+canary+`"}`, nil)
 	bodies := []string{good.body}
