@@ -28,16 +28,16 @@ type instances struct {
 	clock    *storetest.Clock
 	stores   [2]*redis.Store
 	limiters [2]*ratelimit.Limiter
-	admin    *goredis.Client // for the test's own commands
+	admin    goredis.UniversalClient // for the test's own commands
 	prefix   string
 	money    bool // the route budget counts money
 }
 
-func newInstances(t *testing.T, srv *redistest.Server, o ratelimit.Options) *instances {
+func newInstances(t *testing.T, url string, o ratelimit.Options) *instances {
 	t.Helper()
-	in := &instances{clock: storetest.NewClock(start), admin: redistest.Client(t, srv.URL()), prefix: uniquePrefix(), money: o.Budget.Unit == ratelimit.Money}
+	in := &instances{clock: storetest.NewClock(start), admin: redistest.Open(t, url), prefix: uniquePrefix(), money: o.Budget.Unit == ratelimit.Money}
 	for i := range in.stores {
-		in.stores[i] = redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: in.prefix, Hold: lossHold, Now: in.clock.Now})
+		in.stores[i] = redis.New(redistest.Open(t, url), redis.Options{Prefix: in.prefix, Hold: lossHold, Now: in.clock.Now})
 		o := o
 		o.Name, o.Store, o.Now, o.Timeout = "route", in.stores[i], in.clock.Now, 5*time.Second
 		l, err := ratelimit.New(o)
@@ -51,6 +51,40 @@ func newInstances(t *testing.T, srv *redistest.Server, o ratelimit.Options) *ins
 
 var start = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 
+// deployment is the Redis the instances of a test share, with what its
+// loss needs: one server, a master and replica watched by a Sentinel,
+// or a cluster whose master of the limiter's slot has a replica.
+type deployment struct {
+	url      string
+	srv      *redistest.Server
+	sentinel *redistest.Sentinel
+	cluster  *redistest.Cluster
+	replica  *redistest.Server // of the cluster's master of the limiter's keys
+}
+
+func oneServer(t *testing.T) *deployment {
+	srv := redistest.Start(t)
+	return &deployment{url: srv.URL(), srv: srv}
+}
+
+func withSentinel(t *testing.T) *deployment {
+	st := redistest.StartSentinel(t)
+	return &deployment{url: st.URL(), sentinel: st}
+}
+
+func clusterWithReplica(t *testing.T) *deployment {
+	c := redistest.StartCluster(t, 3)
+	return &deployment{url: c.URL(), cluster: c}
+}
+
+// prepare readies d for the instances: a cluster gets a replica of the
+// master of their slot.
+func (d *deployment) prepare(in *instances) {
+	if d.cluster != nil {
+		d.replica = d.cluster.AddReplica(d.cluster.MasterOf(in.prefix))
+	}
+}
+
 // spend makes n requests on instance i, each from its own client, and
 // fails the test unless every one is admitted.
 func (in *instances) spend(t *testing.T, i, n int) {
@@ -63,12 +97,20 @@ func (in *instances) spend(t *testing.T, i, n int) {
 	}
 }
 
-// probe does what Run does on every instance at a tick.
+// probe does what Run does on every instance at a tick, and again at the
+// next ticks while an instance's client has not found the new server
+// after a restart or a failover.
 func (in *instances) probe(t *testing.T) {
 	t.Helper()
 	for i, s := range in.stores {
-		if err := s.Probe(context.Background(), in.clock.Now()); err != nil {
-			t.Fatalf("instance %d: probe: %v", i, err)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) { // pacing, not waiting for a state
+			err := s.Probe(context.Background(), in.clock.Now())
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("instance %d: probe: %v", i, err)
+			}
 		}
 	}
 }
@@ -132,8 +174,10 @@ func TestBudgetSurvivesLoss(t *testing.T) {
 		// snapshot: Redis saves a snapshot after the first 600, and the
 		// instances spend 100 more each before it restarts from it.
 		snapshot bool
-		loss     func(t *testing.T, srv *redistest.Server, in *instances)
-		active   []int // instances that go on after the loss
+		loss     func(t *testing.T, d *deployment, in *instances)
+		// deploy starts the Redis the case needs; nil: oneServer.
+		deploy func(t *testing.T) *deployment
+		active []int // instances that go on after the loss
 		// noHold: the loss keeps the epoch, so nothing holds and each
 		// instance restores its own share at its next call.
 		noHold bool
@@ -143,7 +187,12 @@ func TestBudgetSurvivesLoss(t *testing.T) {
 		{name: "restart empty, both go on", active: []int{0, 1}, loss: restart},
 		{name: "restart empty, one idle", active: []int{1}, loss: restart},
 		{name: "restart from an older snapshot, one idle", snapshot: true, active: []int{0}, loss: restart},
-		{name: "budget key evicted, both go on", noHold: true, active: []int{0, 1}, loss: func(t *testing.T, _ *redistest.Server, in *instances) {
+		// A failover to a replica that has every count (the test waits
+		// for it) still holds: the new master cannot tell what it lacks.
+		{name: "Sentinel failover, both go on", deploy: withSentinel, active: []int{0, 1}, loss: sentinelFailover},
+		{name: "Sentinel failover, one idle", deploy: withSentinel, active: []int{1}, loss: sentinelFailover},
+		{name: "cluster master dies, its replica takes over, one idle", deploy: clusterWithReplica, active: []int{0}, loss: clusterFailover},
+		{name: "budget key evicted, both go on", noHold: true, active: []int{0, 1}, loss: func(t *testing.T, _ *deployment, in *instances) {
 			key := in.prefix + "budget:route:" + strconv.FormatInt(ratelimit.Day.Start(in.clock.Now()).Unix(), 10) + ":spent"
 			if n, err := in.admin.Del(context.Background(), key).Result(); n != 1 || err != nil {
 				t.Fatalf("deleting %s: %d, %v", key, n, err)
@@ -152,12 +201,16 @@ func TestBudgetSurvivesLoss(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := redistest.Start(t)
-			in := newInstances(t, srv, ratelimit.Options{
+			if tt.deploy == nil {
+				tt.deploy = oneServer
+			}
+			d := tt.deploy(t)
+			in := newInstances(t, d.url, ratelimit.Options{
 				OnStoreError: ratelimit.FailClosed,
 				Budget:       ratelimit.Budget{Limit: budget, Window: ratelimit.Day},
 				ClientBudget: ratelimit.Budget{Limit: 10, Window: ratelimit.Day},
 			})
+			d.prepare(in)
 			in.spend(t, 0, 300)
 			in.spend(t, 1, 300)
 			in.probe(t) // as Run does: learns the server's run id
@@ -170,16 +223,13 @@ func TestBudgetSurvivesLoss(t *testing.T) {
 				in.spend(t, 1, 100)
 				spent += 200
 			}
-			tt.loss(t, srv, in)
+			tt.loss(t, d, in)
 			if !tt.noHold {
 				// The first call after the loss finds it and counts
 				// nothing; until every instance has restored its spend and
 				// the hold is over, nobody admits.
 				for _, i := range tt.active {
-					res := in.limiters[i].Spend(context.Background(), ratelimit.Client{Key: "first"})
-					if res.Allowed || !errors.Is(res.Err, redis.ErrRestoring) {
-						t.Fatalf("instance %d, first call after the loss: allowed %v, %v; want refused while restoring", i, res.Allowed, res.Err)
-					}
+					in.findLoss(t, i)
 				}
 				in.probe(t)
 				in.clock.Advance(lossHold - time.Millisecond)
@@ -200,24 +250,59 @@ func TestBudgetSurvivesLoss(t *testing.T) {
 	}
 }
 
-func flushAll(t *testing.T, _ *redistest.Server, in *instances) {
-	if err := in.admin.FlushAll(context.Background()).Err(); err != nil {
+// findLoss makes calls on instance i until one finds the loss (and so
+// starts the hold and the instance's restore), failing the test if one
+// is admitted. Until the instance's client has found the new server
+// (a restart, a failover), calls fail as during an outage.
+func (in *instances) findLoss(t *testing.T, i int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		res := in.limiters[i].Spend(context.Background(), ratelimit.Client{Key: "first"})
+		if res.Allowed {
+			t.Fatalf("instance %d, first call after the loss: admitted; want refused while restoring", i)
+		}
+		if errors.Is(res.Err, redis.ErrRestoring) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance %d, calls after the loss for 10s: %v %v; want refused while restoring", i, res.Reason, res.Err)
+		}
+		in.clock.Advance(redis.DefaultCooldown) // past the breaker, if it opened
+		time.Sleep(10 * time.Millisecond)       // pacing, not waiting for a state
+	}
+}
+
+// flushAll empties every master.
+func flushAll(t *testing.T, _ *deployment, in *instances) {
+	ctx := context.Background()
+	var err error
+	if c, ok := in.admin.(*goredis.ClusterClient); ok {
+		err = c.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error { return m.FlushAll(ctx).Err() })
+	} else {
+		err = in.admin.FlushAll(ctx).Err()
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-func restart(t *testing.T, srv *redistest.Server, in *instances) {
-	srv.Restart()
-	// The clients find the new server on their own; make sure they have
-	// before the test's calls, whose deadlines are not about reconnecting.
-	for _, c := range []*goredis.Client{in.admin} {
-		deadline := time.Now().Add(10 * time.Second)
-		for c.Ping(context.Background()).Err() != nil {
-			if time.Now().After(deadline) {
-				t.Fatal("no reconnection to the restarted server")
-			}
-		}
-	}
+func restart(t *testing.T, d *deployment, in *instances) {
+	d.srv.Restart()
+}
+
+// sentinelFailover promotes the replica once it has every count.
+func sentinelFailover(t *testing.T, d *deployment, in *instances) {
+	d.sentinel.WaitReplicated()
+	d.sentinel.Failover()
+}
+
+// clusterFailover kills the master of the limiter's slot, once its
+// replica has every count, and promotes the replica.
+func clusterFailover(t *testing.T, d *deployment, in *instances) {
+	m := d.cluster.MasterOf(in.prefix)
+	m.Do("WAIT", 1, 5000)
+	m.Kill()
+	d.cluster.Failover(d.replica, true)
 }
 
 // TestBudgetLossUnderLoad: Redis loses everything while two instances
@@ -225,9 +310,12 @@ func restart(t *testing.T, srv *redistest.Server, in *instances) {
 // Run does on each instance, probing, while the clock moves on in steps
 // shorter than the hold: not one request beyond the budget is admitted.
 func TestBudgetLossUnderLoad(t *testing.T) {
+	redistest.Each(t, testBudgetLossUnderLoad)
+}
+
+func testBudgetLossUnderLoad(t *testing.T, url string) {
 	const budget = 2000
-	srv := redistest.Start(t)
-	in := newInstances(t, srv, ratelimit.Options{
+	in := newInstances(t, url, ratelimit.Options{
 		OnStoreError: ratelimit.FailClosed,
 		Budget:       ratelimit.Budget{Limit: budget, Window: ratelimit.Day},
 	})
@@ -266,7 +354,7 @@ func TestBudgetLossUnderLoad(t *testing.T) {
 	for admitted.Load() < budget/3 && !t.Failed() && !stuck("before the flush") {
 		time.Sleep(time.Millisecond) // pacing the check, not waiting for a state
 	}
-	flushAll(t, srv, in)
+	flushAll(t, nil, in)
 	lost := admitted.Load()
 	for refused.Load() < 100 && !t.Failed() && !stuck("after the flush") {
 		in.probe(t)
@@ -289,9 +377,9 @@ func TestFailOpenSpendIsCounted(t *testing.T) {
 	const budget = 100
 	for _, tt := range []struct {
 		name   string
-		outage func(t *testing.T, srv *redistest.Server, in *instances) (end func())
+		outage func(t *testing.T, d *deployment, in *instances) (end func())
 	}{
-		{name: "stall", outage: func(t *testing.T, _ *redistest.Server, in *instances) func() {
+		{name: "stall", outage: func(t *testing.T, _ *deployment, in *instances) func() {
 			if err := in.admin.Do(context.Background(), "CLIENT", "PAUSE", 10_000, "WRITE").Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -301,14 +389,14 @@ func TestFailOpenSpendIsCounted(t *testing.T) {
 				}
 			}
 		}},
-		{name: "crash", outage: func(t *testing.T, srv *redistest.Server, in *instances) func() {
-			srv.Kill()
-			return func() { restart(t, srv, in) }
+		{name: "crash", outage: func(t *testing.T, d *deployment, in *instances) func() {
+			d.srv.Kill()
+			return func() { restart(t, d, in) }
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := redistest.Start(t)
-			in := newInstances(t, srv, ratelimit.Options{
+			d := oneServer(t)
+			in := newInstances(t, d.url, ratelimit.Options{
 				OnStoreError: ratelimit.FailOpen,
 				Budget:       ratelimit.Budget{Limit: budget, Window: ratelimit.Day},
 			})
@@ -321,7 +409,7 @@ func TestFailOpenSpendIsCounted(t *testing.T) {
 			}
 			in.spend(t, 0, 30)
 			in.probe(t)
-			end := tt.outage(t, srv, in)
+			end := tt.outage(t, d, in)
 			for k := range 20 {
 				res := short.Spend(context.Background(), ratelimit.Client{Key: fmt.Sprintf("o%d", k)})
 				if !res.Allowed || res.Err == nil {
@@ -343,9 +431,12 @@ func TestFailOpenSpendIsCounted(t *testing.T) {
 // each instance spent net of what it gave back, and a reservation still
 // in flight at the loss settles against the restored count.
 func TestSettledSpendSurvivesLoss(t *testing.T) {
+	redistest.Each(t, testSettledSpendSurvivesLoss)
+}
+
+func testSettledSpendSurvivesLoss(t *testing.T, url string) {
 	const budget = 1_000_000 // $1
-	srv := redistest.Start(t)
-	in := newInstances(t, srv, ratelimit.Options{
+	in := newInstances(t, url, ratelimit.Options{
 		OnStoreError: ratelimit.FailClosed,
 		Budget:       ratelimit.Budget{Limit: budget, Window: ratelimit.Day, Unit: ratelimit.Money},
 	})
@@ -370,7 +461,7 @@ func TestSettledSpendSurvivesLoss(t *testing.T) {
 	settle(&b1, 250_000)
 	inFlight := reserve(0, 200_000) // settled after the loss
 	in.probe(t)
-	flushAll(t, srv, in)
+	flushAll(t, nil, in)
 	in.probe(t)
 	in.clock.Advance(lossHold)
 	if got, want := in.total(t), int64(100_000+250_000+200_000); got != want {
@@ -385,14 +476,12 @@ func TestSettledSpendSurvivesLoss(t *testing.T) {
 // TestPauseSurvivesLoss: an emergency stop must not lift itself when
 // Redis loses its data: an instance that saw the pause writes it back.
 func TestPauseSurvivesLoss(t *testing.T) {
-	srv := redistest.Start(t)
-	clock := storetest.NewClock(start)
-	prefix := uniquePrefix()
-	var stores [2]*redis.Store
-	for i := range stores {
-		stores[i] = redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: prefix, Now: clock.Now})
-	}
-	admin := redistest.Client(t, srv.URL())
+	redistest.Each(t, testPauseSurvivesLoss)
+}
+
+func testPauseSurvivesLoss(t *testing.T, url string) {
+	in := newInstances(t, url, ratelimit.Options{})
+	clock, stores, prefix, admin := in.clock, in.stores, in.prefix, in.admin
 	ctx := context.Background()
 	if err := stores[0].Pause(ctx, "chat", true); err != nil {
 		t.Fatal(err)
@@ -400,9 +489,7 @@ func TestPauseSurvivesLoss(t *testing.T) {
 	if p, err := stores[1].Paused(ctx, "chat"); !p || err != nil {
 		t.Fatalf("paused %v, %v; want true", p, err)
 	}
-	if err := admin.FlushAll(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
+	flushAll(t, nil, in)
 	clock.Advance(redis.DefaultPauseRefresh)
 	if p, err := stores[1].Paused(ctx, "chat"); !p || err != nil {
 		t.Errorf("after the loss: paused %v, %v; want still paused", p, err)

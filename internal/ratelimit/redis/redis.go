@@ -1,6 +1,7 @@
 // Package redis is the ratelimit.Store that several gateway instances
-// share through one Redis server. It is the only package of the limiter
-// that imports a Redis client.
+// share through Redis: one server, a master behind Sentinel, or a Redis
+// Cluster (see below). It is the only package of the limiter that
+// imports a Redis client.
 //
 // Every operation is one Lua script run with EVALSHA (falling back to EVAL
 // when the server does not have it cached, after a restart for example),
@@ -76,6 +77,22 @@
 // the run id (a single evicted key), the shares of instances that do not
 // call that key again. Redis should run with appendonly yes and
 // maxmemory-policy noeviction, which redisstore.Persistence checks.
+//
+// # Redis Cluster
+//
+// A budget call is one script on the epoch hash and every budget key of
+// the request (the route's, the client's and its wide network's, the
+// spend cap, in money and tokens), and a restore is one on the epoch and
+// any of the instance's keys. Redis Cluster runs a script only on keys of
+// one hash slot, and the epoch guards every budget key, so on a cluster
+// every key of the Store shares one slot: the prefix is made their hash
+// tag ("{keyward:ratelimit:}route:..."). Rate limits and pauses go there
+// too, so that NOSCRIPT still means a restarted server (see run). A
+// cluster thus gives the limiter failover (its slot moves to a replica)
+// and room for the cache beside it, not more throughput: the limiter's
+// load is one master's. On one server and behind Sentinel the keys keep
+// their names without a tag, so that a rolling upgrade counts on at the
+// same keys.
 //
 // # The kill switch
 //
@@ -215,20 +232,21 @@ type Store struct {
 
 var _ ratelimit.Store = (*Store)(nil)
 
-// New returns a Store that runs its scripts on client, normally the
-// single-server client of redisstore.NewClient. A script touches all the
-// keys of one step at once (a client and its wide network; the client,
-// network and route budgets), which Redis Cluster allows only within one
-// hash slot, so a cluster client would need keys hash-tagged by route,
-// which this Store does not do.
+// New returns a Store that runs its scripts on client, opened with
+// redisstore.Open: one server, a master found through Sentinel, or a
+// Redis Cluster, on which every key of the Store gets the prefix as its
+// hash tag (see the package doc).
 //
 // The client's own timeouts are a backstop only: the Limiter bounds each
 // call with a context deadline, which go-redis honours only with
-// ContextTimeoutEnabled, as redisstore.NewClient sets.
+// ContextTimeoutEnabled, as redisstore.Open sets.
 func New(client goredis.Scripter, o Options) *Store {
 	s := &Store{client: client, prefix: o.Prefix, probeInterval: o.ProbeInterval, now: o.Now, ledger: newLedger(o.LedgerKeys), dirty: make(map[string]struct{})}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
+	}
+	if redisstore.Cluster(client) {
+		s.prefix = redisstore.HashTag(s.prefix)
 	}
 	s.epochKey = s.prefix + "epoch"
 	s.pauseKey = s.prefix + "paused"

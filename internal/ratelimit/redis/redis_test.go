@@ -5,31 +5,102 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/ratelimit/redis"
 	"github.com/keyward/keyward/internal/ratelimit/storetest"
+	"github.com/keyward/keyward/internal/redisstore"
 	"github.com/keyward/keyward/internal/redisstore/redistest"
 )
 
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m)) }
+
 var prefixes atomic.Int64
 
-// uniquePrefix keeps test cases sharing one server apart.
-func uniquePrefix() string { return fmt.Sprintf("test%d:", prefixes.Add(1)) }
+// uniquePrefix keeps test cases sharing one server apart. It holds a
+// hash tag, so that the keys have the same names on a cluster, where
+// the Store would otherwise make the prefix their tag.
+func uniquePrefix() string { return fmt.Sprintf("{test%d}:", prefixes.Add(1)) }
 
-// TestStore runs the store conformance suite; the two stores of each case
-// have their own clients, as two gateway instances would.
+// TestStore runs the store conformance suite, on one server and on a
+// cluster; the two stores of each case have their own clients, as two
+// gateway instances would.
 func TestStore(t *testing.T) {
-	srv := redistest.Start(t)
-	storetest.Run(t, func(t *testing.T) (a, b ratelimit.Store) {
-		prefix := uniquePrefix()
-		return redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: prefix}), redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: prefix})
+	redistest.Each(t, func(t *testing.T, url string) {
+		storetest.Run(t, func(t *testing.T) (a, b ratelimit.Store) {
+			prefix := uniquePrefix()
+			return redis.New(redistest.Open(t, url), redis.Options{Prefix: prefix}), redis.New(redistest.Open(t, url), redis.Options{Prefix: prefix})
+		})
 	})
+}
+
+// TestClusterKeys: on a cluster every key of the Store, with the default
+// prefix, is in the slot of its hash tag, so that each script's keys
+// share one; one server keeps the names of earlier versions.
+func TestClusterKeys(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, url string) {
+		c := redistest.Open(t, url)
+		s := redis.New(c, redis.Options{})
+		ctx := context.Background()
+		now := time.Now()
+		if _, err := s.Budget(ctx, now, []ratelimit.BudgetCell{
+			{Key: "budget:r", Limit: 10, Window: ratelimit.Minute, N: 1},
+			{Key: "budget:client:r:c", Limit: 10, Window: ratelimit.Day, N: 1},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Pause(ctx, "r", true); err != nil {
+			t.Fatal(err)
+		}
+		want := redis.DefaultPrefix
+		if redisstore.Cluster(c) {
+			want = "{" + redis.DefaultPrefix + "}"
+		}
+		got := keys(t, c, "*")
+		if len(got) != 4 {
+			t.Errorf("keys %v, want the epoch, two budgets and the pauses", got)
+		}
+		for _, k := range got {
+			if !strings.HasPrefix(k, want) {
+				t.Errorf("key %q does not begin with %q", k, want)
+			}
+		}
+	})
+}
+
+// keys lists the keys matching pattern on every master.
+func keys(t *testing.T, c goredis.UniversalClient, pattern string) []string {
+	t.Helper()
+	ctx := context.Background()
+	var mu sync.Mutex
+	var out []string
+	each := func(ctx context.Context, n *goredis.Client) error {
+		k, err := n.Keys(ctx, pattern).Result()
+		mu.Lock()
+		out = append(out, k...)
+		mu.Unlock()
+		return err
+	}
+	var err error
+	if cc, ok := c.(*goredis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, each)
+	} else {
+		err = each(ctx, c.(*goredis.Client))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // TestKeysExpire checks that nothing the store writes lives forever.

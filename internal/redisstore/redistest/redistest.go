@@ -300,7 +300,10 @@ func Client(t testing.TB, url string) *goredis.Client {
 }
 
 // Open opens a client for any store URL the way the gateway does
-// (redisstore.Open) and closes it when the test ends.
+// (redisstore.Open) and closes it when the test ends. A cluster client
+// has learnt the map of slots and dialled every master when it returns,
+// so that a test's first call, bounded by a store timeout of a few
+// milliseconds, does not pay for that.
 func Open(t testing.TB, url string) goredis.UniversalClient {
 	t.Helper()
 	c, err := redisstore.Open(url, "")
@@ -308,6 +311,13 @@ func Open(t testing.TB, url string) goredis.UniversalClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	if cc, ok := c.(*goredis.ClusterClient); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := cc.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error { return m.Ping(ctx).Err() }); err != nil {
+			t.Fatalf("reaching the cluster's masters: %v", err)
+		}
+	}
 	return c
 }
 

@@ -89,9 +89,11 @@ func (st *Sentinel) WaitReplicated() {
 // Failover asks the Sentinel to promote the replica (SENTINEL FAILOVER,
 // which does not wait for the master to fail, and works when it has) and
 // returns once the Sentinel names the replica as the master and it says
-// so itself; Master and Replica have then swapped. A master that is still
-// running is turned into a replica of the new one by the Sentinel, a
-// moment later.
+// so itself, and the old master, if it is running, is a replica of it;
+// Master and Replica have then swapped. The Sentinel turns the old master
+// into a replica at its next look at it, up to ten seconds later; Failover
+// does it at once itself, as the Sentinel would. (Until then the old
+// master takes writes, and loses them as it turns.)
 func (st *Sentinel) Failover() {
 	st.t.Helper()
 	sc := st.sc
@@ -107,5 +109,12 @@ func (st *Sentinel) Failover() {
 		f, err := st.Replica.info("replication")
 		return err == nil && f["role"] == "master", fmt.Errorf("the replica says %v: %v", f["role"], err)
 	})
+	if st.Master.running() {
+		st.Master.Do("REPLICAOF", "127.0.0.1", st.Replica.Port())
+		waitFor(st.t, "the old master to turn replica", sentinelTimeout, func() (bool, error) {
+			f, err := st.Master.info("replication")
+			return err == nil && f["role"] == "slave" && f["master_port"] == want, fmt.Errorf("the old master says %v: %v", f["role"], err)
+		})
+	}
 	st.Master, st.Replica = st.Replica, st.Master
 }
