@@ -43,8 +43,8 @@ func (w *watched) Claim(ctx context.Context, key cache.Key, token string, ttl, s
 // its own client, memory tier and Cache, proxying to one upstream.
 type fleet struct {
 	t      *testing.T
-	ctx    context.Context // the requests'; cancelled when the test ends
-	srv    *redistest.Server
+	ctx    context.Context  // the requests'; cancelled when the test ends
+	srv    *redistest.Server // the fleet's own server; nil on a URL given
 	fronts [3]*httptest.Server
 	stores [3]*watched
 	client *http.Client
@@ -53,9 +53,15 @@ type fleet struct {
 	faults []error
 }
 
-func newFleet(t *testing.T, po cache.PolicyOptions, o cache.Options, upstream http.Handler) *fleet {
+// newFleet starts a fleet on the Redis at redisURL, or on a server of
+// its own if redisURL is "".
+func newFleet(t *testing.T, redisURL string, po cache.PolicyOptions, o cache.Options, upstream http.Handler) *fleet {
 	t.Helper()
-	f := &fleet{t: t, srv: redistest.Start(t), client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	f := &fleet{t: t, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	if redisURL == "" {
+		f.srv = redistest.Start(t)
+		redisURL = f.srv.URL()
+	}
 	t.Cleanup(f.client.CloseIdleConnections)
 	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
@@ -78,7 +84,7 @@ func newFleet(t *testing.T, po cache.PolicyOptions, o cache.Options, upstream ht
 			Rewrite:  func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 			ErrorLog: log.New(io.Discard, "", 0),
 		}
-		f.stores[i] = &watched{Store: redis.New(redistest.Client(t, f.srv.URL()), redis.Options{}), waiting: make(chan struct{})}
+		f.stores[i] = &watched{Store: redis.New(redistest.Open(t, redisURL), redis.Options{}), waiting: make(chan struct{})}
 		c := cache.New(f.stores[i], o)
 		t.Cleanup(c.Wait)
 		f.fronts[i] = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -198,9 +204,11 @@ func (f *fleet) spread(n int, path string) []<-chan result {
 // cold key spread over three instances on one Redis make one upstream
 // call in total: the instance that takes the key's lock calls, the others
 // wait for its entry. Before, each instance called once (3 calls).
-func TestThreeInstancesOneCall(t *testing.T) {
+func TestThreeInstancesOneCall(t *testing.T) { redistest.Each(t, testThreeInstancesOneCall) }
+
+func testThreeInstancesOneCall(t *testing.T, redisURL string) {
 	up := newBlocking(payload)
-	f := newFleet(t, cache.PolicyOptions{TTL: time.Minute}, cache.Options{}, up)
+	f := newFleet(t, redisURL, cache.PolicyOptions{TTL: time.Minute}, cache.Options{}, up)
 
 	first := f.get(0, "/hot")
 	waitFor(t, up.arrived, "the first upstream call")
@@ -226,7 +234,7 @@ func TestThreeInstancesOneCall(t *testing.T) {
 	t.Run("collapsed", func(t *testing.T) {
 		// An instance that waited says so, as a local waiter would.
 		up2 := newBlocking(payload)
-		f := newFleet(t, cache.PolicyOptions{TTL: time.Minute}, cache.Options{}, up2)
+		f := newFleet(t, redisURL, cache.PolicyOptions{TTL: time.Minute}, cache.Options{}, up2)
 		first := f.get(0, "/k")
 		waitFor(t, up2.arrived, "the upstream call")
 		other := f.get(1, "/k")
@@ -266,7 +274,7 @@ func TestLockHolderHangs(t *testing.T) {
 		}
 		io.WriteString(w, "payload")
 	})
-	f := newFleet(t, cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: timeout}, cache.Options{}, upstream)
+	f := newFleet(t, "", cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: timeout}, cache.Options{}, upstream)
 
 	first := f.get(0, "/hot")
 	start := waitFor(t, arrived, "the first upstream call")
@@ -301,11 +309,13 @@ func TestLockHolderHangs(t *testing.T) {
 // a key's lock goes away mid-call, the lock is released at once and
 // another instance calls the upstream for everyone waiting: two calls in
 // all, and nobody waits for the lock to expire.
-func TestLockHolderGone(t *testing.T) {
+func TestLockHolderGone(t *testing.T) { redistest.Each(t, testLockHolderGone) }
+
+func testLockHolderGone(t *testing.T, redisURL string) {
 	up := newBlocking(payload)
 	// An upstream timeout far longer than the test: a waiter that waited
 	// for the lock to expire would time the test out.
-	f := newFleet(t, cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: time.Hour}, cache.Options{}, up)
+	f := newFleet(t, redisURL, cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: time.Hour}, cache.Options{}, up)
 
 	ctx, cancel := context.WithCancel(f.ctx)
 	first := f.getCtx(ctx, 0, "/hot")
@@ -334,7 +344,7 @@ func TestLockHolderGone(t *testing.T) {
 // hangs: three calls for 30 requests.
 func TestRedisKilledWhileWaiting(t *testing.T) {
 	up := newBlocking(payload)
-	f := newFleet(t, cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: time.Hour}, cache.Options{}, up)
+	f := newFleet(t, "", cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: time.Hour}, cache.Options{}, up)
 
 	first := f.get(0, "/hot")
 	waitFor(t, up.arrived, "the first upstream call")
@@ -361,13 +371,15 @@ func TestRedisKilledWhileWaiting(t *testing.T) {
 // instances: the waiting instances answer with the leader's failure, and
 // so does an instance that had not seen the key, within the failure
 // window, which the lock's note carries.
-func TestFailureShared(t *testing.T) {
+func TestFailureShared(t *testing.T) { redistest.Each(t, testFailureShared) }
+
+func testFailureShared(t *testing.T, redisURL string) {
 	up := newBlocking(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "5")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "down")
 	})
-	f := newFleet(t, cache.PolicyOptions{TTL: time.Minute}, cache.Options{FailureWindow: time.Hour}, up)
+	f := newFleet(t, redisURL, cache.PolicyOptions{TTL: time.Minute}, cache.Options{FailureWindow: time.Hour}, up)
 
 	first := f.get(0, "/hot")
 	waitFor(t, up.arrived, "the first upstream call")
@@ -403,7 +415,9 @@ func TestFailureShared(t *testing.T) {
 // out not storable, the waiting instances learn it from its head and call
 // the upstream themselves at once, without waiting for a body that may
 // never end, nor for the lock to expire.
-func TestNotStorableShared(t *testing.T) {
+func TestNotStorableShared(t *testing.T) { redistest.Each(t, testNotStorableShared) }
+
+func testNotStorableShared(t *testing.T, redisURL string) {
 	endStream := make(chan struct{})
 	var calls atomic.Int64
 	arrived := make(chan struct{})
@@ -422,7 +436,7 @@ func TestNotStorableShared(t *testing.T) {
 		}
 		io.WriteString(w, "own")
 	})
-	f := newFleet(t, cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: time.Hour}, cache.Options{}, upstream)
+	f := newFleet(t, redisURL, cache.PolicyOptions{TTL: time.Minute, UpstreamTimeout: time.Hour}, cache.Options{}, upstream)
 
 	first := f.get(0, "/hot")
 	<-arrived
@@ -450,7 +464,7 @@ func TestFailureSharedWithoutWindow(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "down")
 	})
-	f := newFleet(t, cache.PolicyOptions{TTL: time.Minute}, cache.Options{FailureWindow: -1}, up)
+	f := newFleet(t, "", cache.PolicyOptions{TTL: time.Minute}, cache.Options{FailureWindow: -1}, up)
 
 	first := f.get(0, "/hot")
 	waitFor(t, up.arrived, "the first upstream call")

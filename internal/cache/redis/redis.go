@@ -1,6 +1,7 @@
 // Package redis is the cache.Store that several gateway instances share
-// through one Redis server. It is the only package of the cache that
-// imports a Redis client.
+// through Redis: one server, a master behind Sentinel, or a Redis
+// Cluster. It is the only package of the cache that imports a Redis
+// client.
 //
 // An entry is one string key holding cache.Entry's binary encoding, written
 // with SET ... PX so that Redis expires it. Keys are the prefix and the hex
@@ -12,9 +13,11 @@
 // (or compare-and-set, to leave a note), each in one Lua script. The
 // braces make the hex key the hash tag of both names, so that every
 // script, which touches an entry and its lock, stays within one slot of
-// a Redis Cluster.
+// a Redis Cluster, while the entries spread over every slot, and so over
+// every master: on a cluster, the cache has the room and the throughput
+// of all the masters together.
 //
-// Open the client with redisstore.NewClient, which sets the timeouts that
+// Open the client with redisstore.Open, which sets the timeouts that
 // keep an outage from stalling requests; limiter and cache share one
 // client.
 package redis
@@ -65,8 +68,9 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Client is what the Store needs of a go-redis client: *goredis.Client,
-// *goredis.ClusterClient and *goredis.Ring all satisfy it.
+// Client is what the Store needs of a go-redis client: every
+// goredis.UniversalClient (*goredis.Client, *goredis.ClusterClient)
+// satisfies it.
 type Client interface {
 	Get(ctx context.Context, key string) *goredis.StringCmd
 	Set(ctx context.Context, key string, value any, expiration time.Duration) *goredis.StatusCmd
@@ -88,7 +92,7 @@ var (
 
 // New returns a Store on client. The client's own timeouts are a backstop
 // only: the Cache bounds each call with a context deadline, which go-redis
-// honours only with ContextTimeoutEnabled, as redisstore.NewClient sets.
+// honours only with ContextTimeoutEnabled, as redisstore.Open sets.
 func New(client Client, o Options) *Store {
 	s := &Store{client: client, prefix: o.Prefix, now: o.Now}
 	if s.prefix == "" {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,11 +25,17 @@ import (
 	"github.com/keyward/keyward/internal/redisstore/redistest"
 )
 
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m)) }
+
 var epoch = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 
-func TestStore(t *testing.T) {
-	srv := redistest.Start(t)
-	c := redistest.Client(t, srv.URL())
+// TestStore: the entries and locks, on one server and on a cluster,
+// where each script's two keys (an entry and its lock) share the cache
+// key's hash tag.
+func TestStore(t *testing.T) { redistest.Each(t, testStore) }
+
+func testStore(t *testing.T, redisURL string) {
+	c := redistest.Open(t, redisURL)
 	s := redis.New(c, redis.Options{})
 	ctx := context.Background()
 	p, err := cache.NewPolicy(cache.PolicyOptions{TTL: time.Minute})
@@ -59,10 +66,7 @@ func TestStore(t *testing.T) {
 	}
 
 	t.Run("key names hold no client text and expire", func(t *testing.T) {
-		keys, err := c.Keys(ctx, "*").Result()
-		if err != nil {
-			t.Fatal(err)
-		}
+		keys := redistest.Keys(t, c, "*")
 		if diff := cmp.Diff([]string{redis.DefaultPrefix + "{" + key.String() + "}"}, keys); diff != "" {
 			t.Errorf("keys (-want +got):\n%s", diff)
 		}
@@ -153,9 +157,14 @@ func TestStore(t *testing.T) {
 // instance is one gateway instance in miniature: its own Redis client,
 // Store and Cache, and a front server proxying to a shared upstream.
 type instance struct {
-	front *httptest.Server
-	cache *cache.Cache
+	front   *httptest.Server
+	cache   *cache.Cache
+	serving sync.WaitGroup // requests in the front's handler
 }
+
+// idle waits until the front's handlers have returned: a response's
+// entry is stored once its body is sent, so after the client has it.
+func (in *instance) idle() { in.serving.Wait() }
 
 func newInstance(t *testing.T, redisURL string, p *cache.Policy, upstream string, o cache.Options, so redis.Options) *instance {
 	t.Helper()
@@ -164,14 +173,16 @@ func newInstance(t *testing.T, redisURL string, p *cache.Policy, upstream string
 		Rewrite:  func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
-	c := cache.New(redis.New(redistest.Client(t, redisURL), so), o)
-	t.Cleanup(c.Wait)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	in := &instance{cache: cache.New(redis.New(redistest.Open(t, redisURL), so), o)}
+	t.Cleanup(in.cache.Wait)
+	in.front = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		in.serving.Add(1) // before the response, so before any idle
+		defer in.serving.Done()
 		key := p.Key("prod", "route", r.URL.EscapedPath(), r.URL.Query(), r.Header)
-		c.Serve(w, r, key, p, proxy.ServeHTTP)
+		in.cache.Serve(w, r, key, p, proxy.ServeHTTP)
 	}))
-	t.Cleanup(front.Close)
-	return &instance{front: front, cache: c}
+	t.Cleanup(in.front.Close)
+	return in
 }
 
 func get(t *testing.T, client *http.Client, u string) (status int, cacheStatus, body string) {
@@ -192,8 +203,9 @@ func get(t *testing.T, client *http.Client, u string) (status int, cacheStatus, 
 // TestTwoInstances: 200 concurrent requests for one cold key, spread over
 // two instances sharing one Redis, make at most two upstream calls (one
 // per instance: coalescing is per instance), and all get the response.
-func TestTwoInstances(t *testing.T) {
-	srv := redistest.Start(t)
+func TestTwoInstances(t *testing.T) { redistest.Each(t, testTwoInstances) }
+
+func testTwoInstances(t *testing.T, redisURL string) {
 	var calls atomic.Int64
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls.Add(1)
@@ -205,8 +217,8 @@ func TestTwoInstances(t *testing.T) {
 	// requests a 50 ms Redis call can time out, which is a miss by design
 	// but would make the count depend on the machine.
 	o := cache.Options{Timeout: 5 * time.Second}
-	a := newInstance(t, srv.URL(), p, upstream.URL, o, redis.Options{})
-	b := newInstance(t, srv.URL(), p, upstream.URL, o, redis.Options{})
+	a := newInstance(t, redisURL, p, upstream.URL, o, redis.Options{})
+	b := newInstance(t, redisURL, p, upstream.URL, o, redis.Options{})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	t.Cleanup(client.CloseIdleConnections)
 
@@ -231,6 +243,7 @@ func TestTwoInstances(t *testing.T) {
 	t.Run("an entry stored by one instance is a hit on the other", func(t *testing.T) {
 		before := calls.Load()
 		get(t, client, a.front.URL+"/other")
+		a.idle()
 		if _, cs, body := get(t, client, b.front.URL+"/other"); !strings.HasPrefix(cs, "keyward; hit; ttl=") || body != "payload" {
 			t.Errorf("instance b: %q %q", cs, body)
 		}
@@ -300,6 +313,7 @@ func TestRedisKilled(t *testing.T) {
 	if got := calls.Load() - before; got != 10 {
 		t.Errorf("upstream calls during the outage = %d, want 10", got)
 	}
+	in.idle() // the last request's store, after its response
 	if got := faultCount(); got != 20 {
 		t.Errorf("%d faults reported, want 20 (a get and a set per request)", got)
 	}

@@ -272,19 +272,7 @@ func (in *instances) findLoss(t *testing.T, i int) {
 	}
 }
 
-// flushAll empties every master.
-func flushAll(t *testing.T, _ *deployment, in *instances) {
-	ctx := context.Background()
-	var err error
-	if c, ok := in.admin.(*goredis.ClusterClient); ok {
-		err = c.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error { return m.FlushAll(ctx).Err() })
-	} else {
-		err = in.admin.FlushAll(ctx).Err()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-}
+func flushAll(t *testing.T, _ *deployment, in *instances) { redistest.FlushAll(t, in.admin) }
 
 func restart(t *testing.T, d *deployment, in *instances) {
 	d.srv.Restart()

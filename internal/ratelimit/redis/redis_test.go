@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/keyward/keyward/internal/ratelimit"
 	"github.com/keyward/keyward/internal/ratelimit/redis"
 	"github.com/keyward/keyward/internal/ratelimit/storetest"
@@ -65,7 +63,7 @@ func TestClusterKeys(t *testing.T) {
 		if redisstore.Cluster(c) {
 			want = "{" + redis.DefaultPrefix + "}"
 		}
-		got := keys(t, c, "*")
+		got := redistest.Keys(t, c, "*")
 		if len(got) != 4 {
 			t.Errorf("keys %v, want the epoch, two budgets and the pauses", got)
 		}
@@ -75,32 +73,6 @@ func TestClusterKeys(t *testing.T) {
 			}
 		}
 	})
-}
-
-// keys lists the keys matching pattern on every master.
-func keys(t *testing.T, c goredis.UniversalClient, pattern string) []string {
-	t.Helper()
-	ctx := context.Background()
-	var mu sync.Mutex
-	var out []string
-	each := func(ctx context.Context, n *goredis.Client) error {
-		k, err := n.Keys(ctx, pattern).Result()
-		mu.Lock()
-		out = append(out, k...)
-		mu.Unlock()
-		return err
-	}
-	var err error
-	if cc, ok := c.(*goredis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, each)
-	} else {
-		err = each(ctx, c.(*goredis.Client))
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // TestKeysExpire checks that nothing the store writes lives forever.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -312,11 +313,8 @@ func SharedCluster(t testing.TB) string {
 	}
 	for _, addr := range shared.masters {
 		admin := goredis.NewClient(&goredis.Options{Addr: addr, DialTimeout: 2 * time.Second, ReadTimeout: 5 * time.Second})
-		err := admin.FlushAll(context.Background()).Err()
+		FlushAll(t, admin)
 		admin.Close()
-		if err != nil {
-			t.Fatalf("emptying the shared cluster's node %s: %v", addr, err)
-		}
 	}
 	return shared.url
 }
@@ -328,4 +326,46 @@ func SharedCluster(t testing.TB) string {
 func Each(t *testing.T, f func(t *testing.T, url string)) {
 	t.Run("single", func(t *testing.T) { f(t, Start(t).URL()) })
 	t.Run("cluster", func(t *testing.T) { f(t, SharedCluster(t)) })
+}
+
+// forEachMaster runs f on c, or on each master of c if it is a cluster
+// client, and fails t on an error.
+func forEachMaster(t testing.TB, c goredis.UniversalClient, f func(ctx context.Context, m *goredis.Client) error) {
+	t.Helper()
+	ctx := context.Background()
+	var err error
+	switch c := c.(type) {
+	case *goredis.ClusterClient:
+		err = c.ForEachMaster(ctx, f)
+	case *goredis.Client:
+		err = f(ctx, c)
+	default:
+		err = fmt.Errorf("a %T is neither a server's client nor a cluster's", c)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Keys returns the keys matching pattern, on every master if c is a
+// cluster client, sorted.
+func Keys(t testing.TB, c goredis.UniversalClient, pattern string) []string {
+	t.Helper()
+	var mu sync.Mutex
+	var out []string
+	forEachMaster(t, c, func(ctx context.Context, m *goredis.Client) error {
+		k, err := m.Keys(ctx, pattern).Result()
+		mu.Lock()
+		out = append(out, k...)
+		mu.Unlock()
+		return err
+	})
+	slices.Sort(out)
+	return out
+}
+
+// FlushAll empties the server, or every master if c is a cluster client.
+func FlushAll(t testing.TB, c goredis.UniversalClient) {
+	t.Helper()
+	forEachMaster(t, c, func(ctx context.Context, m *goredis.Client) error { return m.FlushAll(ctx).Err() })
 }
