@@ -43,7 +43,7 @@ func (w *watched) Claim(ctx context.Context, key cache.Key, token string, ttl, s
 // its own client, memory tier and Cache, proxying to one upstream.
 type fleet struct {
 	t      *testing.T
-	ctx    context.Context  // the requests'; cancelled when the test ends
+	ctx    context.Context   // the requests'; cancelled when the test ends
 	srv    *redistest.Server // the fleet's own server; nil on a URL given
 	fronts [3]*httptest.Server
 	stores [3]*watched
