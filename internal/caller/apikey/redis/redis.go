@@ -1,6 +1,7 @@
 // Package redis is the apikey.Store and apikey.Admin that several gateway
-// instances share through one Redis server, so that `keyward keys revoke`
-// reaches every instance within a second. It is the only package of the
+// instances share through Redis (one server, a master behind Sentinel, or
+// a Redis Cluster), so that `keyward keys revoke` reaches every instance
+// within a second. It is the only package of the
 // API-key callers that imports a Redis client.
 //
 // Keys, under the prefix (DefaultPrefix unless configured):
@@ -12,6 +13,12 @@
 //	                 a name is never reused, even after a revocation
 //	index            a list of every HEX, oldest first, for List
 //
+// Adding a key is one script on its record, its name and the index, so on
+// a Redis Cluster every key of the Store shares one slot: the prefix is
+// made their hash tag ("{keyward:apikey:}key:HEX"). Lookups are cached
+// on each instance, so that one slot's master carries little; one server
+// and Sentinel keep the names without a tag.
+//
 // Only SHA-256 hashes are stored, never a key. A lookup is one HGETALL,
 // or an answer from a small per-instance cache that is at most CacheTTL
 // old (250 ms by default): that bounds how long a revoked key keeps
@@ -19,8 +26,8 @@
 // outage keeps working during it. A key not in the cache cannot be
 // checked while Redis is down, and is refused, never let in.
 //
-// Open the client with redisstore.NewClient; the limiter, the cache and
-// the keys share one client.
+// Open the client with redisstore.Open; the limiter, the cache and the
+// keys share one client.
 package redis
 
 import (
@@ -104,7 +111,8 @@ type Options struct {
 	OnError func(error)
 }
 
-// Client is what the Store needs of a go-redis client; *goredis.Client
+// Client is what the Store needs of a go-redis client: every
+// goredis.UniversalClient (*goredis.Client, *goredis.ClusterClient)
 // satisfies it.
 type Client interface {
 	goredis.Scripter
@@ -156,7 +164,9 @@ type call struct {
 	waiters int // for tests: lookups waiting on this one
 }
 
-// New returns a Store on client.
+// New returns a Store on client, opened with redisstore.Open; on a Redis
+// Cluster every key gets the prefix as its hash tag (see the package
+// doc).
 func New(client Client, o Options) *Store {
 	s := &Store{
 		client:    client,
@@ -173,6 +183,9 @@ func New(client Client, o Options) *Store {
 	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
+	}
+	if redisstore.Cluster(client) {
+		s.prefix = redisstore.HashTag(s.prefix)
 	}
 	if s.ttl == 0 {
 		s.ttl = DefaultCacheTTL

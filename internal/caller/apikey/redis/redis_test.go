@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,20 +75,20 @@ func (c *counter) count(name string) int {
 // instance is one gateway instance's view of the keys: its own client,
 // store and verifier of the kind "partners".
 type instance struct {
-	client *goredis.Client
+	client goredis.UniversalClient
 	store  *Store
 	v      *apikey.Verifier
 	cmds   *counter
 }
 
-func newInstance(t testing.TB, srv *redistest.Server, o Options) *instance {
+func newInstance(t testing.TB, url string, o Options) *instance {
 	t.Helper()
 	if o.Timeout == 0 {
 		// The default suits a Redis on the network, not a shared machine
 		// running the race detector; TestTimeout tests the bound.
 		o.Timeout = 5 * time.Second
 	}
-	in := &instance{client: redistest.Client(t, srv.URL()), cmds: &counter{n: map[string]int{}}}
+	in := &instance{client: redistest.Open(t, url), cmds: &counter{n: map[string]int{}}}
 	in.client.AddHook(in.cmds)
 	in.store = New(in.client, o)
 	t.Cleanup(func() { _ = in.store.Flush() })
@@ -125,10 +125,16 @@ func newKey(t testing.TB) string {
 	return key
 }
 
-func TestAdmin(t *testing.T) {
-	srv := redistest.Start(t)
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m)) }
+
+// TestAdmin: adding, revoking and listing keys, on one server and on a
+// cluster, where a key's record, its name and the index that the adding
+// script touches together share the prefix's hash tag.
+func TestAdmin(t *testing.T) { redistest.Each(t, testAdmin) }
+
+func testAdmin(t *testing.T, url string) {
 	clk := newClock()
-	in := newInstance(t, srv, Options{Now: clk.Now})
+	in := newInstance(t, url, Options{Now: clk.Now})
 	s, ctx := in.store, context.Background()
 	t0 := clk.Now()
 	acme := add(t, s, "partners", "acme", t0, func(r *apikey.Record) {
@@ -198,14 +204,10 @@ func TestAdmin(t *testing.T) {
 }
 
 // dumpRedis returns every key and value in the database, as text.
-func dumpRedis(t *testing.T, c *goredis.Client) string {
+func dumpRedis(t *testing.T, c goredis.UniversalClient) string {
 	t.Helper()
 	ctx := context.Background()
-	keys, err := c.Keys(ctx, "*").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(keys)
+	keys := redistest.Keys(t, c, "*")
 	var b strings.Builder
 	for _, k := range keys {
 		typ, err := c.Type(ctx, k).Result()
@@ -234,7 +236,7 @@ func dumpRedis(t *testing.T, c *goredis.Client) string {
 func TestVerify(t *testing.T) {
 	srv := redistest.Start(t)
 	clk := newClock()
-	in := newInstance(t, srv, Options{Now: clk.Now})
+	in := newInstance(t, srv.URL(), Options{Now: clk.Now})
 	t0 := clk.Now()
 	acme := add(t, in.store, "partners", "acme", t0, func(r *apikey.Record) {
 		r.Limits = &apikey.Limits{Rate: "600/m", Burst: 50, Budget: "100000/month"}
@@ -281,8 +283,8 @@ func TestVerify(t *testing.T) {
 func TestCache(t *testing.T) {
 	srv := redistest.Start(t)
 	clk := newClock()
-	a := newInstance(t, srv, Options{Now: clk.Now})
-	cli := newInstance(t, srv, Options{})
+	a := newInstance(t, srv.URL(), Options{Now: clk.Now})
+	cli := newInstance(t, srv.URL(), Options{})
 	key := add(t, cli.store, "partners", "acme", clk.Now(), nil)
 	for range 3 {
 		if _, err := a.verify(key); err != nil {
@@ -321,10 +323,13 @@ func TestCache(t *testing.T) {
 // instances sharing a real redis-server is refused by both within a
 // second of a revocation made elsewhere, on real clocks.
 func TestRevocationReachesEveryInstance(t *testing.T) {
-	srv := redistest.Start(t)
-	a := newInstance(t, srv, Options{})
-	b := newInstance(t, srv, Options{})
-	cli := newInstance(t, srv, Options{})
+	redistest.Each(t, testRevocationReachesEveryInstance)
+}
+
+func testRevocationReachesEveryInstance(t *testing.T, url string) {
+	a := newInstance(t, url, Options{})
+	b := newInstance(t, url, Options{})
+	cli := newInstance(t, url, Options{})
 	key := add(t, cli.store, "partners", "acme", time.Now(), nil)
 	for _, in := range []*instance{a, b} {
 		if _, err := in.verify(key); err != nil {
@@ -366,7 +371,7 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 func TestOutage(t *testing.T) {
 	srv := redistest.Start(t)
 	clk := newClock()
-	in := newInstance(t, srv, Options{Now: clk.Now})
+	in := newInstance(t, srv.URL(), Options{Now: clk.Now})
 	key := add(t, in.store, "partners", "acme", clk.Now(), nil)
 	other := add(t, in.store, "partners", "beta", clk.Now(), nil)
 	if _, err := in.verify(key); err != nil {
@@ -411,8 +416,8 @@ func TestOutage(t *testing.T) {
 func TestLastUsed(t *testing.T) {
 	srv := redistest.Start(t)
 	clk := newClock()
-	a := newInstance(t, srv, Options{Now: clk.Now})
-	b := newInstance(t, srv, Options{Now: clk.Now})
+	a := newInstance(t, srv.URL(), Options{Now: clk.Now})
+	b := newInstance(t, srv.URL(), Options{Now: clk.Now})
 	t0 := clk.Now()
 	key := add(t, a.store, "partners", "acme", t0, nil)
 	h := apikey.HashOf(key)
@@ -461,7 +466,7 @@ func TestLastUsed(t *testing.T) {
 // wait for that read instead of sending their own.
 func TestCoalescing(t *testing.T) {
 	srv := redistest.Start(t)
-	in := newInstance(t, srv, Options{})
+	in := newInstance(t, srv.URL(), Options{})
 	key := add(t, in.store, "partners", "acme", time.Now(), nil)
 	const n = 8
 	hold, enter := make(chan struct{}), make(chan struct{}, n)
@@ -503,7 +508,7 @@ func TestCoalescing(t *testing.T) {
 func TestCacheBound(t *testing.T) {
 	srv := redistest.Start(t)
 	clk := newClock()
-	in := newInstance(t, srv, Options{Now: clk.Now, CacheSize: 2})
+	in := newInstance(t, srv.URL(), Options{Now: clk.Now, CacheSize: 2})
 	for i := range 5 {
 		key := add(t, in.store, "partners", fmt.Sprint("p", i), clk.Now(), nil)
 		if _, err := in.verify(key); err != nil {
@@ -522,7 +527,7 @@ func TestCacheBound(t *testing.T) {
 // the key (store_failed) and is reported by List.
 func TestBadRecord(t *testing.T) {
 	srv := redistest.Start(t)
-	in := newInstance(t, srv, Options{})
+	in := newInstance(t, srv.URL(), Options{})
 	key := add(t, in.store, "partners", "acme", time.Now(), nil)
 	h := apikey.HashOf(key)
 	if err := in.client.HSet(context.Background(), in.store.recordKey(h), "created", "yesterday").Err(); err != nil {
@@ -576,7 +581,7 @@ func BenchmarkLookup(b *testing.B) {
 		ttl  time.Duration
 	}{{"cached", 0}, {"uncached", -1}} {
 		b.Run(bc.name, func(b *testing.B) {
-			in := newInstance(b, srv, Options{CacheTTL: bc.ttl})
+			in := newInstance(b, srv.URL(), Options{CacheTTL: bc.ttl})
 			key := add(b, in.store, "partners", fmt.Sprintf("bench-%s-%d", bc.name, benchRuns.Add(1)), time.Now(), nil)
 			b.ReportAllocs()
 			for b.Loop() {
@@ -588,7 +593,7 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	// Every request of every connection checks the same key at once.
 	b.Run("cached-parallel", func(b *testing.B) {
-		in := newInstance(b, srv, Options{})
+		in := newInstance(b, srv.URL(), Options{})
 		key := add(b, in.store, "partners", fmt.Sprintf("bench-parallel-%d", benchRuns.Add(1)), time.Now(), nil)
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
