@@ -72,7 +72,7 @@ type keyring struct {
 	path  string
 	cfg   *config.Config
 	redis *akredis.Store // nil when the keys are in files
-	where string         // Redis's address, without credentials
+	where string         // Redis's servers, without credentials
 	close func() error
 }
 
@@ -91,13 +91,13 @@ func openKeyring(path string) (*keyring, error) {
 	if !redisStore(f.Config.Store) {
 		return k, nil
 	}
-	client, err := redisstore.NewClient(f.Config.Store)
+	client, err := redisstore.Open(f.Config.Store, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("%s: store: %w", path, err)
 	}
 	k.redis = akredis.New(client, akredis.Options{})
-	// Named by address and database only: the URL may hold a password.
-	k.where = "Redis at " + client.Options().Addr + "/" + strconv.Itoa(client.Options().DB)
+	// Named by its servers only: the URL may hold a password.
+	k.where = redisstore.Describe(f.Config.Store)
 	k.close = client.Close
 	return k, nil
 }

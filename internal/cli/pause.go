@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -41,7 +42,7 @@ func pause(ctx context.Context, verb string, args []string, stdout, stderr io.Wr
 		// The memory store lives inside the serving process.
 		return fmt.Errorf("%s: the store is in the serving process's memory: use its admin API on the host (curl -X POST localhost:9090/admin/%s, with admin.listen set) or a Redis store", *path, verb)
 	}
-	client, err := redisstore.NewClient(f.Config.Store)
+	client, err := redisstore.Open(f.Config.Store, filepath.Dir(*path))
 	if err != nil {
 		return fmt.Errorf("%s: store: %w", *path, err)
 	}
@@ -50,8 +51,8 @@ func pause(ctx context.Context, verb string, args []string, stdout, stderr io.Wr
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := store.Pause(ctx, route, verb == "pause"); err != nil {
-		// Named by address only: the URL may hold a password.
-		return fmt.Errorf("%s in Redis at %s: %w", verb, client.Options().Addr, err)
+		// Named by its servers only: the URL may hold a password.
+		return fmt.Errorf("%s in %s: %w", verb, redisstore.Describe(f.Config.Store), err)
 	}
 	all, paused, err := store.PausedRoutes(ctx)
 	if err != nil {

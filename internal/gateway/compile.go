@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"regexp"
 	"slices"
 	"sort"
@@ -23,6 +22,7 @@ import (
 	"github.com/keyward/keyward/internal/placeholder"
 	"github.com/keyward/keyward/internal/proxy"
 	"github.com/keyward/keyward/internal/ratelimit"
+	"github.com/keyward/keyward/internal/redisstore"
 	"github.com/keyward/keyward/internal/route"
 	"github.com/keyward/keyward/internal/scrub"
 	"github.com/keyward/keyward/internal/secret"
@@ -392,15 +392,11 @@ func (c *compiler) clientIP(cfg *config.Config) *clientip.Resolver {
 // store checks the store setting; the process opens it (see
 // internal/server), because its state must outlive reloads.
 func (c *compiler) store(cfg *config.Config) {
-	switch s := cfg.Store; {
-	case s == "" || s == "memory":
-	case strings.HasPrefix(s, "redis://") || strings.HasPrefix(s, "rediss://"):
-		if _, err := url.Parse(s); err != nil {
-			// url.Parse's error repeats the URL, password included.
-			c.errorf("store", "not a valid Redis URL (it is not repeated here: it may hold a password); want redis://[:PASSWORD@]HOST:PORT/DB")
+	if s := cfg.Store; s != "" && s != "memory" {
+		// Check reads the TLS files the URL names, and opens no socket.
+		if err := redisstore.Check(s, c.dir()); err != nil {
+			c.errorf("store", "%v (the URL is not repeated here: it may hold a password); want memory, redis://[[USER]:PASSWORD@]HOST[:6379][/DB], redis-sentinel://[[USER]:PASSWORD@]HOST[:26379][,HOST...]/MASTER[/DB] or redis-cluster://[[USER]:PASSWORD@]HOST[:6379][,HOST...], each with rediss for TLS", err)
 		}
-	default:
-		c.errorf("store", "want memory or a redis:// URL (the value is not repeated here: it may hold a password)")
 	}
 	if c.opts.LimitStore == nil {
 		// check, test and routes compile without a process: give them a

@@ -27,7 +27,7 @@ func parse(t *testing.T, rawURL string) parsed {
 	t.Helper()
 	u, err := parseURL(rawURL, "")
 	if err != nil {
-		t.Fatalf("parsing %s: %v", rawURL, err)
+		t.Fatal(err)
 	}
 	p := parsed{Topology: u.topology, TLS: u.tls, Username: u.username, Password: u.password, Hosts: u.hosts, DB: u.db,
 		Master: u.master, SentinelUser: u.sentinelUsername, SentinelPass: u.sentinelPassword, GoRedis: u.goredis}
@@ -45,7 +45,7 @@ func parse(t *testing.T, rawURL string) parsed {
 			t.Fatal(err)
 		}
 		if o.Addr != u.hosts[0] || o.DB != u.db || o.Password != u.password || o.Username != u.username || (o.TLSConfig != nil) != u.tls {
-			t.Errorf("%s: go-redis options %+v", rawURL, o)
+			t.Errorf("go-redis options %+v", o)
 		}
 		p.MaxRetries = o.MaxRetries
 	case sentinel:
@@ -55,7 +55,7 @@ func parse(t *testing.T, rawURL string) parsed {
 		}
 		if o.MasterName != u.master || !cmp.Equal(o.SentinelAddrs, u.hosts) || o.DB != u.db || o.Password != u.password ||
 			o.SentinelPassword != u.sentinelPassword || (o.TLSConfig != nil) != u.tls {
-			t.Errorf("%s: go-redis options %+v", rawURL, o)
+			t.Errorf("go-redis options %+v", o)
 		}
 		p.MaxRetries = o.MaxRetries
 	case cluster:
@@ -64,7 +64,7 @@ func parse(t *testing.T, rawURL string) parsed {
 			t.Fatal(err)
 		}
 		if !cmp.Equal(o.Addrs, u.hosts) || o.Password != u.password || (o.TLSConfig != nil) != u.tls {
-			t.Errorf("%s: go-redis options %+v", rawURL, o)
+			t.Errorf("go-redis options %+v", o)
 		}
 		p.MaxRetries = o.MaxRetries
 	}
@@ -104,7 +104,7 @@ func TestParseURL(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if diff := cmp.Diff(tt.want, parse(t, tt.url), cmp.AllowUnexported(parsed{})); diff != "" {
-				t.Errorf("%s (-want +got):\n%s", tt.url, diff)
+				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -184,7 +184,7 @@ func TestHashTag(t *testing.T) {
 }
 
 func TestDescribe(t *testing.T) {
-	for _, tt := range []struct{ url, want string }{
+	for i, tt := range []struct{ url, want string }{
 		{"redis://:s3cret@cache:6380/2", "Redis at cache:6380/2"},
 		{"rediss://u:s3cret@cache", "Redis at cache:6379/0 over TLS"},
 		{"redis-sentinel://:s3cret@s1,s2/mymaster/1?sentinel_password=s3cret", "Redis master mymaster (database 1) through the Sentinels at s1:26379,s2:26379"},
@@ -192,7 +192,7 @@ func TestDescribe(t *testing.T) {
 		{"redis://:s3cret@h:x", "Redis"},
 	} {
 		if got := Describe(tt.url); got != tt.want {
-			t.Errorf("Describe(%q) = %q, want %q", tt.url, got, tt.want)
+			t.Errorf("Describe of URL %d = %q, want %q", i, got, tt.want)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -107,7 +108,9 @@ func (s *Server) openStore(url, cacheSize string) error {
 		s.opts.Cache = cache.New(cache.NewMemory(size, nil), cache.Options{OnFault: onFault, Unavailable: gateway.UpstreamUnavailable})
 		return nil
 	}
-	client, err := redisstore.NewClient(url)
+	// One server, Sentinel or Cluster; TLS files named relative to the
+	// config file, as its other paths are.
+	client, err := redisstore.Open(url, filepath.Dir(s.path))
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
 	}
