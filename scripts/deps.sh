@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs from Debian and is missing: chromium for
-# the browser CORS test and redis-server for the Redis-backed tests.
+# the browser CORS test, redis-server for the Redis-backed tests, and
+# redis-sentinel for the tests of a Sentinel failover.
 #
 # It installs only as root with apt-get. Otherwise it names what is missing
 # and leaves the decision to the tests: they skip locally and fail when CI
@@ -10,6 +11,7 @@ set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 
 if ((${#missing[@]} == 0)); then
 	exit 0

@@ -1,7 +1,7 @@
 // Package redistest runs throwaway Redis servers for tests: on free
 // loopback ports, without persistence, in temporary directories, stopped
-// when the test ends. A server can be killed, frozen and restarted on the
-// same port so that tests can watch a client fail and recover; it can
+// when the test ends. A server can be killed and restarted on the same
+// port so that tests can watch a client fail and recover; it can
 // speak TLS only (StartTLS); and servers can be joined into a Redis
 // Cluster (StartCluster) or watched by a Sentinel (StartSentinel), with
 // failovers driven by the test.
@@ -29,7 +29,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -137,25 +136,9 @@ func (s *Server) Kill() {
 	if s.cmd == nil {
 		return
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a frozen process dies only once it runs
 	_ = s.cmd.Process.Kill()
 	<-s.exited
 	s.cmd = nil
-}
-
-// Freeze stops the server's process (SIGSTOP) without closing its
-// connections: it answers nothing until Thaw, as a stalled machine.
-func (s *Server) Freeze() { s.signal(syscall.SIGSTOP) }
-
-// Thaw resumes a frozen server (SIGCONT).
-func (s *Server) Thaw() { s.signal(syscall.SIGCONT) }
-
-func (s *Server) signal(sig os.Signal) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		_ = s.cmd.Process.Signal(sig)
-	}
 }
 
 // Restart starts the server again on the same port after Kill, empty, as
