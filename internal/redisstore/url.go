@@ -77,7 +77,8 @@ const (
 )
 
 // refused are go-redis options that would give a second way to say what
-// the URL already says, or a way to skip certificate checks.
+// the URL already says, skip certificate checks, or send reads to
+// replicas.
 var refused = map[string]string{
 	"password":    "put the password in the URL's user info: SCHEME://:PASSWORD@HOST",
 	"username":    "put the user in the URL's user info: SCHEME://USER:PASSWORD@HOST",
@@ -85,6 +86,12 @@ var refused = map[string]string{
 	"master_name": "name the Sentinel master in the path: redis-sentinel://HOST:26379/MASTER/DB",
 	"db":          "name the database in the path",
 	"skip_verify": "certificate checks cannot be turned off; give the CA with ca=/path/ca.pem",
+	// Reads from replicas, which lag: an API key revoked on the master
+	// would still be found, and a cache lock taken there missed.
+	"read_only":        "keyward reads from masters only (a replica may lack a revocation); remove it",
+	"route_by_latency": "keyward reads from masters only (a replica may lack a revocation); remove it",
+	"route_randomly":   "keyward reads from masters only (a replica may lack a revocation); remove it",
+	"replica_only":     "keyward reads from masters only (a replica may lack a revocation); remove it",
 }
 
 // parseURL parses a store URL and reads the TLS files it names, a

@@ -134,6 +134,7 @@ func TestCheck(t *testing.T) {
 		{name: "Sentinel without a master", url: "redis-sentinel://:s3cret@s1:26379", want: []string{"no Sentinel master name", "/MASTER"}},
 		{name: "database on a cluster", url: "redis-cluster://:s3cret@n1/1", want: []string{"database 0 only"}},
 		{name: "password option", url: "redis://h?password=s3cret", want: []string{"user info", "SCHEME://:PASSWORD@HOST"}},
+		{name: "reads from replicas", url: "redis-cluster://:s3cret@n1?read_only=true", want: []string{"masters only", "remove it"}},
 		{name: "skip_verify", url: "rediss://h?skip_verify=true", want: []string{"cannot be turned off", "ca="}},
 		{name: "ca without TLS", url: "redis://:s3cret@h?ca=/etc/ca.pem", want: []string{"need TLS", "rediss://"}},
 		{name: "missing CA file", url: "rediss://:s3cret@h?ca=/nonexistent/ca.pem", want: []string{"reading the CA file (option ca)", "/nonexistent/ca.pem"}},
