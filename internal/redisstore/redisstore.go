@@ -251,7 +251,7 @@ func redact(err error) error {
 }
 
 // WithContext returns err, from a call made with ctx, so that it also
-// says why ctx ended, if it did: without retries (see NewClient), a call
+// says why ctx ended, if it did: without retries (see Open), a call
 // whose deadline passed fails with the connection's "i/o timeout", not
 // context.DeadlineExceeded, and callers tell a timeout or a caller's
 // cancellation by errors.Is on the context's errors.

@@ -324,7 +324,7 @@ func (u *storeURL) goredisURL(extra url.Values) string {
 }
 
 // defaults gives the options of any topology, through pointers to its
-// fields, the settings NewClient documents and the URL's credentials and
+// fields, the settings Open documents and the URL's credentials and
 // TLS.
 func (u *storeURL) defaults(contextTimeout *bool, dialTimeout, poolTimeout *time.Duration, dialerRetries, maxRetries *int, username, password *string, tlsConfig **tls.Config) {
 	*contextTimeout = true
