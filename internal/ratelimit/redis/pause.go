@@ -117,7 +117,7 @@ func (s *Store) readPauses(ctx context.Context, now time.Time) *pauseView {
 			args = append(args, pauseField(r))
 		}
 	}
-	fields, err := s.run(ctx, now, pauseReadScript, []string{s.pauseKey}, args, noKnown).StringSlice()
+	fields, err := s.exec(ctx, now, pauseReadScript, []string{s.pauseKey}, args, noKnown, false).StringSlice()
 	if err != nil {
 		v := &pauseView{at: now, err: fmt.Errorf("reading paused routes from redis: %w", err)}
 		if last != nil {

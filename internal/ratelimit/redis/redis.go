@@ -300,6 +300,16 @@ const noKnown = -1
 // call after the restart sees the script missing; the others find the
 // loss by the run id when they probe, within the hold.
 func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, keys []string, args []any, knownAt int) *goredis.Cmd {
+	return s.exec(ctx, now, script, keys, args, knownAt, true)
+}
+
+// exec is run; a call with blame false does not count its failure
+// against Redis in the breaker (its success still counts for it). The
+// pause refresh uses that: it is bounded by its own short timeout, and a
+// refresh that a busy machine made late must not open the breaker for the
+// budget calls, whose policy (fail_open) would then admit past a budget
+// that Redis was answering in time.
+func (s *Store) exec(ctx context.Context, now time.Time, script *goredis.Script, keys []string, args []any, knownAt int, blame bool) *goredis.Cmd {
 	if err := s.breaker.Allow(now); err != nil {
 		cmd := goredis.NewCmd(ctx)
 		cmd.SetErr(err)
@@ -328,7 +338,9 @@ func (s *Store) run(ctx context.Context, now time.Time, script *goredis.Script, 
 	if err == nil && !ran.Load() {
 		ran.Store(true)
 	}
-	s.breaker.Done(ctx, now, err, redisstore.Answered(err))
+	if healthy := redisstore.Answered(err); blame || healthy {
+		s.breaker.Done(ctx, now, err, healthy)
+	}
 	return cmd
 }
 

@@ -488,3 +488,28 @@ func TestSettleAfterHangUp(t *testing.T) {
 		t.Errorf("remaining %d after settling $0.90 down to $0.10, want 900000", res.Budget.Remaining)
 	}
 }
+
+// TestLatePauseReadsKeepTheBreakerClosed: pause refreshes that time out
+// (bounded by their own short timeout, late on a busy machine) do not
+// open the circuit breaker: budget calls, which Redis answers in time,
+// still reach it. Before, three late refreshes made every budget call
+// fail fast, and fail_open then admitted past the budget.
+func TestLatePauseReadsKeepTheBreakerClosed(t *testing.T) {
+	srv := redistest.Start(t)
+	now := time.Now()
+	s := redis.New(redistest.Client(t, srv.URL()), redis.Options{Prefix: uniquePrefix(), Now: func() time.Time { return now },
+		PauseRefresh: time.Millisecond, Cooldown: time.Minute})
+	late, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	for range 5 {
+		if _, err := s.Paused(late, "chat"); err == nil {
+			t.Fatal("a refresh past its deadline succeeded")
+		}
+		now = now.Add(2 * time.Millisecond) // past the refresh interval: the next call reads again
+	}
+	ctx, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	if _, err := s.Budget(ctx, now, []ratelimit.BudgetCell{{Key: "budget:chat", Limit: 10, Window: ratelimit.Day, N: 1}}); err != nil {
+		t.Errorf("a budget call after late pause refreshes: %v", err)
+	}
+}
