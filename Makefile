@@ -20,7 +20,7 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 ## test: install missing tools, vet, lint, run every test with -race, fuzz each target briefly (what CI runs)
 test: deps vet lint unit fuzz
 
-## deps: install chromium and redis-server when missing (as root, with apt-get)
+## deps: install chromium, redis-server and redis-sentinel (and what else the tests need) when missing (as root, with apt-get)
 deps:
 	./scripts/deps.sh
 

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs what `make test` needs from Debian and is missing: chromium for
-# the browser CORS test, redis-server for the Redis-backed tests, and
-# redis-sentinel for the tests of a Sentinel failover.
+# Installs what `make test` needs and is missing: from Debian, chromium for
+# the browser tests, redis-server for the Redis-backed tests,
+# redis-sentinel for the tests of a Sentinel failover, curl for the
+# HTTP/2 interoperability test and systemd (systemd-analyze) for the
+# hardened unit's test; from the Go module proxy, kustomize for the
+# Kubernetes manifests' test when there is no kubectl (Debian's kubectl,
+# 1.20, is too old for them).
 #
 # It installs only as root with apt-get. Otherwise it names what is missing
 # and leaves the decision to the tests: they skip locally and fail when CI
@@ -12,6 +16,16 @@ missing=()
 command -v chromium >/dev/null 2>&1 || [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+
+# kustomize needs no root: go install puts it in $(go env GOPATH)/bin,
+# where the test looks.
+if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&1 &&
+	[[ ! -x "$(go env GOPATH)/bin/kustomize" ]]; then
+	echo "deps: go install sigs.k8s.io/kustomize/kustomize/v5@v5.6.0" >&2
+	go install sigs.k8s.io/kustomize/kustomize/v5@v5.6.0
+fi
 
 if ((${#missing[@]} == 0)); then
 	exit 0

@@ -43,9 +43,12 @@ type Config struct {
 	// ClientIP says how the client address (the key of per-client limits)
 	// is found.
 	ClientIP ClientIP `yaml:"client_ip"`
-	// Store holds limit state (and cache entries): "memory" (default; one
-	// instance) or "redis://host:port/db" (shared by every instance that
-	// points at it). A change takes effect on restart.
+	// Store holds limit state, cache entries, API keys and pauses:
+	// "memory" (default; one instance) or a Redis shared by every
+	// instance that points at it: one server (redis://), the master a
+	// Sentinel names (redis-sentinel://) or a cluster (redis-cluster://),
+	// each over TLS with rediss (see redisstore.Open). The password may be
+	// a {secret.NAME} placeholder. A change takes effect on restart.
 	Store string `yaml:"store"`
 	// Limits is the default abuse protection for every route; a route's
 	// own limits block replaces it. Default: none.
