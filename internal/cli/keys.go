@@ -16,6 +16,7 @@ import (
 	"github.com/keyward/keyward/internal/caller/apikey"
 	akredis "github.com/keyward/keyward/internal/caller/apikey/redis"
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/redisstore"
 )
 
@@ -91,7 +92,11 @@ func openKeyring(path string) (*keyring, error) {
 	if !redisStore(f.Config.Store) {
 		return k, nil
 	}
-	client, err := redisstore.Open(f.Config.Store, filepath.Dir(path))
+	url, err := gateway.StoreURL(f, nil) // {secret.NAME} filled in
+	if err != nil {
+		return nil, fmt.Errorf("%s: store: %w", path, err)
+	}
+	client, err := redisstore.Open(url, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("%s: store: %w", path, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keyward/keyward/internal/config"
+	"github.com/keyward/keyward/internal/gateway"
 	"github.com/keyward/keyward/internal/ratelimit"
 	rlredis "github.com/keyward/keyward/internal/ratelimit/redis"
 	"github.com/keyward/keyward/internal/redisstore"
@@ -42,7 +43,11 @@ func pause(ctx context.Context, verb string, args []string, stdout, stderr io.Wr
 		// The memory store lives inside the serving process.
 		return fmt.Errorf("%s: the store is in the serving process's memory: use its admin API on the host (curl -X POST localhost:9090/admin/%s, with admin.listen set) or a Redis store", *path, verb)
 	}
-	client, err := redisstore.Open(f.Config.Store, filepath.Dir(*path))
+	url, err := gateway.StoreURL(f, nil) // {secret.NAME} filled in
+	if err != nil {
+		return fmt.Errorf("%s: store: %w", *path, err)
+	}
+	client, err := redisstore.Open(url, filepath.Dir(*path))
 	if err != nil {
 		return fmt.Errorf("%s: store: %w", *path, err)
 	}

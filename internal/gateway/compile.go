@@ -393,8 +393,15 @@ func (c *compiler) clientIP(cfg *config.Config) *clientip.Resolver {
 // internal/server), because its state must outlive reloads.
 func (c *compiler) store(cfg *config.Config) {
 	if s := cfg.Store; s != "" && s != "memory" {
+		for name := range cfg.Secrets {
+			if strings.Contains(s, "{secret."+name+"}") {
+				c.used[name] = true
+			}
+		}
 		// Check reads the TLS files the URL names, and opens no socket.
-		if err := redisstore.Check(s, c.dir()); err != nil {
+		if url, err := StoreURL(c.f, c.getenv); err != nil {
+			c.errorf("store", "%v", err)
+		} else if err := redisstore.Check(url, c.dir()); err != nil {
 			c.errorf("store", "%v (the URL is not repeated here: it may hold a password); want memory, redis://[[USER]:PASSWORD@]HOST[:6379][/DB], redis-sentinel://[[USER]:PASSWORD@]HOST[:26379][,HOST...]/MASTER[/DB] or redis-cluster://[[USER]:PASSWORD@]HOST[:6379][,HOST...], each with rediss for TLS", err)
 		}
 	}

@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"fmt"
+	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/keyward/keyward/internal/config"
 )
 
 // TestStoreURL: keyward check reports a store URL that Open would refuse
@@ -43,5 +46,44 @@ routes:
 				t.Errorf("errors:\n%s\nwant one saying %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestStoreURLSecrets: the store URL takes its password from a declared
+// secret, escaped so that any byte stays part of the password; a
+// placeholder that is not a declared secret is an error that quotes no
+// value.
+func TestStoreURLSecrets(t *testing.T) {
+	const password = "p@ss:w/rd%+ é"
+	env := map[string]string{"REDIS_PASSWORD": password}
+	getenv := func(k string) string { return env[k] }
+	for _, tc := range []struct {
+		store, want, err string
+	}{
+		{"redis://:{secret.redis}@127.0.0.1:6379/0", "redis://:p%40ss%3Aw%2Frd%25%2B%20%C3%A9@127.0.0.1:6379/0", ""},
+		{"redis://127.0.0.1:6379", "redis://127.0.0.1:6379", ""},
+		{"redis://:{secret.nope}@127.0.0.1", "", `no secret "nope" under secrets:`},
+		{"redis://:{env.REDIS_PASSWORD}@127.0.0.1", "", "only {secret.NAME} placeholders go there"},
+		{"redis://:{secret.redis@127.0.0.1", "", "an unclosed {"},
+	} {
+		f, err := config.Parse("k.yaml", []byte("secrets:\n  redis: { env: REDIS_PASSWORD }\nstore: \""+tc.store+"\"\nroutes: [{ name: a, path: /a, upstream: \"https://api.example.com/a\" }]\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := StoreURL(f, getenv)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "p@ss") {
+				t.Errorf("%s: error %v, want one saying %q without the password", tc.store, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %q %v, want %q", tc.store, got, err, tc.want)
+		}
+		if u, err := url.Parse(got); err != nil {
+			t.Errorf("%s: %v", tc.store, err)
+		} else if p, _ := u.User.Password(); u.User != nil && p != password {
+			t.Errorf("%s: the URL's password is %q", tc.store, p)
+		}
 	}
 }

@@ -62,7 +62,7 @@ func New(path string, opts gateway.Options) (*Server, error) {
 		return nil, err
 	}
 	if s.opts.LimitStore == nil {
-		if err := s.openStore(f.Config.Store, f.Config.CacheSize); err != nil {
+		if err := s.openStore(f); err != nil {
 			return nil, err
 		}
 	}
@@ -85,11 +85,12 @@ func New(path string, opts gateway.Options) (*Server, error) {
 
 // openStore opens the store for limit state and the response cache. It
 // lives as long as the process, so a reload keeps every count and entry.
-func (s *Server) openStore(url, cacheSize string) error {
+func (s *Server) openStore(f *config.File) error {
+	url, cacheSize := f.Config.Store, f.Config.CacheSize
 	if url == "" {
 		url = "memory"
 	}
-	s.storeURL = url
+	s.storeURL = url // as written: a reload compares it
 	onFault := func(err error) {
 		if h := s.handler; h != nil {
 			h.Current().StoreFault("cache", err)
@@ -110,6 +111,10 @@ func (s *Server) openStore(url, cacheSize string) error {
 	}
 	// One server, Sentinel or Cluster; TLS files named relative to the
 	// config file, as its other paths are.
+	url, err := gateway.StoreURL(f, s.opts.Getenv) // {secret.NAME} filled in
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
 	client, err := redisstore.Open(url, filepath.Dir(s.path))
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -88,5 +89,42 @@ func TestStoreWarnsAndRestoresWhileIdle(t *testing.T) {
 		if strings.Contains(logs, rs.URL()) && strings.Contains(rs.URL(), "@") {
 			t.Errorf("the store URL's credentials are in the log")
 		}
+	}
+}
+
+// TestStorePasswordFromSecret: the Redis password comes from a declared
+// secret ({secret.NAME} in store:), not from keyward.yaml, and reaches
+// Redis: a budget on a Redis that requires it counts.
+func TestStorePasswordFromSecret(t *testing.T) {
+	rs := redistest.Start(t)
+	const password = "canary-redis-p@ss:word"
+	admin := redistest.Client(t, rs.URL())
+	if err := admin.ConfigSet(context.Background(), "requirepass", password).Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KW_TEST_REDIS_PASSWORD", password)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer up.Close()
+	path := filepath.Join(t.TempDir(), "keyward.yaml")
+	cfg := "listen: \"127.0.0.1:0\"\nsecrets:\n  redis: { env: KW_TEST_REDIS_PASSWORD }\nstore: \"redis://:{secret.redis}@" + rs.Addr() + "\"\nroutes:\n  - { name: x, path: /x, upstream: \"" + up.URL + "/x\", limits: { budget: 2/day, on_store_error: fail_closed } }\noutbound: { allow: [\"127.0.0.0/8\"] }\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	_, base, _, _ := start(t, path, logs)
+	var codes []int
+	for range 3 {
+		res, err := http.Get(base + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		codes = append(codes, res.StatusCode)
+	}
+	if fmt.Sprint(codes) != "[200 200 429]" {
+		t.Errorf("statuses %v, want [200 200 429]: the budget must count in the Redis that needs the password\n%s", codes, logs.String())
+	}
+	if strings.Contains(logs.String(), password) {
+		t.Error("the Redis password is in the log")
 	}
 }
