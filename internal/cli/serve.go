@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.org/x/term"
+
 	"github.com/keyward/keyward/internal/accesslog"
 	"github.com/keyward/keyward/internal/config"
 	"github.com/keyward/keyward/internal/gateway"
@@ -104,10 +106,11 @@ func logFormat(configured string, w io.Writer) string {
 	if configured != "" {
 		return configured
 	}
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			return "text"
-		}
+	// A terminal, not any character device: /dev/null is one too, and
+	// the text format re-decodes every access-log line (8% of the CPU
+	// of keyward serve 2>/dev/null under load).
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return "text"
 	}
 	return "json"
 }
