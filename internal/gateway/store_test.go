@@ -62,7 +62,7 @@ func TestStoreURLSecrets(t *testing.T) {
 	}{
 		{"redis://:{secret.redis}@127.0.0.1:6379/0", "redis://:p%40ss%3Aw%2Frd%25%2B%20%C3%A9@127.0.0.1:6379/0", ""},
 		{"redis://127.0.0.1:6379", "redis://127.0.0.1:6379", ""},
-		{"redis://:{secret.nope}@127.0.0.1", "", `no secret "nope" under secrets:`},
+		{"redis://:{secret.nope}@127.0.0.1", "", `declare it under secrets`},
 		{"redis://:{env.REDIS_PASSWORD}@127.0.0.1", "", "only {secret.NAME} placeholders go there"},
 		{"redis://:{secret.redis@127.0.0.1", "", "an unclosed {"},
 	} {

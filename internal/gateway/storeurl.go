@@ -36,7 +36,7 @@ func StoreURL(f *config.File, getenv func(string) string) (string, error) {
 		}
 		src, declared := f.Config.Secrets[name]
 		if !declared {
-			return "", fmt.Errorf("{secret.%s} in the store URL: no secret %q under secrets:", name, name)
+			return "", fmt.Errorf("{secret.%s} in the store URL: declare it under secrets (secrets: { %s: { env: REDIS_PASSWORD } })", name, name)
 		}
 		file := src.File
 		if file != "" && !filepath.IsAbs(file) {
