@@ -88,13 +88,33 @@ func TestDeployDocConfigs(t *testing.T) {
 			merged[k] = v
 		}
 		for k, v := range frag {
+			// A fragment's map (its secrets) adds to the whole config's.
+			base, isMap := merged[k].(map[string]any)
+			add, addMap := v.(map[string]any)
+			if isMap && addMap {
+				both := map[string]any{}
+				for bk, bv := range base {
+					both[bk] = bv
+				}
+				for ak, av := range add {
+					both[ak] = av
+				}
+				v = both
+			}
 			merged[k] = v
 		}
 		b, err := yaml.Marshal(merged)
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkConfig(t, deployDoc+" fragment:\n"+f, b, env)
+		fenv := map[string]string{}
+		for k, v := range env {
+			fenv[k] = v
+		}
+		for _, e := range secretEnvs(merged) {
+			fenv[e] = "placeholder-secret-value-for-check"
+		}
+		checkConfig(t, deployDoc+" fragment:\n"+f, b, fenv)
 	}
 }
 
