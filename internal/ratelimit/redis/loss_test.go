@@ -482,6 +482,7 @@ func testPauseSurvivesLoss(t *testing.T, url string) {
 	if p, err := stores[1].Paused(ctx, "chat"); !p || err != nil {
 		t.Errorf("after the loss: paused %v, %v; want still paused", p, err)
 	}
+	redis.WaitPauseRefresh(stores[1]) // the refresh it started writes the pause back
 	if fields, err := admin.HKeys(ctx, prefix+"paused").Result(); err != nil || !slices.Contains(fields, "r:chat") {
 		t.Errorf("pause fields in redis after the loss: %v, %v; want r:chat written back", fields, err)
 	}
@@ -490,6 +491,8 @@ func testPauseSurvivesLoss(t *testing.T, url string) {
 		t.Fatal(err)
 	}
 	clock.Advance(redis.DefaultPauseRefresh)
+	stores[0].Paused(ctx, "chat") // stale: starts a refresh, answers from the view it has
+	redis.WaitPauseRefresh(stores[0])
 	if p, err := stores[0].Paused(ctx, "chat"); p || err != nil {
 		t.Errorf("after the resume: paused %v, %v; want not", p, err)
 	}

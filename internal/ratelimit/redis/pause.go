@@ -76,11 +76,14 @@ func pauseField(route string) string {
 	return "r:" + route
 }
 
-// Paused implements ratelimit.Pauses from this instance's view, which a
-// request refreshes when it is older than the pause refresh interval; one
-// request at a time does, the others answer from the view they have. When
-// the refresh fails, the answer is the last state read, with the fault;
-// an instance that has never read the pauses then answers not paused.
+// Paused implements ratelimit.Pauses from this instance's view, which is
+// refreshed in the background when it is older than the pause refresh
+// interval (Run refreshes it too): one refresh at a time, and no request
+// waits for it, so that a frozen Redis costs a route without limits
+// nothing. When a refresh fails, the view keeps the last state read, with
+// the fault. Only before the first read does a request wait for one
+// (bounded by pauseTimeout); an instance that could not read the pauses
+// then answers not paused.
 func (s *Store) Paused(ctx context.Context, route string) (bool, error) {
 	now := s.now()
 	v := s.pauseView.Load()
@@ -89,8 +92,13 @@ func (s *Store) Paused(ctx context.Context, route string) (bool, error) {
 	case v == nil:
 		v = s.refreshPauses(ctx, now) // nothing known yet: every request asks
 	case s.pauseRefreshing.CompareAndSwap(false, true):
-		v = s.refreshPauses(ctx, now)
-		s.pauseRefreshing.Store(false)
+		// Not the request's context: the refresh outlives the request.
+		s.pauseRefreshes.Add(1)
+		go func() {
+			defer s.pauseRefreshes.Done()
+			s.refreshPauses(context.WithoutCancel(ctx), now)
+			s.pauseRefreshing.Store(false)
+		}()
 	}
 	return v.set.Paused(route), v.err
 }

@@ -224,6 +224,7 @@ type Store struct {
 	pauseRefresh    time.Duration
 	pauseView       atomic.Pointer[pauseView]
 	pauseRefreshing atomic.Bool
+	pauseRefreshes  sync.WaitGroup // background refreshes, for tests
 
 	mu    sync.Mutex
 	runID string              // the server's run id at the last probe

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
@@ -512,4 +513,89 @@ func TestLatePauseReadsKeepTheBreakerClosed(t *testing.T) {
 	if _, err := s.Budget(ctx, now, []ratelimit.BudgetCell{{Key: "budget:chat", Limit: 10, Window: ratelimit.Day, N: 1}}); err != nil {
 		t.Errorf("a budget call after late pause refreshes: %v", err)
 	}
+}
+
+// freezable is a TCP proxy in front of a Redis that stops forwarding
+// commands while frozen: a Redis that accepts and does not answer.
+type freezable struct {
+	addr   string
+	mu     sync.Mutex
+	thawed chan struct{} // closed while not frozen
+}
+
+func newFreezable(t *testing.T, target string) *freezable {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f := &freezable{addr: ln.Addr().String(), thawed: make(chan struct{})}
+	close(f.thawed)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); r.Close() })
+			go func() { _, _ = io.Copy(c, r) }()
+			go func() {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					f.mu.Lock()
+					thawed := f.thawed
+					f.mu.Unlock()
+					<-thawed
+					if _, err := r.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return f
+}
+
+func (f *freezable) freeze() {
+	f.mu.Lock()
+	f.thawed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *freezable) thaw() {
+	f.mu.Lock()
+	close(f.thawed)
+	f.mu.Unlock()
+}
+
+// TestPausedDoesNotWaitOnRedis: a stale view of the pauses is refreshed in
+// the background: on a frozen Redis a request answers from the view it
+// has at once (and a route without limits waits on nothing), instead of
+// waiting out the refresh's timeout and answering with its fault.
+func TestPausedDoesNotWaitOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := newFreezable(t, srv.Addr())
+	now := time.Now()
+	s := redis.New(redistest.Client(t, "redis://"+proxy.addr), redis.Options{Prefix: uniquePrefix(), Now: func() time.Time { return now }, PauseRefresh: time.Millisecond})
+	ctx := context.Background()
+	if err := s.Pause(ctx, "chat", true); err != nil {
+		t.Fatal(err)
+	}
+	proxy.freeze()
+	now = now.Add(2 * time.Millisecond) // the view is stale
+	if p, err := s.Paused(ctx, "chat"); !p || err != nil {
+		t.Errorf("on a frozen Redis: paused %v, %v; want the view's answer (true) and no fault", p, err)
+	}
+	proxy.thaw()
+	redis.WaitPauseRefresh(s)
 }
