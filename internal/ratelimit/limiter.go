@@ -201,17 +201,18 @@ type Client struct {
 	// none. The per-client rate and client budget are checked at Wide too,
 	// scaled by Options.WideFactor.
 	Wide string
-	// Wait, when set, is what this request's store calls have waited so
-	// far: the gateway gives every call of one request the same Wait, so
-	// that store_timeout bounds the request's store round trips together
-	// (a rate check and then a budget check on a frozen Redis would
+	// Wait, when set, is what this request's store calls have waited on a
+	// store that did not answer: the gateway gives every call of one
+	// request the same Wait, so that a frozen Redis costs a request one
+	// store_timeout in all (a rate check and then a budget check would
 	// otherwise wait twice). Nil: each call gets the whole timeout.
 	Wait *Wait
 }
 
-// Wait is the store time one request has spent, across its limiter calls
-// (Client.Wait). The calls of one request are made one after another, so
-// it needs no lock. The zero Wait has spent nothing.
+// Wait is the time one request's limiter calls waited on a store that did
+// not answer within their deadline (Client.Wait). The calls of one request
+// are made one after another, so it needs no lock. The zero Wait has
+// spent nothing.
 type Wait struct{ spent time.Duration }
 
 // Limiter decides whether one route's request may proceed. It is immutable
@@ -571,7 +572,7 @@ func (l *Limiter) AllowRate(ctx context.Context, c Client) Result {
 	}
 	now := l.now()
 	ctx, cancel, began := l.deadline(ctx, c.Wait)
-	defer l.waited(c.Wait, began, cancel)
+	defer cancel()
 	cells := [2]RateCell{{Key: l.rateKey + c.Key, Emission: l.emission, Limit: l.limit}}
 	n := 1
 	if c.Wide != "" {
@@ -579,6 +580,7 @@ func (l *Limiter) AllowRate(ctx context.Context, c Client) Result {
 		n = 2
 	}
 	cells, ok, err := l.gcra(ctx, now, cells, n)
+	waited(c.Wait, began, err)
 	if err != nil {
 		return l.fault(res, "rate", err)
 	}
@@ -705,8 +707,9 @@ func (l *Limiter) Reserve(ctx context.Context, c Client, a Amount) (Reservation,
 	}
 	r.l, r.at, r.amount, r.n = l, now, a, uint8(n)
 	ctx, cancel, began := l.deadline(ctx, c.Wait)
-	defer l.waited(c.Wait, began, cancel)
+	defer cancel()
 	cells, ok, err := l.spend(ctx, now, r.cells, n)
+	waited(c.Wait, began, err)
 	if err != nil {
 		if l.policy == FailOpen {
 			// A copy: cells passed through the Store interface escape to
@@ -854,6 +857,11 @@ func (l *Limiter) gcra(ctx context.Context, now time.Time, cells [2]RateCell, n 
 		ok, err := l.local.GCRA(ctx, now, cells[:n])
 		return cells, ok, err
 	}
+	if err := ctx.Err(); err != nil {
+		// The request's store time is used up (Client.Wait), or it has
+		// ended: no call, and nothing for the store's breaker to count.
+		return cells, false, err
+	}
 	remote := cells
 	ok, err := l.store.GCRA(ctx, now, remote[:n])
 	return remote, ok, err
@@ -864,6 +872,9 @@ func (l *Limiter) spend(ctx context.Context, now time.Time, cells [maxCells]Budg
 	if l.local != nil {
 		ok, err := l.local.Budget(ctx, now, cells[:n])
 		return cells, ok, err
+	}
+	if err := ctx.Err(); err != nil {
+		return cells, false, err // as in gcra
 	}
 	remote := cells
 	ok, err := l.store.Budget(ctx, now, remote[:n])
@@ -889,9 +900,9 @@ func (l *Limiter) Allow(ctx context.Context, client string) Result {
 }
 
 // deadline bounds ctx by the store timeout, if the store needs one: by
-// what is left of it after w's earlier calls, when w is set (none left:
-// the call fails at once, as a timeout, and the fault policy decides).
-// It returns when the call began, for waited.
+// what is left of it after w's earlier calls timed out, when w is set
+// (none left: the context has ended, the call is not made, and the fault
+// policy decides at once). It returns when the call began, for waited.
 func (l *Limiter) deadline(ctx context.Context, w *Wait) (context.Context, context.CancelFunc, time.Time) {
 	if l.timeout == 0 {
 		return ctx, noCancel, time.Time{}
@@ -904,13 +915,16 @@ func (l *Limiter) deadline(ctx context.Context, w *Wait) (context.Context, conte
 	return ctx, cancel, time.Now() // real time, as the deadline is
 }
 
-// waited adds to w what the call that began at began waited, and
-// releases its deadline.
-func (l *Limiter) waited(w *Wait, began time.Time, cancel context.CancelFunc) {
-	if w != nil && !began.IsZero() {
+// waited adds to w what the call that began at began waited, if it
+// failed by its deadline (a store that does not answer). A call the
+// store answered, however slowly, takes nothing from the next: an
+// unresponsive store is what store_timeout bounds once per request, and
+// a slow answer must not turn the next call into a fault (which the
+// store's breaker would count).
+func waited(w *Wait, began time.Time, err error) {
+	if w != nil && !began.IsZero() && errors.Is(err, context.DeadlineExceeded) {
 		w.spent += time.Since(began)
 	}
-	cancel()
 }
 
 func noCancel() {}

@@ -443,7 +443,52 @@ func TestStoreTimeoutBoundsTheRequest(t *testing.T) {
 	}
 	other := ratelimit.Client{Key: "1.2.3.5", Wait: &ratelimit.Wait{}}
 	l.Spend(context.Background(), other)
-	if want := []bool{false, true, false}; !slices.Equal(store.expired, want) {
+	// The budget check of the first request never reached the store (nor
+	// its breaker); the other request's did, with a live deadline.
+	if want := []bool{false, false}; !slices.Equal(store.expired, want) {
+		t.Errorf("store calls (context already ended at the call): %v, want %v", store.expired, want)
+	}
+}
+
+// slowStore answers every call, after delay: a healthy but slow Redis.
+type slowStore struct {
+	expiredAtCall
+	delay time.Duration
+}
+
+func (s *slowStore) GCRA(ctx context.Context, _ time.Time, cells []ratelimit.RateCell) (bool, error) {
+	s.expired = append(s.expired, ctx.Err() != nil)
+	time.Sleep(s.delay) // the store's latency, not a wait for a state
+	return true, nil
+}
+
+func (s *slowStore) Budget(ctx context.Context, _ time.Time, cells []ratelimit.BudgetCell) (bool, error) {
+	s.expired = append(s.expired, ctx.Err() != nil)
+	return true, nil
+}
+
+// TestSlowAnswerDoesNotStarveTheNextCall: a store that answers, however
+// slowly, takes nothing from the request's next store call: only calls
+// that time out use up store_timeout (else a slow but healthy Redis
+// would turn every budget check into a fault).
+func TestSlowAnswerDoesNotStarveTheNextCall(t *testing.T) {
+	store := &slowStore{delay: 20 * time.Millisecond}
+	l, err := ratelimit.New(ratelimit.Options{
+		Name: "r", Store: store, OnStoreError: ratelimit.FailClosed, Timeout: 10 * time.Millisecond,
+		Rate:   ratelimit.Rate{Count: 1, Per: time.Second},
+		Budget: ratelimit.Budget{Limit: 10, Window: ratelimit.Day},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ratelimit.Client{Key: "1.2.3.4", Wait: &ratelimit.Wait{}}
+	if res := l.AllowRate(context.Background(), c); !res.Allowed || res.Err != nil {
+		t.Fatalf("rate: %+v", res)
+	}
+	if res := l.Spend(context.Background(), c); !res.Allowed || res.Err != nil {
+		t.Errorf("budget after a slow but successful rate check: %+v", res)
+	}
+	if want := []bool{false, false}; !slices.Equal(store.expired, want) {
 		t.Errorf("context already ended at each call: %v, want %v", store.expired, want)
 	}
 }

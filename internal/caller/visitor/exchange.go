@@ -107,7 +107,8 @@ type Options struct {
 	// retryAfter without checking their proofs (no siteverify call, no
 	// JWKS work). Nil means failures are not limited.
 	FailureLimit func(ctx context.Context, key string) (ok bool, retryAfter time.Duration)
-	// OnResult, when set, is told of every exchange: how it was proven
+	// OnResult, when set, is told of every exchange it checks (not those
+	// refused unchecked for FailureLimit): how it was proven
 	// ("turnstile", "app_check", or "" when no proof was found) and the
 	// error (nil on success). Its errors never quote a token.
 	OnResult func(r *http.Request, via string, err error)
@@ -448,7 +449,8 @@ func (x *Exchange) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if x.o.FailureLimit != nil {
 		if ok, retry := x.o.FailureLimit(r.Context(), key); !ok {
-			x.blocked.add(key, x.o.Now().Add(retry))
+			now := x.o.Now()
+			x.blocked.add(key, now, now.Add(retry))
 			w.Header().Set("Retry-After", strconv.Itoa(int((retry+time.Second-1)/time.Second)))
 			writeError(w, http.StatusTooManyRequests, "rate_limited", "too many failed visitor checks")
 			return
@@ -500,21 +502,25 @@ func (b *blockedSet) left(key string, now time.Time) time.Duration {
 	return until.Sub(now)
 }
 
-// add refuses key until until.
-func (b *blockedSet) add(key string, until time.Time) {
+// add refuses key until until. A full set first forgets the keys whose
+// time has passed, then, if still full, the one that ends soonest.
+func (b *blockedSet) add(key string, now, until time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.m == nil {
 		b.m = make(map[string]time.Time)
 	}
-	if len(b.m) >= maxBlocked {
+	if _, ok := b.m[key]; !ok && len(b.m) >= maxBlocked {
+		soonest, first := "", time.Time{}
 		for k, u := range b.m {
-			if !until.After(u) { // those ending first go first
+			if !now.Before(u) {
 				delete(b.m, k)
+			} else if soonest == "" || u.Before(first) {
+				soonest, first = k, u
 			}
 		}
 		if len(b.m) >= maxBlocked {
-			return
+			delete(b.m, soonest)
 		}
 	}
 	b.m[key] = until
