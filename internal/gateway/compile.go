@@ -112,8 +112,8 @@ func Compile(f *config.File, opts Options) (g *Gateway, warnings []*config.Error
 	g.settings = c.settings(cfg)
 	g.outbound = c.outbound(cfg)
 	g.clients = c.clientIP(cfg)
-	c.store(cfg)
 	c.loadSecrets(cfg)
+	c.store(cfg) // after the secrets: a secret that failed is reported once, where it is declared
 	g.cors = c.cors("cors", cfg.CORS, nil, nil)
 
 	if cfg.SpendCap != "" {
@@ -400,7 +400,9 @@ func (c *compiler) store(cfg *config.Config) {
 		}
 		// Check reads the TLS files the URL names, and opens no socket.
 		if url, err := StoreURL(c.f, c.getenv); err != nil {
-			c.errorf("store", "%v", err)
+			if !strings.Contains(err.Error(), "} in the store URL: ") || !c.secretFailed(s) {
+				c.errorf("store", "%v", err)
+			}
 		} else if err := redisstore.Check(url, c.dir()); err != nil {
 			c.errorf("store", "%v (the URL is not repeated here: it may hold a password); want memory, redis://[[USER]:PASSWORD@]HOST[:6379][/DB], redis-sentinel://[[USER]:PASSWORD@]HOST[:26379][,HOST...]/MASTER[/DB] or redis-cluster://[[USER]:PASSWORD@]HOST[:6379][,HOST...], each with rediss for TLS", err)
 		}
@@ -410,6 +412,17 @@ func (c *compiler) store(cfg *config.Config) {
 		// private memory store.
 		c.opts.LimitStore = ratelimit.NewMemory(0)
 	}
+}
+
+// secretFailed reports whether store names a declared secret that did
+// not load (its error is reported where it is declared).
+func (c *compiler) secretFailed(store string) bool {
+	for name := range c.f.Config.Secrets {
+		if _, ok := c.secrets[name]; !ok && strings.Contains(store, "{secret."+name+"}") {
+			return true
+		}
+	}
+	return false
 }
 
 // defaultBurst lets a page fire a handful of requests at once.

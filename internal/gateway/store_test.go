@@ -63,7 +63,8 @@ func TestStoreURLSecrets(t *testing.T) {
 		{"redis://:{secret.redis}@127.0.0.1:6379/0", "redis://:p%40ss%3Aw%2Frd%25%2B%20%C3%A9@127.0.0.1:6379/0", ""},
 		{"redis://127.0.0.1:6379", "redis://127.0.0.1:6379", ""},
 		{"redis://:{secret.nope}@127.0.0.1", "", `declare it under secrets`},
-		{"redis://:{env.REDIS_PASSWORD}@127.0.0.1", "", "only {secret.NAME} placeholders go there"},
+		{"redis://:{env.REDIS_PASSWORD}@127.0.0.1", "", "not a {secret.NAME} placeholder"},
+		{"redis://:Zq{h7Kx}9p@127.0.0.1", "", "not a {secret.NAME} placeholder"},
 		{"redis://:{secret.redis@127.0.0.1", "", "an unclosed {"},
 	} {
 		f, err := config.Parse("k.yaml", []byte("secrets:\n  redis: { env: REDIS_PASSWORD }\nstore: \""+tc.store+"\"\nroutes: [{ name: a, path: /a, upstream: \"https://api.example.com/a\" }]\n"))
@@ -72,7 +73,7 @@ func TestStoreURLSecrets(t *testing.T) {
 		}
 		got, err := StoreURL(f, getenv)
 		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "p@ss") {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "p@ss") || strings.Contains(err.Error(), "h7Kx") {
 				t.Errorf("%s: error %v, want one saying %q without the password", tc.store, err, tc.err)
 			}
 			continue
@@ -85,5 +86,19 @@ func TestStoreURLSecrets(t *testing.T) {
 		} else if p, _ := u.User.Password(); u.User != nil && p != password {
 			t.Errorf("%s: the URL's password is %q", tc.store, p)
 		}
+	}
+}
+
+// TestStoreSecretMissingOnce: a store secret that does not load is one
+// error, where the secret is declared, not a second one on store.
+func TestStoreSecretMissingOnce(t *testing.T) {
+	errs, _ := compileErrs(t, `
+secrets:
+  redis: { env: KW_UNSET_REDIS_PASSWORD }
+store: "redis://:{secret.redis}@127.0.0.1:6379"
+routes: [{ name: a, path: /a, upstream: "https://api.example.com/a" }]
+`, nil)
+	if len(errs) != 1 || !strings.Contains(errs[0], "secrets.redis") {
+		t.Errorf("errors %q, want one, on secrets.redis", errs)
 	}
 }

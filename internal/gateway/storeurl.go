@@ -32,7 +32,9 @@ func StoreURL(f *config.File, getenv func(string) string) (string, error) {
 		ref := s[i+1 : i+j]
 		name, ok := strings.CutPrefix(ref, "secret.")
 		if !ok {
-			return "", fmt.Errorf("{%s} in the store URL: only {secret.NAME} placeholders go there", ref)
+			// The text between the braces is not repeated: it may be
+			// part of a password written in the URL.
+			return "", fmt.Errorf("a { in the store URL that is not a {secret.NAME} placeholder: a password with braces goes in a secret")
 		}
 		src, declared := f.Config.Secrets[name]
 		if !declared {

@@ -116,6 +116,11 @@ func adminRefusal(r *http.Request) (code, msg string) {
 	if r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Site") != "" {
 		return "browser_refused", "the admin API does not take changes from a browser; use curl or keyward pause"
 	}
+	if r.Header.Get("Forwarded") != "" || r.Header.Get("X-Forwarded-For") != "" || r.Header.Get("Via") != "" {
+		// A proxy or sidecar on this machine connects from loopback on
+		// behalf of someone elsewhere.
+		return "loopback_only", "changes are taken only from this machine, not through a proxy; run curl on the host, or keyward pause with a Redis store"
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
 		return "loopback_only", "changes are taken only from this machine (127.0.0.1 or ::1); run curl on the host, or keyward pause with a Redis store"

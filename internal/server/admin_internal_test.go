@@ -18,6 +18,9 @@ func TestAdminRefusal(t *testing.T) {
 		{"[2001:db8::1]:5000", "", "loopback_only"},
 		{"127.0.0.1:5000", "Origin", "browser_refused"},
 		{"127.0.0.1:5000", "Sec-Fetch-Site", "browser_refused"},
+		{"127.0.0.1:5000", "X-Forwarded-For", "loopback_only"},
+		{"127.0.0.1:5000", "Forwarded", "loopback_only"},
+		{"127.0.0.1:5000", "Via", "loopback_only"},
 	} {
 		r := httptest.NewRequest("POST", "/admin/pause", nil)
 		r.RemoteAddr = c.remote

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +41,7 @@ type Server struct {
 	draining atomic.Bool
 	public   atomic.Pointer[Front] // set while Serve runs
 	storeURL string                // as opened at start; a change needs a restart
+	storeSum [32]byte              // SHA-256 of the URL with its secrets filled in, never the URL
 	closers  []io.Closer           // the store's connections
 	keys     *akredis.Store        // API keys in Redis; nil without Redis
 	files    *certs.Files          // tls.cert and tls.key; nil without them
@@ -115,6 +117,7 @@ func (s *Server) openStore(f *config.File) error {
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
+	s.storeSum = sha256.Sum256([]byte(url))
 	client, err := redisstore.Open(url, filepath.Dir(s.path))
 	if err != nil {
 		return fmt.Errorf("opening store: %w", err)
@@ -176,6 +179,12 @@ func (s *Server) compile() (*gateway.Gateway, error) {
 	}
 	if url := f.Config.Store; url != s.storeURL && !(url == "" && s.storeURL == "memory") && s.storeURL != "" {
 		s.log.Warn("store changed; it takes effect on restart")
+	} else if s.storeSum != ([32]byte{}) {
+		// The same text, but a secret in it (the password) may have a new
+		// value: the open client keeps the old one.
+		if url, err := gateway.StoreURL(f, s.opts.Getenv); err == nil && sha256.Sum256([]byte(url)) != s.storeSum {
+			s.log.Warn("the store's password (a secret in store:) changed; the connections to Redis keep the old one until restart")
+		}
 	}
 	return s.compileFile(f)
 }

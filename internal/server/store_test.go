@@ -128,3 +128,43 @@ func TestStorePasswordFromSecret(t *testing.T) {
 		t.Error("the Redis password is in the log")
 	}
 }
+
+// TestStorePasswordChangeIsReported: a new value of the secret in store:
+// is not taken by the open Redis connections; a reload says so.
+func TestStorePasswordChangeIsReported(t *testing.T) {
+	rs := redistest.Start(t)
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "redis-password")
+	if err := os.WriteFile(pw, []byte("first-password-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := redistest.Client(t, rs.URL()).ConfigSet(context.Background(), "requirepass", "first-password-value").Err(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "keyward.yaml")
+	cfg := "listen: \"127.0.0.1:0\"\nsecrets:\n  redis: { file: redis-password }\nstore: \"redis://:{secret.redis}@" + rs.Addr() + "\"\nroutes:\n  - { name: x, path: /x, upstream: \"https://api.example.com/x\" }\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	srv, _, _, _ := start(t, path, logs)
+	if err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "password") {
+		t.Fatalf("a reload with the same password warned:\n%s", logs.String())
+	}
+	if err := os.WriteFile(pw, []byte("second-password-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "the store's password (a secret in store:) changed") {
+		t.Errorf("no warning for a changed store password:\n%s", out)
+	}
+	if strings.Contains(out, "second-password-value") || strings.Contains(out, "first-password-value") {
+		t.Error("a password is in the log")
+	}
+}

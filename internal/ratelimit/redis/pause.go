@@ -92,11 +92,10 @@ func (s *Store) Paused(ctx context.Context, route string) (bool, error) {
 	case v == nil:
 		v = s.refreshPauses(ctx, now) // nothing known yet: every request asks
 	case s.pauseRefreshing.CompareAndSwap(false, true):
-		// Not the request's context: the refresh outlives the request.
 		s.pauseRefreshes.Add(1)
 		go func() {
 			defer s.pauseRefreshes.Done()
-			s.refreshPauses(context.WithoutCancel(ctx), now)
+			s.refreshPauses(context.Background(), now) // outlives the request
 			s.pauseRefreshing.Store(false)
 		}()
 	}
