@@ -135,8 +135,13 @@ func (s *Server) openStore(f *config.File) error {
 	// serves no request, and keeps this instance's view of the pauses
 	// fresh; it stops with the store.
 	ctx, cancel = context.WithCancel(context.Background())
-	go rl.Run(ctx)
-	s.closers = append([]io.Closer{closerFunc(func() error { cancel(); return nil })}, s.closers...)
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		rl.Run(ctx)
+	}()
+	// Stopped, and waited for, before the client closes under it.
+	s.closers = append([]io.Closer{closerFunc(func() error { cancel(); <-ran; return nil })}, s.closers...)
 	s.opts.LimitStore = rl
 	keys := akredis.New(client, akredis.Options{OnError: func(err error) {
 		s.log.Warn("API key last use", "error", err.Error())
@@ -215,6 +220,7 @@ func (s *Server) compileFile(f *config.File) (*gateway.Gateway, error) {
 }
 
 // Reload compiles the file again and, only if it is valid, swaps it in.
+// Calls must not overlap (serve makes them one at a time).
 // Requests in flight finish on the config they started with. On failure
 // every problem is logged and the last good config keeps serving.
 func (s *Server) Reload() error {
