@@ -32,7 +32,8 @@ const pauseWriteBack = 4 * DefaultPauseRefresh
 type pauseView struct {
 	set *ratelimit.PauseSet
 	at  time.Time
-	err error // the last refresh's fault, if it failed
+	err error  // the last refresh's fault, if it failed
+	seq uint64 // when its read began, in the order of reads (pauseSeq)
 }
 
 var _ ratelimit.Pauses = (*Store)(nil)
@@ -114,6 +115,7 @@ func (s *Store) refreshPauses(ctx context.Context, now time.Time) *pauseView {
 // and the time of the attempt, so that an outage costs one round trip per
 // interval, not one per request.
 func (s *Store) readPauses(ctx context.Context, now time.Time) *pauseView {
+	seq := s.pauseSeq.Add(1)
 	last := s.pauseView.Load()
 	var args []any
 	if last != nil && last.err == nil && now.Sub(last.at) <= pauseWriteBack {
@@ -126,12 +128,8 @@ func (s *Store) readPauses(ctx context.Context, now time.Time) *pauseView {
 	}
 	fields, err := s.exec(ctx, now, pauseReadScript, []string{s.pauseKey}, args, noKnown, false).StringSlice()
 	if err != nil {
-		v := &pauseView{at: now, err: fmt.Errorf("reading paused routes from redis: %w", err)}
-		if last != nil {
-			v.set = last.set
-		}
-		s.pauseView.Store(v)
-		return v
+		// The set is the view's when it is kept: the last state known.
+		return s.keepView(&pauseView{at: now, err: fmt.Errorf("reading paused routes from redis: %w", err), seq: seq})
 	}
 	all, routes := false, make([]string, 0, len(fields))
 	for _, f := range fields {
@@ -141,9 +139,29 @@ func (s *Store) readPauses(ctx context.Context, now time.Time) *pauseView {
 			routes = append(routes, r)
 		}
 	}
-	v := &pauseView{set: ratelimit.NewPauseSet(all, routes), at: now}
-	s.pauseView.Store(v)
-	return v
+	return s.keepView(&pauseView{set: ratelimit.NewPauseSet(all, routes), at: now, seq: seq})
+}
+
+// keepView makes v this instance's view unless a read that began later
+// has already landed: a background refresh that was slow must not undo
+// the read-back of a pause made meanwhile. It returns the view kept.
+func (s *Store) keepView(v *pauseView) *pauseView {
+	for {
+		cur := s.pauseView.Load()
+		if cur != nil && cur.seq > v.seq {
+			return cur
+		}
+		next := v
+		if v.err != nil && cur != nil {
+			// A failed read keeps the state known.
+			failed := *v
+			failed.set = cur.set
+			next = &failed
+		}
+		if s.pauseView.CompareAndSwap(cur, next) {
+			return next
+		}
+	}
 }
 
 // Pause implements ratelimit.Pauses. Every instance obeys within the

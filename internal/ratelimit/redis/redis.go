@@ -225,6 +225,7 @@ type Store struct {
 	pauseView       atomic.Pointer[pauseView]
 	pauseRefreshing atomic.Bool
 	pauseRefreshes  sync.WaitGroup // background refreshes, for tests
+	pauseSeq        atomic.Uint64  // numbers pause reads as they begin (keepView)
 
 	mu    sync.Mutex
 	runID string              // the server's run id at the last probe
