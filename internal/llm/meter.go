@@ -150,6 +150,14 @@ func (m *Meter) doc() {
 		return nil
 	}
 	keep := func(dst *[]byte, slot int) {
+		if dst == &m.model && len(m.model) > 0 {
+			// The first model named wins, as in wants, which passes
+			// over later events once the model is known: whether a
+			// later one is read must not depend on how the bytes were
+			// split (FuzzUsageMeter).
+			x.got &^= 1 << slot
+			return
+		}
 		// Swap rather than copy: the scanner reuses the old buffer.
 		*dst, x.slots[slot] = x.slots[slot], (*dst)[:0]
 		x.got &^= 1 << slot
@@ -533,7 +541,10 @@ func (m *Meter) wants(line []byte) bool {
 		}
 		return needModel && index(line, `"model"`, 3) >= 0
 	case AnthropicMessages:
-		return index(line, `"message_`, 8) >= 0
+		// `"message` and not only `"message_`: a line the scanner reads
+		// in pieces (cut by a write) is matched against the body's
+		// "type":"message" too, so a whole line must be (FuzzUsageMeter).
+		return index(line, `"message`, 6) >= 0
 	case Gemini:
 		// Every chunk carries the running totals. The first gives the
 		// input count (which the body may not show: files and cached
